@@ -1,0 +1,34 @@
+# Two commands do all the set-up:   make repro   (run the pipeline, offline demo preset)
+#                                   make test    (run the test suite)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: repro test train-demo lock clean-venv
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+# torch is only for (re)training the demo model and its tests; the pipeline never imports it.
+$(BIN)/.torch: $(BIN)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	touch $@
+
+repro: $(BIN)/.installed
+	$(BIN)/dvc repro
+
+test: $(BIN)/.installed $(BIN)/.torch
+	$(BIN)/python -m pytest
+
+train-demo: $(BIN)/.torch
+	$(BIN)/python -m demo.train --out demo/model
+
+lock:
+	uv pip compile pyproject.toml --extra test --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes -o requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)
