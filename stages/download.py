@@ -1,0 +1,128 @@
+"""Download one crop of a YouTube video or http(s) file with yt-dlp, with retries and a duration check."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import imageio_ffmpeg
+from yt_dlp import YoutubeDL
+from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+from yt_dlp.utils import DownloadError, download_range_func
+
+from stages.audio import decode_audio
+from stages.common import StageError, fail
+from stages.params import FetchParams
+
+log = logging.getLogger("pipeline.download")
+YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
+# yt-dlp errors that another attempt cannot fix
+PERMANENT = re.compile(
+    r"HTTP Error (400|401|403|404|410)|unavailable|Private video|Unsupported URL|not a valid URL|"
+    r"Incomplete YouTube ID|removed|terminated|copyright",
+    re.IGNORECASE,
+)
+
+
+def source_url(source: str, label: str) -> str | None:
+    """The URL for `youtube:<id>` or http(s) sources; None for anything else (a local path)."""
+    if source.startswith("youtube:"):
+        video_id = source.removeprefix("youtube:")
+        if not YOUTUBE_ID.fullmatch(video_id):
+            fail(f"{label}: '{source}' is not a YouTube id (11 characters of A-Z a-z 0-9 _ -); fix params.yaml")
+        return f"https://www.youtube.com/watch?v={video_id}"
+    if source.startswith(("http://", "https://")):
+        return source
+    return None
+
+
+class _QuietLogger:
+    """Routes yt-dlp's console output into our log (its errors come back as exceptions)."""
+
+    def debug(self, msg: str) -> None:
+        log.debug(msg)
+
+    info = debug
+
+    def warning(self, msg: str) -> None:
+        log.debug("yt-dlp warning: %s", msg)
+
+    def error(self, msg: str) -> None:
+        log.debug("yt-dlp error: %s", msg)
+
+
+def _options(dest: Path, start_s: float, crop_s: float, fetch: FetchParams) -> dict:
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    # yt-dlp's "is ffmpeg available" check for download_ranges reads this context variable, which
+    # only its command-line entry point sets; the ffmpeg_location option alone is not enough.
+    FFmpegPostProcessor._ffmpeg_location.set(ffmpeg)
+    options = {
+        "format": "bestaudio/best",
+        "outtmpl": str(dest / "download.%(ext)s"),
+        # only [start, start + crop) is fetched (ffmpeg seeks with HTTP range requests)
+        "download_ranges": download_range_func(None, [(start_s, start_s + crop_s)]),
+        "ffmpeg_location": ffmpeg,
+        "socket_timeout": fetch.timeout_s,
+        "retries": 0,  # the retry loop below owns retries and backoff
+        "noplaylist": True,
+        "overwrites": True,
+        "cachedir": False,
+        "logger": _QuietLogger(),
+        "noprogress": True,
+        "quiet": True,  # also silences ffmpeg (-loglevel quiet); failures are caught by the decode check
+    }
+    try:  # YouTube needs a JavaScript runtime: the PyPI `deno` package provides one
+        import deno
+
+        options["js_runtimes"] = {"deno": {"path": deno.find_deno_bin()}}
+    except (ImportError, FileNotFoundError, RuntimeError):
+        pass
+    return options
+
+
+def _one_line(err: Exception) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()[0] if str(err).strip() else repr(err)
+    return text.removeprefix("ERROR: ")
+
+
+def download_crop(url: str, dest: Path, start_s: float, crop_s: float, fetch: FetchParams, label: str) -> Path:
+    """Download [start_s, start_s + crop_s) of `url` into dest/download.<ext> (dest exists); return the path.
+
+    Each attempt is checked by decoding it: a truncated or broken file counts as a failed attempt.
+    Transient failures are retried `fetch.retries` times with exponential backoff; permanent ones
+    (unknown id, HTTP 404, ...) and a source known to be shorter than the crop fail at once.
+    """
+    problem = ""
+    for attempt in range(fetch.retries + 1):
+        if attempt:
+            delay = fetch.backoff_s * 2 ** (attempt - 1)
+            log.warning("%s: attempt %d failed (%s); retrying in %.1f s", label, attempt, problem, delay)
+            time.sleep(delay)
+        for stale in dest.glob("download.*"):
+            stale.unlink()
+        try:
+            with YoutubeDL(_options(dest, start_s, crop_s, fetch)) as ydl:
+                info = ydl.extract_info(url, download=True)
+        except DownloadError as err:
+            problem = _one_line(err)
+            if PERMANENT.search(problem):
+                fail(f"{label}: cannot download {url}: {problem}; check the id/URL in params.yaml")
+            continue
+        duration = (info or {}).get("duration")
+        if duration and duration < start_s + crop_s - 0.5:
+            fail(f"{label}: {url} lasts {duration:.1f} s, shorter than the crop [{start_s}, {start_s + crop_s}) s; "
+                 "reduce crop_s/start_s in params.yaml")
+        files = sorted(p for p in dest.iterdir() if p.name.startswith("download.") and not p.name.endswith(".part"))
+        if len(files) != 1:
+            problem = f"yt-dlp left {len(files)} files"
+            continue
+        try:
+            decode_audio(files[0], start_s=0.0, duration_s=crop_s)
+        except StageError as err:
+            problem = f"the downloaded file is truncated or broken ({err})"
+            continue
+        return files[0]
+    fail(f"{label}: could not download {url} after {fetch.retries + 1} attempts ({problem}); check the network "
+         "and that the source covers the crop, then re-run")

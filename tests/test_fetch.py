@@ -1,0 +1,170 @@
+"""stages/fetch.py + stages/download.py: real yt-dlp against a loopback HTTP server, local files, synthesis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.audio import decode_audio, read_wav
+from stages.common import StageError, read_json
+from stages.decode import decode
+from stages.fetch import fetch
+from stages.params import Params
+from tests.audio_helpers import make_tone
+from tests.http_fixture import FileServer, file_server
+from tests.params_helpers import make_params
+
+
+@pytest.fixture(scope="module")
+def tone(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, np.ndarray]:
+    """A 20 s FLAC tone (bytes) and its own 16 kHz decode."""
+    path = make_tone(tmp_path_factory.mktemp("tone") / "tone.flac", 20.0)
+    return path.read_bytes(), decode_audio(path)
+
+
+@pytest.fixture(scope="module")
+def tone_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The same kind of tone as an uncompressed WAV (3.5 MB), where a seek is easy to see."""
+    return make_tone(tmp_path_factory.mktemp("tone") / "tone.wav", 20.0).read_bytes()
+
+
+@pytest.fixture
+def server(tone: tuple[bytes, np.ndarray], tone_wav: bytes) -> FileServer:
+    with file_server() as srv:
+        srv.files["/talk.flac"] = (tone[0], "audio/flac")
+        srv.files["/talk.wav"] = (tone_wav, "audio/wav")
+        srv.files["/cut.flac"] = (tone[0][: len(tone[0]) // 2], "audio/flac")  # a broken half file
+        yield srv
+
+
+def params_for(source: str, tmp_path: Path, start_s: float = 0.0, crop_s: float = 20.0, **groups) -> Params:
+    speech = {"lang": "en", "source": source, "start_s": start_s, "crop_s": crop_s, "demo_voice": "en-us+m1"}
+    fetch_group = {"retries": 2, "backoff_s": 0.01, "timeout_s": 5, "local_dir": str(tmp_path / "local")}
+    return make_params(**{"preset": "parakeet", "speeches": {"talk": speech}, "fetch": fetch_group, **groups})
+
+
+def test_full_file(server: FileServer, tone, tmp_path: Path) -> None:
+    params = params_for(server.url("/talk.flac"), tmp_path)
+    provenance = fetch(params.speeches["talk"], params, tmp_path / "raw")
+    assert provenance["source"] == server.url("/talk.flac") and provenance["decoded_s"] == 20.0
+    assert set(provenance["tools"]) >= {"yt-dlp", "imageio-ffmpeg"} and len(provenance["sha256"]) == 64
+    assert read_json(tmp_path / "raw" / "provenance.json") == provenance
+    assert decode(tmp_path / "raw", tmp_path / "talk.wav", 16000) == 320000
+    np.testing.assert_allclose(read_wav(tmp_path / "talk.wav"), tone[1], atol=1e-4)
+
+
+def test_crop_fetches_only_part_of_the_file(server: FileServer, tone, tone_wav: bytes, tmp_path: Path) -> None:
+    params = params_for(server.url("/talk.wav"), tmp_path, start_s=12.0, crop_s=5.0)
+    fetch(params.speeches["talk"], params, tmp_path / "raw")
+    # ffmpeg jumped to the crop with a Range request instead of reading the file from the start
+    starts = [int(r[2].removeprefix("bytes=").split("-")[0]) for r in server.requests if r[2]]
+    assert max(starts) > 0.55 * len(tone_wav)
+    audio = decode(tmp_path / "raw", tmp_path / "talk.wav", 16000) and read_wav(tmp_path / "talk.wav")
+    assert len(audio) == 80000
+    # the same tone, in phase with the matching stretch of the source (cut at a FLAC frame boundary)
+    corr = np.corrcoef(audio[4000:-4000], tone[1][192000 + 4000 : 272000 - 4000])[0, 1]
+    assert corr > 0.99
+
+
+def test_dropped_connection_is_retried(server: FileServer, tone, tmp_path: Path) -> None:
+    server.drop_bodies = 1  # the first media request is cut a third of the way through
+    params = params_for(server.url("/talk.flac"), tmp_path)
+    fetch(params.speeches["talk"], params, tmp_path / "raw")
+    media_requests = [r for r in server.requests if r[2]]
+    assert len(media_requests) >= 2
+    decode(tmp_path / "raw", tmp_path / "talk.wav", 16000)
+    np.testing.assert_allclose(read_wav(tmp_path / "talk.wav"), tone[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("path", ["/cut.flac", "/talk.flac"])
+def test_truncated_or_too_short_source_is_detected(server: FileServer, tmp_path: Path, path: str) -> None:
+    params = params_for(server.url(path), tmp_path, crop_s=25.0 if path == "/talk.flac" else 20.0)
+    with pytest.raises(StageError, match=r"speech 'talk': could not download .* after 3 attempts"):
+        fetch(params.speeches["talk"], params, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()  # nothing half-written
+
+
+def test_bad_url_fails_at_once(server: FileServer, tmp_path: Path) -> None:
+    params = params_for(server.url("/missing.flac"), tmp_path)
+    with pytest.raises(StageError, match=r"speech 'talk': cannot download .*404"):
+        fetch(params.speeches["talk"], params, tmp_path / "raw")
+    assert len(server.requests) == 1  # a 404 is not retried
+
+
+def test_server_down_then_up(server: FileServer, tone, tmp_path: Path) -> None:
+    server.unavailable = 2
+    params = params_for(server.url("/talk.flac"), tmp_path)
+    assert fetch(params.speeches["talk"], params, tmp_path / "raw")["decoded_s"] == 20.0
+
+
+def test_network_down_after_retries(tmp_path: Path) -> None:
+    with file_server() as srv:
+        url = srv.url("/talk.flac")  # nothing listens there once the server is closed
+    params = params_for(url, tmp_path)
+    with pytest.raises(StageError, match=r"speech 'talk': could not download .* after 3 attempts.*network"):
+        fetch(params.speeches["talk"], params, tmp_path / "raw")
+
+
+def test_bad_youtube_id(tmp_path: Path) -> None:
+    params = params_for("youtube:too-short", tmp_path)
+    with pytest.raises(StageError, match="speech 'talk'.*not a YouTube id"):
+        fetch(params.speeches["talk"], params, tmp_path / "raw")
+
+
+@pytest.mark.parametrize("preset", ["parakeet", "demo"])
+def test_local_dir_file_is_used_without_download(tmp_path: Path, preset: str) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    source = make_tone(local / "talk.wav", 8.0, rate=16000, channels=1)
+    params = params_for("youtube:K6pa-QdL4Wo", tmp_path, start_s=2.0, crop_s=4.0, preset=preset)
+    provenance = fetch(params.speeches["talk"], params, tmp_path / "raw")
+    assert provenance["source"] == str(source) and provenance["offset_s"] == 2.0
+    decode(tmp_path / "raw", tmp_path / "talk.wav", 16000)
+    np.testing.assert_array_equal(read_wav(tmp_path / "talk.wav"), decode_audio(source)[32000:96000])
+
+
+def test_local_source_shorter_than_crop(tmp_path: Path) -> None:
+    source = make_tone(tmp_path / "short.wav", 3.0)
+    params = params_for(str(source), tmp_path, crop_s=10.0)
+    with pytest.raises(StageError, match="speech 'talk': source '.*short.wav' holds 3.00 s .*shorter crop"):
+        fetch(params.speeches["talk"], params, tmp_path / "raw")
+    params = params_for(str(tmp_path / "absent.wav"), tmp_path)
+    with pytest.raises(StageError, match="speech 'talk'.*absent.wav.*neither"):
+        fetch(params.speeches["talk"], params, tmp_path / "raw")
+
+
+def test_eval_clip_with_its_transcript(tmp_path: Path) -> None:
+    source = make_tone(tmp_path / "eval.flac", 5.0)
+    (tmp_path / "truth.txt").write_text("we choose to go to the moon\n")
+    clip = {"source": str(source), "crop_s": 5.0, "transcript": str(tmp_path / "truth.txt")}
+    params = params_for("youtube:K6pa-QdL4Wo", tmp_path, eval_clip=clip)
+    fetch(params.eval_clip, params, tmp_path / "eval")
+    assert (tmp_path / "eval" / "transcript.txt").read_text() == "we choose to go to the moon\n"
+
+
+def test_demo_synthesis_is_reproducible(tmp_path: Path) -> None:
+    params = params_for("youtube:K6pa-QdL4Wo", tmp_path, crop_s=6.0, preset="demo",
+                        eval_clip={"crop_s": 6.0, "demo_voice": "en-us+m3"})
+    for run in ("a", "b"):
+        fetch(params.eval_clip, params, tmp_path / run / "eval")
+        fetch(params.speeches["talk"], params, tmp_path / run / "talk")
+    for name in ("eval/speech.flac", "eval/provenance.json", "eval/transcript.txt", "talk/speech.flac"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert not (tmp_path / "a" / "talk" / "transcript.txt").exists()
+    transcript = (tmp_path / "a" / "eval" / "transcript.txt").read_text().strip()
+    assert transcript and provenance_voice(tmp_path / "a" / "eval") == "en-us+m3"
+    assert decode(tmp_path / "a" / "eval", tmp_path / "eval.wav", 16000) == 96000
+
+
+def provenance_voice(folder: Path) -> str:
+    return read_json(folder / "provenance.json")["voice"]
+
+
+def test_silent_source_is_refused(tmp_path: Path) -> None:
+    from tests.audio_helpers import make_silence
+
+    params = params_for(str(make_silence(tmp_path / "quiet.flac", 5.0)), tmp_path, crop_s=5.0)
+    with pytest.raises(StageError, match="speech 'talk': source '.*quiet.flac' .*silent"):
+        fetch(params.speeches["talk"], params, tmp_path / "raw")

@@ -1,0 +1,53 @@
+"""stages/params.py: one preset switch, its overrides, and the refusals of unusable params."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.params import ParamsError, load_params
+from tests.params_helpers import PARAMS_YAML, make_params, raw_params
+
+
+def test_repository_params_load_as_demo() -> None:
+    params = load_params(PARAMS_YAML)
+    assert params.preset == "demo" and params.is_demo
+    assert len(params.speeches) == 8
+    assert sorted(s.crop_s for s in params.speeches.values()) == [60, 60] + [390] * 6
+    assert {s.lang for s in params.speeches.values()} == {"fr", "en"}
+    assert params.eval_clip.crop_s <= params.eval.max_s
+    # the evaluation voice is not a calibration voice
+    assert params.eval_clip.demo_voice not in {s.demo_voice for s in params.speeches.values()}
+
+
+def test_preset_overrides_apply_only_to_their_preset() -> None:
+    raw = raw_params()
+    demo, parakeet = make_params(preset="demo"), make_params(preset="parakeet")
+    assert demo.shard.budget_mb == raw["presets"]["demo"]["shard.budget_mb"]
+    assert parakeet.shard.budget_mb == raw["shard"]["budget_mb"]
+    assert not parakeet.is_demo
+    custom = make_params(preset="parakeet", presets={"parakeet": {"windows.count": 7, "smooth.alpha": 0.8}})
+    assert (custom.windows.count, custom.smooth.alpha) == (7, 0.8)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"preset": "nemo"}, "preset 'nemo' is unknown"),
+        ({"smooth": {"alpha": 1.5}}, r"smooth.alpha=1.5 is outside \[0, 1\]"),
+        ({"eval_clip": {"crop_s": 410}}, "exceeds eval.max_s=400"),
+        ({"eval_clip": {"source": "youtube:K6pa-QdL4Wo"}}, "also a calibration speech"),
+        ({"windows": {"count": 0}}, "windows.count must be at least 1"),
+        ({"presets": {"demo": {"shard.nope": 1}}}, "'shard.nope' names no existing key"),
+        ({"presets": {"demo": {"nogroup.x": 1}}}, "'nogroup.x' names no existing group"),
+        ({"fetch": {"retry": 3}}, r"unknown key\(s\) \['retry'\] in 'fetch'"),
+        ({"speeches": {}}, "'speeches' is empty"),
+    ],
+)
+def test_bad_params_are_refused_with_a_clear_message(changes: dict, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        make_params(**changes)
+
+
+def test_missing_params_file(tmp_path) -> None:
+    with pytest.raises(ParamsError, match="not found; run from the repository root"):
+        load_params(tmp_path / "params.yaml")
