@@ -10,7 +10,6 @@ names and dtypes onnx-asr expects.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from importlib.resources import files as package_files
 from pathlib import Path
@@ -105,14 +104,6 @@ def _check_io(path: Path, inputs: dict[str, int | None], outputs: dict[str, int 
                 fail(f"{path}: weight '{tensor.name}' lives in '{location}', which is missing")
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link (no second copy of 3 GB) when on the same filesystem, copy otherwise."""
-    try:
-        os.link(source.resolve(), target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
 def demo_model(demo_dir: Path, out: Path) -> None:
     for name in MODEL_FILES:
         if name == "nemo128.onnx":
@@ -135,7 +126,8 @@ def parakeet_model(model: ModelParams, out: Path) -> None:
              "check the network and model.hf_repo/hf_revision, or use the demo preset")
     for name in MODEL_FILES:
         if (snapshot / name).is_file():
-            _link_or_copy(snapshot / name, out / name)
+            # a copy, not a hard link: onnx refuses external data files with several hard links
+            shutil.copyfile(snapshot / name, out / name)
 
 
 def build_base_model(params_model: ModelParams, is_demo: bool, out_dir: Path = OUT_DIR) -> None:
