@@ -74,6 +74,7 @@ class SmoothParams:
 class QuantParams:
     percentile: float
     calib_windows: int
+    reduce_range: bool = True
 
 
 @dataclass(frozen=True)

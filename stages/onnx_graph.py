@@ -1,0 +1,359 @@
+"""Shared ONNX helpers for the transform stages: graphs without weight bytes, streamed external data,
+sessions that read weights where they lie, and encoder runs over audio windows.
+
+Parakeet's fp32 encoder is 2.4 GB, above protobuf's 2 GB limit, so nothing here loads all weights into
+one proto: graphs are read without their external data, tensors are read one at a time, and models are
+written by streaming each tensor's bytes into fresh data files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+from tqdm import tqdm
+
+from stages.asr import features
+from stages.common import fail
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: the largest single .onnx file protobuf can write or read
+CHUNK = 16 << 20  # bytes per read/write when copying tensor data
+ENCODER_INPUTS = ("audio_signal", "length")
+ENCODER_OUTPUT = "outputs"
+EXTERNAL_ABOVE = 1 << 30  # bytes: above this, onnxruntime's quantizers keep weights in external data
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+
+
+# --- graphs and tensors -------------------------------------------------------------------------
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    """The model proto without external weight bytes (read them with read_tensor)."""
+    if not Path(path).is_file():
+        fail(f"{path} not found; run the stage that produces it first")
+    return onnx.load(str(path), load_external_data=False)
+
+
+def is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def read_tensor(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
+    """One initializer as a (read-only) array, from its external file under base_dir if it has one.
+
+    Read directly rather than through onnx, which refuses data files that have several hard links."""
+    if not is_external(tensor):
+        return numpy_helper.to_array(tensor)
+    info, size = external_info(tensor), tensor_nbytes(tensor)
+    with open(Path(base_dir) / info["location"], "rb") as f:
+        f.seek(int(info.get("offset", 0)))
+        raw = f.read(int(info.get("length", size)))
+    if len(raw) != size:
+        fail(f"{Path(base_dir) / info['location']} holds {len(raw)} of tensor {tensor.name}'s {size} bytes: truncated")
+    return np.frombuffer(raw, dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type)).reshape(tuple(tensor.dims))
+
+
+def require_single_links(path: Path) -> None:
+    """onnx (and so onnxruntime's quantizers and fp16 converter) will not read external data from a
+    file with several hard links; say so plainly instead of failing deep inside them."""
+    for data in data_files(load_graph(path), Path(path).parent):
+        if data.stat().st_nlink > 1:
+            fail(f"{data} has {data.stat().st_nlink} hard links and onnx refuses to read such files; "
+                 "replace it with a plain copy (cp --reflink=auto) and rerun")
+
+
+def data_files(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
+    """The external data files a model refers to, in order of first use."""
+    names = dict.fromkeys(external_info(t)["location"] for t in model.graph.initializer if is_external(t))
+    return [Path(base_dir) / name for name in names]
+
+
+def model_size(path: Path) -> int:
+    """Bytes of a model file plus its external data."""
+    return Path(path).stat().st_size + sum(f.stat().st_size for f in data_files(load_graph(path), Path(path).parent))
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """Tensor name -> (node, input index) of every node reading it."""
+    users: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name:
+                users[name].append((node, index))
+    return users
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def name_nodes(graph: onnx.GraphProto) -> int:
+    """Give every unnamed node a unique, deterministic name (quantizers exclude nodes by name)."""
+    taken = {node.name for node in graph.node if node.name}
+    named = 0
+    for index, node in enumerate(graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+            while node.name in taken:
+                node.name += "_"
+            taken.add(node.name)
+            named += 1
+    return named
+
+
+def classify_matmuls(graph: onnx.GraphProto) -> dict[str, str]:
+    """MatMul name -> 'weighted' (a private constant 2-D float32 weight, smoothable) or why not."""
+    inits = {t.name: t for t in graph.initializer}
+    users, makers = consumers(graph), producers(graph)
+    outputs = {o.name for o in graph.output}
+
+    def kind(activation: str, weight: str) -> str:
+        if activation in inits:
+            return "constant_input"
+        if weight not in inits:
+            maker = makers.get(weight)
+            if maker is not None and maker.op_type == "Transpose" and maker.input[0] in inits:
+                return "transposed_weight"
+            return "two_activations"
+        if len(users[weight]) > 1 or weight in outputs:
+            return "tied_weight"
+        if len(inits[weight].dims) != 2:
+            return "weight_not_2d"
+        if inits[weight].data_type != onnx.TensorProto.FLOAT:
+            return "weight_not_float32"
+        return "weighted"
+
+    return {n.name: kind(n.input[0], n.input[1]) for n in graph.node if n.op_type == "MatMul"}
+
+
+def activation_matmuls(graph: onnx.GraphProto) -> list[str]:
+    """Names of MatMuls whose second input is computed (Q·Kᵀ, attn·V, transposed weights)."""
+    inits = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in inits]
+
+
+def op_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        counts[node.op_type] += 1
+    return dict(sorted(counts.items()))
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _source_chunks(tensor: onnx.TensorProto, base_dir: Path, handles: dict[str, object]) -> Iterator[bytes]:
+    info = external_info(tensor)
+    length = int(info.get("length", tensor_nbytes(tensor)))
+    if info["location"] not in handles:
+        handles[info["location"]] = open(Path(base_dir) / info["location"], "rb")  # noqa: SIM115
+    handle = handles[info["location"]]
+    handle.seek(int(info.get("offset", 0)))  # type: ignore[attr-defined]
+    while length > 0:
+        block = handle.read(min(CHUNK, length))  # type: ignore[attr-defined]
+        if not block:
+            fail(f"{base_dir / info['location']} ends before tensor {tensor.name}; the model data is truncated")
+        length -= len(block)
+        yield block
+
+
+def write_model(
+    model: onnx.ModelProto,
+    src_dir: Path,
+    dst: Path,
+    replace: Mapping[str, Callable[[], np.ndarray]] | None = None,
+    shard_budget: int | None = None,
+) -> list[Path]:
+    """Write `model` to dst, streaming every external tensor into fresh data files; return them.
+
+    Bytes come from `replace[name]()` when given (same shape and dtype), else from the source file
+    under src_dir. Inline tensors stay inline. With shard_budget (bytes) the data goes to
+    dst.data.000, .001, ..., each within the budget (a larger tensor gets a file of its own);
+    else to a single dst.data. Stale data files of those names are deleted first.
+    """
+    replace = replace or {}
+    dst = Path(dst)
+    for stale in dst.parent.glob(f"{dst.name}.data*"):
+        stale.unlink()
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    tensors = [t for t in out.graph.initializer if is_external(t)]
+    sizes = [tensor_nbytes(t) for t in tensors]
+    shards = _plan_shards(tensors, sizes, shard_budget) if shard_budget else [0] * len(tensors)
+    width = max(3, len(str(max(shards, default=0))))
+
+    def location(shard: int) -> str:
+        return f"{dst.name}.data.{shard:0{width}d}" if shard_budget else f"{dst.name}.data"
+
+    handles: dict[str, object] = {}
+    written: dict[str, object] = {}
+    try:
+        for tensor, size, shard in tqdm(list(zip(tensors, sizes, shards)), desc=f"write {dst.name}", unit="tensor"):
+            name = location(shard)
+            if name not in written:
+                written[name] = open(dst.parent / name, "wb")  # noqa: SIM115
+            sink = written[name]
+            offset = sink.tell()  # type: ignore[attr-defined]
+            if tensor.name in replace:
+                array = np.ascontiguousarray(replace[tensor.name]())
+                expected = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                if array.dtype != expected or list(array.shape) != list(tensor.dims):
+                    raise ValueError(f"replacement for {tensor.name} is {array.dtype}{array.shape}")
+                sink.write(array.tobytes())  # type: ignore[attr-defined]
+            else:
+                for block in _source_chunks(tensor, src_dir, handles):
+                    sink.write(block)  # type: ignore[attr-defined]
+            del tensor.external_data[:]
+            for key, value in (("location", name), ("offset", str(offset)), ("length", str(size))):
+                tensor.external_data.add(key=key, value=value)
+    finally:
+        for handle in [*handles.values(), *written.values()]:
+            handle.close()  # type: ignore[attr-defined]
+    if out.ByteSize() > PROTOBUF_LIMIT:
+        fail(f"{dst}: the graph alone is over 2 GB even with external weights; cannot save it")
+    dst.write_bytes(out.SerializeToString())
+    return [dst.parent / name for name in written]
+
+
+def _plan_shards(tensors: Sequence[onnx.TensorProto], sizes: Sequence[int], budget: int) -> list[int]:
+    """Shard index per tensor, in order, starting a new shard when the next tensor would overflow."""
+    shard, used, plan = 0, 0, []
+    for tensor, size in zip(tensors, sizes):
+        if used and used + size > budget:
+            shard, used = shard + 1, 0
+        if size > budget:
+            log.warning("tensor %s (%d bytes) exceeds the shard budget (%d): it gets a file of its own",
+                        tensor.name, size, budget)
+        plan.append(shard)
+        used += size
+    return plan
+
+
+def save_self_contained_if_small(src: Path, dst: Path) -> list[Path]:
+    """Copy a model (with its external data) to dst as one file when it fits protobuf, else with
+    a fresh dst.data beside it. Returns the written files."""
+    if model_size(src) < PROTOBUF_LIMIT - (64 << 20):
+        model = onnx.load(str(src))  # weights and all: under 2 GB
+        for tensor in model.graph.initializer:  # loading leaves an explicit DEFAULT marker: drop it so
+            tensor.ClearField("data_location")  # both routes (in-memory or external) give the same bytes
+        dst.write_bytes(model.SerializeToString())
+        return [dst]
+    return [dst, *write_model(load_graph(src), src.parent, dst)]
+
+
+@contextlib.contextmanager
+def quantizer_scratch(folder: Path) -> Iterator[None]:
+    """Send onnxruntime's temporary models (full weight copies at Parakeet size) to folder, and keep
+    its per-tensor INFO chatter out of the log."""
+    previous_dir, tempfile.tempdir = tempfile.tempdir, str(folder)
+    root = logging.getLogger()
+    previous_level = root.level
+    root.setLevel(max(previous_level, logging.WARNING))
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous_dir
+        root.setLevel(previous_level)
+
+
+# --- sessions and encoder runs ------------------------------------------------------------------
+
+
+def open_session(model: Path | onnx.ModelProto, weights_dir: Path | None = None) -> ort.InferenceSession:
+    """A CPU session from a path, or from an in-memory graph whose external weights lie in weights_dir
+    (read there by onnxruntime: no copy of the weights is made)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if isinstance(model, onnx.ModelProto):
+        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(Path(weights_dir or ".").resolve()))
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def encoder_feed(session: ort.InferenceSession, audio: np.ndarray) -> dict[str, np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    if sorted(names) != sorted(ENCODER_INPUTS):
+        fail(f"the model's inputs are {names}; expected {list(ENCODER_INPUTS)} (Parakeet's encoder layout)")
+    signal, length = features(audio)
+    return {"audio_signal": signal, "length": length}
+
+
+def encoder_outputs(model: Path, windows: Sequence[np.ndarray], desc: str) -> list[np.ndarray]:
+    """The encoder's `outputs` for each window (one session, released before returning)."""
+    session = open_session(model)
+    return [session.run([ENCODER_OUTPUT], encoder_feed(session, w))[0] for w in tqdm(windows, desc=desc, unit="win")]
+
+
+def compare(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> dict[str, float]:
+    """Cosine similarity and relative L2 error per window against the reference, summarised."""
+    cosines, errors = [], []
+    for ref, out in zip(reference, outputs, strict=True):
+        if ref.shape != out.shape:
+            fail(f"encoder output shape {out.shape} differs from the reference's {ref.shape}")
+        a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
+        norm = np.linalg.norm(a) * np.linalg.norm(b)
+        cosines.append(float(a @ b / norm) if norm else float(np.array_equal(a, b)))
+        errors.append(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)))
+    return {
+        "cosine_min": round_sig(min(cosines)),
+        "cosine_mean": round_sig(float(np.mean(cosines))),
+        "rel_error_max": round_sig(max(errors)),
+        "rel_error_mean": round_sig(float(np.mean(errors))),
+    }
+
+
+def round_sig(value: float, digits: int = 9) -> float:
+    """Round to significant digits so that JSON figures read well and compare stably."""
+    return float(f"{value:.{digits}g}")
+
+
+# --- audio windows ------------------------------------------------------------------------------
+
+
+class Windows(Sequence[np.ndarray]):
+    """The 30 s windows of one split, read lazily from the memory-mapped windows.npy."""
+
+    def __init__(self, windows_dir: Path, split: str, limit: int = 0) -> None:
+        array_path, index_path = Path(windows_dir) / "windows.npy", Path(windows_dir) / "index.json"
+        for path in (array_path, index_path):
+            if not path.is_file():
+                fail(f"{path} not found; run `dvc repro windows` first")
+        self._array = np.load(array_path, mmap_mode="r")
+        index = json.loads(index_path.read_text())
+        if len(index) != len(self._array):
+            fail(f"{index_path} lists {len(index)} windows but {array_path} holds {len(self._array)}; rerun windows")
+        rows = [i for i, entry in enumerate(index) if entry.get("split") == split]
+        if not rows:
+            fail(f"{windows_dir} has no '{split}' windows; check the windows params (count, heldout_per_speaker)")
+        if 0 < limit < len(rows):  # evenly spread, so every speaker stays represented
+            rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, limit).round().astype(int))]
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return np.asarray(self._array[self.rows[i]], dtype=np.float32)
+

@@ -1,0 +1,182 @@
+"""SmoothQuant on the ONNX graph: move activation outliers into the MatMul weights, exactly in fp32.
+
+For y = X W (W [K,N]): s_j = max|X_j|^a / max_n|W_jn|^(1-a), W' = diag(s) W, X' = X diag(1/s).
+One scale per MatMul input (Q, K and V share their LayerNorm's output). 1/s goes into the LayerNorm's
+gamma and beta when every reader of its output is smoothed, else into one inserted Mul. Activation
+maxima are streamed window by window through a session that reads the weights where they lie.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from tqdm import tqdm
+
+from stages import onnx_graph as og
+from stages.common import atomic_path, fail, run_cli, write_json
+from stages.params import load_params
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path("models/base/encoder-model.onnx")
+WINDOWS = Path("data/windows")
+OUT_DIR = Path("models/smoothed")
+METRICS = Path("metrics/smoothquant.json")
+MAX_REL_ERROR = 1e-5  # smoothing is an identity in exact arithmetic; fp32 rounding stays far below
+
+
+def plan(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]], Counter[str]]:
+    """Smoothable MatMuls grouped by their activation input, and the skip reasons of the others."""
+    kinds = og.classify_matmuls(graph)
+    groups: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        if kinds.get(node.name) == "weighted":
+            groups[node.input[0]].append(node)
+    return dict(groups), Counter(kind for kind in kinds.values() if kind != "weighted")
+
+
+def activation_absmax(model: onnx.ModelProto, weights_dir: Path, tensors: list[str],
+                      windows: og.Windows) -> dict[str, np.ndarray]:
+    """Per-channel (last axis) max |x| of each tensor over all windows, one window in memory at a time."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
+    session = og.open_session(probe, weights_dir)
+    absmax: dict[str, np.ndarray] = {}
+    for audio in tqdm(windows, desc="activation ranges", unit="win"):
+        values = session.run(tensors, og.encoder_feed(session, audio))
+        for name, value in zip(tensors, values):
+            peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            absmax[name] = np.maximum(absmax[name], peak) if name in absmax else peak
+    return absmax
+
+
+def smoothing_scale(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
+    """s_j = max|X_j|^a / max|W_j|^(1-a); 1 where a channel is never active or has no weight."""
+    x, w = x_max.astype(np.float64), w_max.astype(np.float64)
+    live = (x > 0) & (w > 0)
+    scale = np.ones_like(x)
+    scale[live] = x[live] ** alpha / w[live] ** (1 - alpha)
+    return np.clip(scale, 1e-5, 1e5).astype(np.float32)
+
+
+def _foldable_norm(graph: onnx.GraphProto, tensor: str, readers: list[onnx.NodeProto],
+                   width: int) -> onnx.NodeProto | None:
+    """The LayerNorm producing `tensor` if 1/s can go into its gamma/beta: every reader is smoothed
+    and its parameters are private constants of shape [K]."""
+    norm = og.producers(graph).get(tensor)
+    users = og.consumers(graph)
+    if norm is None or norm.op_type != "LayerNormalization" or norm.output[0] != tensor:
+        return None
+    if len(users[tensor]) != len(readers) or tensor in {o.name for o in graph.output}:
+        return None
+    inits = {t.name: t for t in graph.initializer}
+    params = [name for name in norm.input[1:3] if name]
+    ok = all(p in inits and list(inits[p].dims) == [width] and len(users[p]) == 1 for p in params)
+    return norm if ok else None
+
+
+def smooth(model: onnx.ModelProto, weights_dir: Path, windows: og.Windows, alpha: float
+           ) -> tuple[dict[str, Callable[[], np.ndarray]], dict]:
+    """Rewrite `model` in place; return the new weight bytes (lazily) and the counts."""
+    if not 0.0 <= alpha <= 1.0:
+        fail(f"smooth.alpha={alpha} is outside [0, 1]")
+    graph = model.graph
+    og.name_nodes(graph)
+    groups, skipped = plan(graph)
+    n_matmuls = sum(n.op_type == "MatMul" for n in graph.node)
+    if not groups:
+        fail(f"{n_matmuls} MatMuls, none smoothable (skipped: {dict(skipped) or 'none'}); "
+             "expected MatMuls with constant [K,N] weights as in a FastConformer encoder")
+    inits = {t.name: t for t in graph.initializer}
+    absmax = activation_absmax(model, weights_dir, list(groups), windows)
+    replace: dict[str, Callable[[], np.ndarray]] = {}
+    counts = Counter(folded_matmuls=0, folded_norms=0, mul_inserted=0, mul_matmuls=0)
+    scale_range = [np.inf, 0.0]
+    for tensor, readers in groups.items():
+        weights = [inits[n.input[1]] for n in readers]
+        width = int(weights[0].dims[0])
+        if absmax[tensor].shape != (width,):
+            fail(f"activation {tensor} has {absmax[tensor].shape[0]} channels, its MatMul weights {width}")
+        w_max = np.max([np.abs(og.read_tensor(w, weights_dir)).max(axis=1) for w in weights], axis=0)
+        scale = smoothing_scale(absmax[tensor], w_max, alpha)
+        scale_range = [min(scale_range[0], float(scale.min())), max(scale_range[1], float(scale.max()))]
+        for w in weights:
+            replace[w.name] = lambda w=w, s=scale: og.read_tensor(w, weights_dir) * s[:, None]
+        norm = _foldable_norm(graph, tensor, readers, width)
+        if norm is not None:
+            for param in (p for p in norm.input[1:3] if p):
+                _rescale_param(inits[param], weights_dir, scale, replace)
+            counts["folded_norms"] += 1
+            counts["folded_matmuls"] += len(readers)
+        else:
+            _insert_mul(graph, tensor, readers, (1 / scale).astype(np.float32))
+            counts["mul_inserted"] += 1
+            counts["mul_matmuls"] += len(readers)
+    summary = {
+        "alpha": alpha, "calibration_windows": len(windows), "matmuls": n_matmuls,
+        "smoothed": sum(len(r) for r in groups.values()), "smoothed_inputs": len(groups),
+        **counts, "skipped": dict(sorted(skipped.items())),
+        "scale_min": og.round_sig(scale_range[0]), "scale_max": og.round_sig(scale_range[1]),
+    }
+    return replace, summary
+
+
+def _rescale_param(tensor: onnx.TensorProto, weights_dir: Path, scale: np.ndarray,
+                   replace: dict[str, Callable[[], np.ndarray]]) -> None:
+    if og.is_external(tensor):
+        replace[tensor.name] = lambda: og.read_tensor(tensor, weights_dir) / scale
+    else:  # small inline parameter: rewrite it in the proto
+        tensor.CopyFrom(numpy_helper.from_array(og.read_tensor(tensor, weights_dir) / scale, tensor.name))
+
+
+def _insert_mul(graph: onnx.GraphProto, tensor: str, readers: list[onnx.NodeProto], inverse: np.ndarray) -> None:
+    """x' = x * (1/s) feeding only the smoothed readers; placed just before the first of them."""
+    taken = {t for n in graph.node for t in [*n.input, *n.output]} | {t.name for t in graph.initializer}
+    base = f"{tensor}_smooth"
+    while base in taken or f"{base}_inv_scale" in taken:
+        base += "_"
+    graph.initializer.append(numpy_helper.from_array(inverse, f"{base}_inv_scale"))
+    mul = helper.make_node("Mul", [tensor, f"{base}_inv_scale"], [base], name=f"{base}_mul")
+    first = min(list(graph.node).index(r) for r in readers)
+    graph.node.insert(first, mul)
+    for reader in readers:
+        reader.input[0] = base
+
+
+def smooth_encoder(src: Path, dst_dir: Path, windows_dir: Path, alpha: float) -> dict:
+    """Write the smoothed encoder into dst_dir (atomically) after checking it equals the original."""
+    model = og.load_graph(src)
+    calib = og.Windows(windows_dir, "calib")
+    heldout = og.Windows(windows_dir, "heldout")
+    replace, summary = smooth(model, src.parent, calib, alpha)
+    log.info("smoothed %d of %d MatMuls: %d folded into %d LayerNorms, %d behind %d inserted Muls; skipped %s",
+             summary["smoothed"], summary["matmuls"], summary["folded_matmuls"], summary["folded_norms"],
+             summary["mul_matmuls"], summary["mul_inserted"], summary["skipped"])
+    reference = og.encoder_outputs(src, heldout, "fp32 heldout")
+    with atomic_path(dst_dir) as tmp:
+        tmp.mkdir()
+        og.write_model(model, src.parent, tmp / src.name, replace=replace)
+        check = og.compare(reference, og.encoder_outputs(tmp / src.name, heldout, "smoothed heldout"))
+        if check["rel_error_max"] > MAX_REL_ERROR:
+            fail(f"the smoothed encoder differs from the original by {check['rel_error_max']:.3g} (relative) on "
+                 f"held-out windows, above {MAX_REL_ERROR:g}: the graph rewrite is wrong; nothing written")
+    log.info("smoothed fp32 vs original on %d held-out windows: %s", len(heldout), check)
+    return {**summary, "heldout_windows": len(heldout), "heldout_rel_error_max": check["rel_error_max"]}
+
+
+def main() -> None:
+    params = load_params()
+    summary = smooth_encoder(SOURCE, OUT_DIR, WINDOWS, params.smooth.alpha)
+    write_json(METRICS, summary)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,104 @@
+"""Fidelity of every variant against fp32, the int8 error ordering under activation outliers, and the
+six transform stages run as the pipeline runs them (python -m stages.<name> in a repository layout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+
+from stages import onnx_graph as og
+from stages.common import StageError
+from stages.fidelity import measure
+from stages.int8 import build_int8
+from stages.int8_dynamic import build_dynamic_int8
+from stages.smoothquant import smooth_encoder
+from tests.encoder_graph import build_decoder, build_encoder, save_encoder, write_windows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_int8_error_order_with_outlier_channels(tmp_path: Path) -> None:
+    """Three channels of every MatMul-feeding LayerNorm scaled x50 (weight rows / 50: fp32 unchanged).
+
+    The order the issue expected was SmoothQuant < plain static < dynamic. What holds (here, and in the
+    spike on a trained model, FACTS.md) is SmoothQuant < dynamic < plain static: one static per-tensor
+    activation scale stretched by the outliers is worse than dynamic's per-window scale, and SmoothQuant
+    removes the outliers before that scale is chosen. Measured (mean relative error; AVX2 CPU): without
+    outliers all three ~3.4 %; with them SmoothQuant 3.3 %, dynamic 23 %, plain static 26 %.
+    """
+    base = save_encoder(build_encoder(outlier_scale=50), tmp_path / "base")
+    windows = write_windows(tmp_path / "windows")
+    smooth_encoder(base, tmp_path / "smoothed", windows, alpha=0.5)
+    build_int8(tmp_path / "smoothed" / base.name, tmp_path / "sq", windows, 99.999, 0, min_cosine=0)
+    build_int8(base, tmp_path / "static", windows, 99.999, 0, min_cosine=0)
+    build_dynamic_int8(base, tmp_path / "dynamic")
+    name = "encoder-model.int8.onnx"
+    files = {v: tmp_path / v / name for v in ("sq", "static", "dynamic")}
+    report = measure(base, files, og.Windows(windows, "heldout"))
+    error = {v: report["variants"][v]["rel_error_mean"] for v in ("sq", "static", "dynamic")}
+    assert error["sq"] < error["dynamic"] < error["static"], error
+    assert error["sq"] < 0.5 * error["dynamic"], error
+
+
+def test_measure_reports_every_variant(tmp_path: Path) -> None:
+    base = save_encoder(build_encoder(), tmp_path / "base")
+    windows = write_windows(tmp_path / "windows", calib=1, heldout=2)
+    build_dynamic_int8(base, tmp_path / "dyn")
+    variants = {"int8_dynamic": tmp_path / "dyn" / "encoder-model.int8.onnx", "same": base}
+    report = measure(base, variants, og.Windows(windows, "heldout"))
+    assert report["heldout_windows"] == 2 and report["reference"]["ops"] == {"Conv": 8, "MatMul": 24}
+    same, dyn = report["variants"]["same"], report["variants"]["int8_dynamic"]
+    assert same["cosine_min"] == 1.0 and same["rel_error_max"] == 0.0
+    assert 0.9 < dyn["cosine_min"] < 1.0 and dyn["rel_error_max"] > 0
+    assert dyn["ops"]["ConvInteger"] == 8 and dyn["bytes"] < report["reference"]["bytes"]
+    assert measure(base, variants, og.Windows(windows, "heldout")) == report  # stable
+    with pytest.raises(StageError, match="variant files missing: gone"):
+        measure(base, {"gone": tmp_path / "nope.onnx"}, og.Windows(windows, "heldout"))
+
+
+def _stage(root: Path, name: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["preset"] = "demo"
+    params["presets"]["demo"]["shard.budget_mb"] = 0.3  # a few shards of the ~0.9 MB test encoder
+    params["fidelity"]["min_cosine"] = 0.9
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    base_dir = tmp_path / "models" / "base"
+    base = save_encoder(build_encoder(outlier_scale=20), base_dir)
+    onnx.save_model(build_decoder(), str(base_dir / "decoder_joint-model.onnx"))
+    write_windows(tmp_path / "data" / "windows")
+    build_dynamic_int8(base, tmp_path / "stock")  # stands in for upstream's int8
+    (tmp_path / "stock" / "encoder-model.int8.onnx").rename(base_dir / "encoder-model.int8.onnx")
+
+    for stage in ("smoothquant", "int8", "int8_dynamic", "fp16", "shard", "fidelity"):
+        done = _stage(tmp_path, stage)
+        assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
+
+    smooth = json.loads((tmp_path / "metrics" / "smoothquant.json").read_text())
+    assert smooth["smoothed"] == 17 and smooth["alpha"] == 0.5
+    fidelity = json.loads((tmp_path / "metrics" / "fidelity.json").read_text())
+    variants = fidelity["variants"]
+    assert set(variants) == {"fp16", "fp32_sharded", "int8_dynamic", "int8_smoothquant", "int8_stock"}
+    assert variants["fp32_sharded"]["rel_error_max"] == 0.0
+    assert variants["int8_stock"] == {**variants["int8_dynamic"], "file": variants["int8_stock"]["file"]}
+    shards = sorted((tmp_path / "models/variants/fp32_sharded").glob("encoder-model.onnx.data.*"))
+    assert len(shards) >= 2 and all(p.stat().st_size <= 300_000 for p in shards)
+
+    params["fidelity"]["min_cosine"] = 0.9999999
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    failed = _stage(tmp_path, "int8")
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: int8 encoder cosine vs fp32")
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / "models/variants/int8_smoothquant").exists()

@@ -1,0 +1,79 @@
+"""fp16 cast: weights in float16, inputs and outputs exactly as before (float32 features, int lengths)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from stages import onnx_graph as og
+from stages.common import StageError
+from stages.fp16 import build_fp16
+from tests.encoder_graph import build_decoder, build_encoder, save_encoder, speechlike
+
+
+@pytest.fixture(scope="module")
+def fp16(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("fp16")
+    save_encoder(build_encoder(), root / "base")
+    onnx.save_model(build_decoder(), str(root / "base" / "decoder_joint-model.onnx"))
+    build_fp16(root / "base", root / "fp16")
+    return root / "base", root / "fp16"
+
+
+def _io(path: Path) -> list[tuple[str, int]]:
+    graph = og.load_graph(path).graph
+    return [(v.name, v.type.tensor_type.elem_type) for v in [*graph.input, *graph.output]]
+
+
+@pytest.mark.parametrize("name", ["encoder-model", "decoder_joint-model"])
+def test_io_types_unchanged_weights_halved(fp16: tuple[Path, Path], name: str) -> None:
+    base, out = fp16
+    src, dst = base / f"{name}.onnx", out / f"{name}.fp16.onnx"
+    assert _io(dst) == _io(src)
+    assert onnx.TensorProto.INT32 in dict(_io(src)).values() or onnx.TensorProto.INT64 in dict(_io(src)).values()
+    session = og.open_session(dst)
+    assert {i.name: i.type for i in session.get_inputs()} == {i.name: i.type for i in og.open_session(src).get_inputs()}
+    weights = [t for t in onnx.load(str(dst)).graph.initializer if len(t.dims) == 2]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+
+
+def test_encoder_outputs_close_to_fp32(fp16: tuple[Path, Path]) -> None:
+    base, out = fp16
+    audio = [speechlike(2.0, seed=11)]
+    reference = og.encoder_outputs(base / "encoder-model.onnx", audio, "fp32")
+    got = og.encoder_outputs(out / "encoder-model.fp16.onnx", audio, "fp16")
+    assert got[0].dtype == np.float32
+    scores = og.compare(reference, got)
+    assert scores["cosine_min"] > 0.9999 and 0 < scores["rel_error_max"] < 1e-2
+
+
+def test_only_the_two_files_and_rerun_identical(fp16: tuple[Path, Path], tmp_path: Path) -> None:
+    base, out = fp16
+    assert sorted(p.name for p in out.iterdir()) == ["decoder_joint-model.fp16.onnx", "encoder-model.fp16.onnx"]
+    # the converter's temporary file beside its input (models/base, a DVC output) is gone
+    assert sorted(p.name for p in base.iterdir()) == [
+        "decoder_joint-model.onnx", "encoder-model.onnx", "encoder-model.onnx.data"]
+    build_fp16(base, tmp_path / "again")
+    for p in out.iterdir():
+        assert (tmp_path / "again" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_missing_decoder_leaves_nothing(tmp_path: Path) -> None:
+    save_encoder(build_encoder(), tmp_path / "base")
+    with pytest.raises(StageError, match="decoder_joint-model.onnx not found"):
+        build_fp16(tmp_path / "base", tmp_path / "fp16")
+    assert not (tmp_path / "fp16").exists()
+
+
+def test_hard_linked_input_gives_a_clear_error(fp16: tuple[Path, Path], tmp_path: Path) -> None:
+    base, _ = fp16
+    (tmp_path / "base").mkdir()
+    for f in base.iterdir():
+        os.link(f, tmp_path / "base" / f.name)
+    with pytest.raises(StageError, match="hard links"):
+        build_fp16(tmp_path / "base", tmp_path / "fp16")
+    assert not (tmp_path / "fp16").exists()

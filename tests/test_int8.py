@@ -1,0 +1,126 @@
+"""Static SmoothQuant int8 and the dynamic (stock recipe) int8, on a random FastConformer-shaped graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from stages import onnx_graph as og
+from stages.common import StageError
+from stages.int8 import NAME, build_int8
+from stages.int8_dynamic import build_dynamic_int8
+from stages.smoothquant import smooth_encoder
+from tests.encoder_graph import build_encoder, save_encoder, write_windows
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("int8")
+    base = save_encoder(build_encoder(outlier_scale=50), root / "base")
+    windows = write_windows(root / "windows")
+    smooth_encoder(base, root / "smoothed", windows, alpha=0.5)
+    return {"root": root, "base": base, "smoothed": root / "smoothed" / base.name, "windows": windows}
+
+
+@pytest.fixture(scope="module")
+def int8(setup: dict[str, Path]) -> tuple[Path, dict[str, float]]:
+    fidelity = build_int8(setup["smoothed"], setup["root"] / "int8", setup["windows"], 99.999, 0, min_cosine=0.9)
+    return setup["root"] / "int8" / NAME, fidelity
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return og.producers(graph)
+
+
+def test_int8_graph_is_per_channel_matmul_only(int8: tuple[Path, dict[str, float]], setup: dict[str, Path]) -> None:
+    path, fidelity = int8
+    assert fidelity["cosine_min"] >= 0.9
+    assert sorted(p.name for p in path.parent.iterdir()) == [NAME]  # one self-contained file, like upstream's
+    model = onnx.load(str(path))
+    assert not any(og.is_external(t) for t in model.graph.initializer)
+    graph, inits = model.graph, {t.name: t for t in model.graph.initializer}
+    makers = _producers(graph)
+    kinds = og.classify_matmuls(og.load_graph(setup["smoothed"]).graph)
+    counts = og.op_counts(graph)
+    assert "MatMulInteger" not in counts and "ConvInteger" not in counts
+    for node in graph.node:
+        if node.op_type == "MatMul":
+            weight_dq = makers.get(node.input[1])
+            if kinds[node.name] in ("two_activations", "transposed_weight"):
+                assert weight_dq is None or weight_dq.op_type != "DequantizeLinear", node.name
+                assert makers[node.input[0]].op_type != "DequantizeLinear", node.name
+                continue
+            assert weight_dq.op_type == "DequantizeLinear", node.name
+            weight, scale = inits[weight_dq.input[0]], inits[weight_dq.input[1]]
+            assert weight.data_type == onnx.TensorProto.INT8 and len(weight.dims) == 2
+            assert list(scale.dims) == [weight.dims[1]]  # one scale per output channel
+            assert makers[node.input[0]].op_type == "DequantizeLinear"  # activation quantized too
+        if node.op_type == "Conv":
+            assert inits[node.input[1]].data_type == onnx.TensorProto.FLOAT, node.name
+            assert all(makers.get(i) is None or makers[i].op_type != "DequantizeLinear" for i in node.input)
+
+
+def test_int8_rerun_is_byte_identical(int8: tuple[Path, dict[str, float]], setup: dict[str, Path],
+                                      tmp_path: Path) -> None:
+    path, fidelity = int8
+    again = build_int8(setup["smoothed"], tmp_path / "again", setup["windows"], 99.999, 0, min_cosine=0.9)
+    assert again == fidelity
+    assert (tmp_path / "again" / NAME).read_bytes() == path.read_bytes()
+
+
+def test_external_data_path_gives_a_single_file(int8: tuple[Path, dict[str, float]], setup: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    """The route taken for Parakeet-size models (weights in external data while onnxruntime works)."""
+    _, fidelity = int8
+    got = build_int8(setup["smoothed"], tmp_path / "ext", setup["windows"], 99.999, 0, min_cosine=0.9, external=True)
+    assert sorted(p.name for p in (tmp_path / "ext").iterdir()) == [NAME]
+    assert got == fidelity
+    assert (tmp_path / "ext" / NAME).read_bytes() == int8[0].read_bytes()
+
+
+def test_fidelity_gate_fails_and_leaves_nothing(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "int8"
+    out.mkdir()
+    (out / NAME).write_bytes(b"an older model")
+    with pytest.raises(StageError, match="below fidelity.min_cosine"):
+        build_int8(setup["smoothed"], out, setup["windows"], 99.999, 0, min_cosine=0.999999)
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_calibration_subset_and_bad_percentile(setup: dict[str, Path], tmp_path: Path) -> None:
+    fidelity = build_int8(setup["smoothed"], tmp_path / "two", setup["windows"], 99.9, 2, min_cosine=0.5)
+    assert 0.5 <= fidelity["cosine_min"] <= 1
+    with pytest.raises(StageError, match="percentile"):
+        build_int8(setup["smoothed"], tmp_path / "bad", setup["windows"], 0, 0, min_cosine=0.5)
+    with pytest.raises(StageError, match="calib_windows"):
+        build_int8(setup["smoothed"], tmp_path / "bad", setup["windows"], 99.9, -1, min_cosine=0.5)
+    empty = write_windows(tmp_path / "w", calib=0, heldout=1)
+    with pytest.raises(StageError, match="no 'calib' windows"):
+        build_int8(setup["smoothed"], tmp_path / "bad", empty, 99.9, 0, min_cosine=0.5)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_dynamic_int8_is_the_stock_recipe(setup: dict[str, Path], tmp_path: Path) -> None:
+    counts = build_dynamic_int8(setup["base"], tmp_path / "dyn")
+    base_counts = og.op_counts(og.load_graph(setup["base"]).graph)
+    # every MatMul with a constant weight and every Conv become integer ops; Q·Kᵀ, attn·V stay float
+    assert counts["ConvInteger"] == base_counts["Conv"] and "Conv" not in counts
+    assert counts["MatMulInteger"] == base_counts["MatMul"] - counts["MatMul"]
+    assert counts["MatMul"] == len(og.activation_matmuls(og.load_graph(setup["base"]).graph))
+    model = onnx.load(str(tmp_path / "dyn" / NAME))
+    makers, inits = og.producers(model.graph), {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "MatMulInteger":
+            assert makers[node.input[0]].op_type == "DynamicQuantizeLinear"  # activations at run time
+            scale = inits[node.input[1].replace("_quantized", "_scale")]
+            assert scale.dims in ([], [1])  # per tensor
+    again = build_dynamic_int8(setup["base"], tmp_path / "dyn2", external=True)
+    assert again == counts
+    assert (tmp_path / "dyn2" / NAME).read_bytes() == (tmp_path / "dyn" / NAME).read_bytes()
+    session = og.open_session(tmp_path / "dyn" / NAME)
+    out = session.run(None, og.encoder_feed(session, og.Windows(setup["windows"], "heldout")[0]))
+    assert np.isfinite(out[0]).all()
