@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: repro test train-demo lock clean-venv
+.PHONY: repro test train-demo readme lock clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(BIN)/.installed $(BIN)/.torch
 
 train-demo: $(BIN)/.torch
 	$(BIN)/python -m demo.train --out demo/model
+
+# Paste the report stage's results table (reports/results.md) into README.md's Results section.
+readme: $(BIN)/.installed
+	$(BIN)/python -c "import re, pathlib; r = pathlib.Path('README.md'); t = r.read_text(); \
+	new = pathlib.Path('reports/results.md').read_text().strip(); \
+	r.write_text(re.sub(r'(<!-- results:start.*?-->\n).*?(<!-- results:end -->)', lambda m: m[1] + new + '\n' + m[2], t, flags=re.S))"
 
 lock:
 	uv pip compile pyproject.toml --extra test --python-version 3.11 \

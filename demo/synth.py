@@ -131,6 +131,8 @@ def _speak_in_child(engine: _Engine, text: str, name: str, rate_wpm: int, pitch:
     if pid == 0:  # child: speak, send b"\0" + samples or b"\1" + error, and leave without cleanup
         os.close(read_end)
         try:
+            # voices with breath noise (e.g. fr+f3) draw random numbers: seed espeak-ng's generator
+            engine.lib.espeak_ng_SetRandSeed(ctypes.c_long(0))
             reply = b"\0" + engine.speak(text, name, rate_wpm, pitch).tobytes()
         except BaseException as err:  # noqa: BLE001 - reported to the parent
             reply = b"\1" + str(err).encode()

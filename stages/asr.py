@@ -7,10 +7,17 @@ per-utterance normalisation applied to each window on its own).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import onnx_asr
+from onnx_asr.adapters import TimestampedResultsAsrAdapter
 from onnx_asr.preprocessors.numpy_preprocessor import NemoPreprocessorNumpy
+
+from stages.common import fail
 
 SAMPLE_RATE = 16_000
 FEATURES = "nemo128"
@@ -26,3 +33,116 @@ def features(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     waveform = np.ascontiguousarray(audio, dtype=np.float32)[None, :]
     feats, lens = _preprocessor()(waveform, np.array([waveform.shape[1]], dtype=np.int64))
     return feats.astype(np.float32, copy=False), lens.astype(np.int64, copy=False)
+
+
+# --- Variants and speech recognition through onnx-asr -------------------------------------------
+
+BASE_DIR = Path("models/base")
+VOCAB, CONFIG = "vocab.txt", "config.json"
+CANONICAL_ENCODER, CANONICAL_DECODER = "encoder-model.onnx", "decoder_joint-model.onnx"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One ONNX file of a variant: where it lies and which DVC stage makes it."""
+
+    folder: Path
+    name: str
+    stage: str
+
+
+# Encoder of each evaluated variant (paths relative to the repository root).
+VARIANTS: dict[str, ModelFile] = {
+    "fp32": ModelFile(BASE_DIR, "encoder-model.onnx", "base_model"),
+    "fp16": ModelFile(Path("models/variants/fp16"), "encoder-model.fp16.onnx", "fp16"),
+    "fp32_sharded": ModelFile(Path("models/variants/fp32_sharded"), "encoder-model.onnx", "shard"),
+    "int8_dynamic": ModelFile(Path("models/variants/int8_dynamic"), "encoder-model.int8.onnx", "int8_dynamic"),
+    "int8_smoothquant": ModelFile(Path("models/variants/int8_smoothquant"), "encoder-model.int8.onnx", "int8"),
+    "int8_stock": ModelFile(BASE_DIR, "encoder-model.int8.onnx", "base_model"),
+}
+
+# Decoder/joint per eval.decoder precision; the same one is paired with every encoder.
+DECODERS: dict[str, ModelFile] = {
+    "fp32": ModelFile(BASE_DIR, "decoder_joint-model.onnx", "base_model"),
+    "int8": ModelFile(BASE_DIR, "decoder_joint-model.int8.onnx", "base_model"),
+    "fp16": ModelFile(Path("models/variants/fp16"), "decoder_joint-model.fp16.onnx", "fp16"),
+}
+
+
+def model_files(spec: ModelFile, root: Path, what: str) -> list[Path]:
+    """The ONNX file plus its external-data sidecars (`<name>.onnx.data`, `<name>.onnx.data.000`, ...).
+
+    Sidecars are found by name rather than by parsing the graph, so that no weights are read before
+    the peak-memory baseline is taken.
+    """
+    onnx_path = root / spec.folder / spec.name
+    if not onnx_path.is_file():
+        fail(f"{what}: {onnx_path} is missing; run `dvc repro {spec.stage}` first")
+    prefixes = (spec.name + ".", spec.name.removesuffix(".onnx") + ".data")
+    sidecars = sorted(p for p in onnx_path.parent.iterdir() if p.is_file() and p.name.startswith(prefixes))
+    return [onnx_path, *sidecars]
+
+
+def assemble_model_dir(variant: str, decoder: str, dest: Path, root: Path = Path(".")) -> list[Path]:
+    """Fill `dest` with symlinks that onnx-asr loads as one model (encoder under the canonical name).
+
+    Returns the encoder's files (graph + external data), whose total size is the encoder size.
+    """
+    if variant not in VARIANTS:
+        fail(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
+    if decoder not in DECODERS:
+        fail(f"params.yaml: eval.decoder='{decoder}'; use one of {', '.join(DECODERS)}")
+    encoder_files = model_files(VARIANTS[variant], root, f"variant '{variant}'")
+    decoder_files = model_files(DECODERS[decoder], root, f"decoder '{decoder}'")
+    dest.mkdir(parents=True, exist_ok=True)
+    links = {CANONICAL_ENCODER: encoder_files[0], CANONICAL_DECODER: decoder_files[0]}
+    # External data keeps its own name: the graph refers to it by that name.
+    links |= {p.name: p for p in encoder_files[1:] + decoder_files[1:]}
+    for name in (VOCAB, CONFIG):
+        source = root / BASE_DIR / name
+        if not source.is_file():
+            fail(f"{source} is missing; run `dvc repro base_model` first")
+        links[name] = source
+    for name, source in links.items():
+        (dest / name).symlink_to(source.resolve())
+    return encoder_files
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One recognition: the text and, per token, its text and start time in seconds."""
+
+    text: str
+    tokens: list[str]
+    starts: list[float]
+
+
+def load_asr(model_dir: Path) -> TimestampedResultsAsrAdapter:
+    """Load an assembled model folder offline (CPU) with timestamped results."""
+    try:
+        model = onnx_asr.load_model(None, model_dir, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime/onnx-asr raise many types; the user needs one line
+        fail(f"could not load the model in {model_dir}: {str(err).splitlines()[0][:300]}")
+    return model.with_timestamps()
+
+
+def transcribe(asr: TimestampedResultsAsrAdapter, audio: np.ndarray) -> Transcript:
+    """One single pass over the whole clip (no chunking)."""
+    result = asr.recognize(np.ascontiguousarray(audio, dtype=np.float32), sample_rate=SAMPLE_RATE)
+    return Transcript(result.text, list(result.tokens or []), [float(t) for t in result.timestamps or []])
+
+
+def load_clip(path: Path, max_s: float) -> np.ndarray:
+    """The evaluation clip as mono 16 kHz float32, refusing anything one pass cannot take."""
+    if not path.is_file():
+        fail(f"{path} is missing; run `dvc repro decode_eval` first")
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    if rate != SAMPLE_RATE or audio.shape[1] != 1:
+        fail(f"{path}: expected 16 kHz mono, got {rate} Hz x {audio.shape[1]} channel(s); re-run decode_eval")
+    duration = audio.shape[0] / SAMPLE_RATE
+    if duration > max_s:
+        fail(
+            f"{path}: the evaluation clip lasts {duration:.1f} s, over eval.max_s={max_s:g} s "
+            "(one Parakeet pass is capped at 400 s); shorten eval_clip.crop_s"
+        )
+    return audio[:, 0].copy()

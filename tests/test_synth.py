@@ -58,3 +58,16 @@ def test_make_speech_fills_exact_duration_with_its_transcript() -> None:
     generated = text.sentences("fr", 20, 7)
     assert any(transcript == " ".join(generated[:n]) for n in range(1, 21))
     assert float(np.mean(np.abs(audio) > 1e-3)) > 0.3
+
+
+def test_breathy_voice_is_identical_across_processes():
+    """fr+f3 adds breath noise from espeak-ng's random generator (with varied pitch and rate, as
+    make_speech does); every process must still get the same audio."""
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from demo.synth import make_speech; "
+            "print(hashlib.sha256(make_speech('fr', 'fr+f3', 20, 5)[0].tobytes()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+               for _ in range(2)}
+    assert len(digests) == 1

@@ -1,0 +1,114 @@
+"""The drop-in release folder, in the upstream layout, with the model card as its README.
+
+onnx-asr finds each precision by its canonical name: the plain names are the unchanged fp32 files,
+`.int8` is the new SmoothQuant encoder beside the base int8 decoder, `.fp16` the fp16 pair, and
+`sharded/` holds the fp32 encoder repacked into shards. Files are copied, never hard-linked: onnx
+(1.23) refuses to read external data that has more than one hard link. The copy goes through
+copy_file_range, which shares blocks on filesystems that can (btrfs, XFS). The folder appears whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+
+from stages.asr import BASE_DIR, DECODERS, VARIANTS, ModelFile, model_files
+from stages.common import atomic_path, fail, run_cli
+from stages.report import CARD_FILE
+
+log = logging.getLogger("pipeline.package")
+
+OUT = Path("models/release")
+PLAIN_FILES = ("config.json", "vocab.txt", "nemo128.onnx")
+
+
+def release_plan(root: Path) -> dict[str, Path]:
+    """Release path (relative to the folder) -> source file."""
+    plan: dict[str, Path] = {}
+
+    def add(spec: ModelFile, what: str, subdir: str = "") -> None:
+        # Every file keeps its name: canonical already, and external data is named inside its graph.
+        plan.update({f"{subdir}{source.name}": source for source in model_files(spec, root, what)})
+
+    add(VARIANTS["fp32"], "fp32 encoder")
+    add(DECODERS["fp32"], "fp32 decoder")
+    add(VARIANTS["int8_smoothquant"], "SmoothQuant int8 encoder")
+    add(DECODERS["int8"], "int8 decoder")
+    add(VARIANTS["fp16"], "fp16 encoder")
+    add(DECODERS["fp16"], "fp16 decoder")
+    add(VARIANTS["fp32_sharded"], "sharded fp32 encoder", subdir="sharded/")
+    for name in PLAIN_FILES:
+        plan[name] = root / BASE_DIR / name
+    plan["README.md"] = root / CARD_FILE
+    for name, source in plan.items():
+        if not source.is_file():
+            fail(f"{source} is missing (needed for {name}); run `dvc repro` up to the stage that makes it")
+        if name.endswith(".onnx"):
+            for location in sorted(external_data_locations(source)):
+                if str(Path(name).parent / location).removeprefix("./") not in plan:
+                    fail(f"{source} keeps weights in '{location}', which is not beside it; re-run its stage")
+    return plan
+
+
+def external_data_locations(path: Path) -> set[str]:
+    """File names an ONNX graph's tensors point at (the graph is read without its weights)."""
+    def tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from tensors(sub)
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as err:  # a truncated or foreign file
+        fail(f"{path} is not a readable ONNX model ({str(err)[:200]}); re-run the stage that makes it")
+    return {
+        entry.value
+        for tensor in tensors(model.graph) if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data if entry.key == "location"
+    }
+
+
+def copy_file(source: Path, dest: Path) -> None:
+    """Copy in the kernel (block sharing where the filesystem allows), else through Python."""
+    try:
+        with open(source, "rb") as src, open(dest, "wb") as dst:
+            remaining = os.fstat(src.fileno()).st_size
+            while remaining > 0:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+        if remaining == 0:
+            return
+    except OSError:  # copy_file_range unsupported across these filesystems
+        pass
+    shutil.copyfile(source, dest)
+
+
+def package(root: Path = Path("."), out: Path = OUT) -> dict[str, Path]:
+    plan = release_plan(root)
+    with atomic_path(root / out) as tmp:
+        for name, source in plan.items():
+            dest = tmp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            copy_file(source, dest)
+            log.info("copied %s -> %s", source, name)
+    log.info("release folder %s: %d files", out, len(plan))
+    return plan
+
+
+def main() -> None:
+    package()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,168 @@
+"""Reference, evaluate and the release folder end to end, on a random model in Parakeet's layout.
+
+Real onnx-asr sessions on a short synthesized clip; the variants are made by the real transform
+stages (shard, fp16, dynamic int8). A random model's transcripts are nonsense, which is fine here:
+these tests check the plumbing (pairing, splitting, counting, files), not accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx_asr
+import pytest
+import soundfile as sf
+
+from demo.synth import synthesize
+from stages.asr import assemble_model_dir, load_asr, load_clip, transcribe
+from stages.base_model import demo_model, verify_model_dir
+from stages.common import StageError
+from stages.evaluate import evaluate, score_sections
+from stages.fp16 import build_fp16
+from stages.int8_dynamic import build_dynamic_int8
+from stages.package import package
+from stages.params import EvalParams
+from stages.reference import build_reference
+from stages.scoring import Section, split_by_section
+from stages.shard import shard_encoder
+from tests.random_model import build_full_random_model
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = ["the small boat sails across the quiet lake", "we choose to go there this year",
+             "the garden is green after the rain"]
+PARAMS = EvalParams(section_s=2.0, max_s=400.0, normalize="lower_nopunct", decoder="fp32")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder: models/base, the sharded/fp16/int8 variants, the clip and its transcript."""
+    root = tmp_path_factory.mktemp("project")
+    base = root / "models/base"
+    base.mkdir(parents=True)
+    demo_model(build_full_random_model(root / "random-model", seed=0), base)  # as the base_model stage does
+    verify_model_dir(base)
+    variants = root / "models/variants"
+    audio = np.concatenate([np.concatenate([synthesize(s, "en-us"), np.zeros(4000, np.float32)]) for s in SENTENCES])
+    shard_encoder(base / "encoder-model.onnx", variants / "fp32_sharded", 200_000, audio[:32_000])
+    build_fp16(base, variants / "fp16")
+    build_dynamic_int8(base / "encoder-model.onnx", variants / "int8_smoothquant")  # a stand-in int8 file
+    (root / "data/audio").mkdir(parents=True)
+    sf.write(root / "data/audio/eval.wav", audio, 16_000, subtype="FLOAT")
+    (root / "data/raw/eval").mkdir(parents=True)
+    (root / "data/raw/eval/transcript.txt").write_text(" ".join(SENTENCES) + "\n")
+    build_reference(root / "data/audio/eval.wav", root / "data/raw/eval", root / "data/reference",
+                    PARAMS.section_s, PARAMS.max_s, PARAMS.decoder, root)
+    return root
+
+
+@contextlib.contextmanager
+def loaded(root: Path, variant: str, scratch: Path) -> Iterator[object]:
+    """The variant assembled (fp32 decoder) in a fresh folder under `scratch`, loaded for timestamps."""
+    folder = scratch / f"model-{variant}"
+    assemble_model_dir(variant, "fp32", folder, root)
+    yield load_asr(folder)
+
+
+def clip_seconds(root: Path) -> float:
+    return sf.info(root / "data/audio/eval.wav").duration
+
+
+def test_reference_sections_cover_the_clip(root: Path):
+    rows = json.loads((root / "data/reference/sections.json").read_text())
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+    assert rows[0]["start_s"] == 0 and rows[-1]["end_s"] == pytest.approx(clip_seconds(root), abs=1e-5)
+    assert len(rows) >= 3
+    assert all(a["end_s"] == b["start_s"] == PARAMS.section_s * b["index"] for a, b in zip(rows, rows[1:]))
+    assert set(rows[0]) == {"index", "start_s", "end_s", "text"}
+    assert (root / "data/reference/truth.txt").read_text().split() == " ".join(SENTENCES).split()
+
+
+def test_evaluate_schema_and_arithmetic(root: Path, tmp_path: Path):
+    result = evaluate("fp32", PARAMS, root, tmp_path)
+    assert json.loads((tmp_path / "fp32.json").read_text()) == result
+    assert result["normalize"] == "lower_nopunct" and result["decoder"] == "fp32"
+    assert result["encoder_files"] == ["encoder-model.onnx", "encoder-model.onnx.data"]
+    sections = result["sections"]
+    assert len(sections) == len(json.loads((root / "data/reference/sections.json").read_text()))
+    keys = ("ref_words", "substitutions", "deletions", "insertions", "edits")
+    assert result["overall_counts"] == {k: sum(s[k] for s in sections) for k in keys}
+    counts = result["overall_counts"]
+    expected = None if not counts["ref_words"] else round(100 * counts["edits"] / counts["ref_words"], 4)
+    assert result["overall_wer_pct"] == expected
+    assert result["vs_truth"]["ref_words"] == len(" ".join(SENTENCES).split())
+    cost = result["cost"]
+    assert cost["encoder_mb"] > 0 and cost["load_s"] > 0 and cost["rtf"] > 0
+    assert cost["peak_rss_mb"] >= cost["baseline_rss_mb"] > 0
+
+
+def test_sections_together_hold_exactly_the_long_pass(root: Path, tmp_path: Path):
+    with loaded(root, "fp32", tmp_path) as asr:
+        whole = transcribe(asr, load_clip(root / "data/audio/eval.wav", 400)).text
+    hypotheses = [s["hypothesis"] for s in evaluate("fp32", PARAMS, root, tmp_path)["sections"]]
+    assert "".join(hypotheses).replace(" ", "") == whole.replace(" ", "")
+
+
+def test_sharded_fp32_scores_exactly_as_fp32(root: Path, tmp_path: Path):
+    fp32 = evaluate("fp32", PARAMS, root, tmp_path)
+    sharded = evaluate("fp32_sharded", PARAMS, root, tmp_path)
+    assert len(sharded["encoder_files"]) >= 3  # graph + at least two shards
+    assert sharded["sections"] == fp32["sections"] and sharded["vs_truth"] == fp32["vs_truth"]
+
+
+def test_missing_variant_names_it_and_its_stage(root: Path, tmp_path: Path):
+    with pytest.raises(StageError, match=r"variant 'int8_dynamic'.*missing; run `dvc repro int8_dynamic`"):
+        evaluate("int8_dynamic", PARAMS, root, tmp_path)
+
+
+def test_clip_over_the_limit_is_refused(root: Path, tmp_path: Path):
+    params = EvalParams(section_s=2.0, max_s=5.0, normalize="raw", decoder="fp32")
+    with pytest.raises(StageError, match="over eval.max_s=5"):
+        evaluate("fp32", params, root, tmp_path)
+
+
+def test_cli_runs_in_its_own_process_and_fails_in_one_line(root: Path):
+    params = (REPO / "params.yaml").read_text().replace("section_s: 60", f"section_s: {PARAMS.section_s}")
+    (root / "params.yaml").write_text(params)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ok = subprocess.run([sys.executable, "-m", "stages.evaluate", "fp16"], cwd=root, env=env,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((root / "metrics/eval/fp16.json").read_text())["encoder_files"] == [
+        "encoder-model.fp16.onnx"]
+    bad = subprocess.run([sys.executable, "-m", "stages.evaluate", "bf16"], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: usage:")
+    assert "Traceback" not in bad.stderr
+
+
+def test_release_folder_loads_in_every_precision(root: Path):
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports/MODEL_CARD.md").write_text("# card\n")
+    package(root)
+    release = root / "models/release"
+    audio = load_clip(root / "data/audio/eval.wav", 400)
+    texts = {}
+    for quantization in (None, "int8", "fp16"):
+        model = onnx_asr.load_model(None, release, quantization=quantization, providers=["CPUExecutionProvider"])
+        texts[quantization] = model.recognize(audio, sample_rate=16_000)
+    with loaded(root, "fp32", root / "scratch") as asr:
+        assert texts[None] == transcribe(asr, audio).text
+    assert (release / "README.md").read_text() == "# card\n"
+    assert sorted(p.name for p in (release / "sharded").iterdir())[0] == "encoder-model.onnx"
+
+
+def test_an_empty_long_pass_scores_as_all_deletions():
+    sections = [Section(0, 0.0, 60.0), Section(1, 60.0, 90.0)]
+    hypotheses = split_by_section([], [], sections)
+    scored = score_sections(sections, ["one two three", "four"], hypotheses, "raw")
+    assert scored["overall_wer_pct"] == 100.0
+    assert scored["overall_counts"] == {"ref_words": 4, "substitutions": 0, "deletions": 4, "insertions": 0,
+                                        "edits": 4}
+    assert scored["worst_section"] == {"index": 0, "start_s": 0.0, "end_s": 60.0, "wer_pct": 100.0}
