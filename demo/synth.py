@@ -164,8 +164,8 @@ def make_speech(
     """Exactly round(duration_s * 16000) samples of generated sentences, and their transcript.
 
     Speaking rate (140-190 wpm), pitch (50 +- 8) and the pauses (0.2-0.8 s) between sentences are
-    drawn from `seed`; the text from `seed + text_seed_offset`. A sentence that does not fit fully is
-    dropped, and the end is padded with silence.
+    drawn from `seed`; the text from `seed + text_seed_offset`. A sentence that does not fit fully in
+    what is left is skipped (a later, shorter one may fit), and the end is padded with silence.
     """
     total = round(duration_s * SAMPLE_RATE)
     rng = random.Random(f"speech:{lang}:{voice}:{seed}")
@@ -177,7 +177,7 @@ def make_speech(
     for text in texts:
         clip = synthesize(text, voice, rate_wpm=rng.randint(140, 190), pitch=50 + rng.randint(-8, 8))
         if pos + len(clip) > total:
-            break
+            continue
         audio[pos : pos + len(clip)] = clip
         spoken.append(text)
         pos += len(clip) + round(rng.uniform(0.2, 0.8) * SAMPLE_RATE)
