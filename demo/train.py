@@ -1,0 +1,393 @@
+"""Train the demo FastConformer-TDT on synthesized speech and export it in Parakeet's layout.
+
+    python -m demo.train --out demo/model [--minutes 60] [--seed 0]
+
+1. Synthesizes bilingual sentences (demo.text, demo.synth) with the training voices (every espeak-ng
+   variant but the held-out +m3 and +f2), random speaking rates and pitches, on 2 processes; the
+   audio is cached under demo/.work/.
+2. Trains with torch (2 threads) on features from onnx-asr's own NumPy nemo128 preprocessor
+   (stages.asr.features, the one inference uses): batches of single sentences, and batches of long
+   concatenations (sentences with pauses, 15-50 s) featurized as a whole, as a long pass is at
+   inference. Local attention (+-64 frames) with relative positions keeps the context the same at
+   any length. The learning-rate schedule follows the wall-clock budget; checkpoints are written
+   every few minutes to demo/.work/, so an interrupted run still leaves a usable model
+   (`--export-only` exports the last checkpoint).
+3. Exports fp32 ONNX (demo.fastconformer), adds outlier channels by exact rescaling
+   (demo.outliers) and makes the stock int8 files with onnxruntime's quantize_dynamic defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from demo.fastconformer import TINY, ModelConfig
+from demo.model_torch import TdtModel
+from demo.tdt_loss import gather_terms, tdt_nll
+from demo.text import ALPHABET, sentences
+from stages.asr import features
+
+log = logging.getLogger("demo.train")
+WORK = Path("demo/.work")
+BLANK_TOKEN = "<blk>"
+TRAIN_VOICES = {
+    "en": ("en-us", "en-gb"),
+    "fr": ("fr", "fr-be"),
+}
+TRAIN_VARIANTS = ("", "+m1", "+m2", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f3", "+f4", "+f5")
+SR = 16_000
+SYNTH_PROCESSES = max(16, 2 * (os.cpu_count() or 2))
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU is optional
+
+
+def vocab_tokens() -> list[str]:
+    """Characters of ALPHABET (space written as SentencePiece's '▁'), then <blk> last."""
+    return [("▁" if ch == " " else ch) for ch in ALPHABET] + [BLANK_TOKEN]
+
+
+def encode_text(text: str) -> list[int]:
+    index = {ch: i for i, ch in enumerate(ALPHABET)}
+    return [index[ch] for ch in text]
+
+
+def model_config() -> ModelConfig:
+    if TINY.vocab_size != len(ALPHABET) + 1:
+        raise ValueError("demo.fastconformer.TINY.vocab_size must be len(demo.text.ALPHABET) + 1")
+    return TINY
+
+
+# ------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Utterance:
+    text: str
+    audio: np.ndarray  # int16, 16 kHz
+
+
+def _speak(spec: tuple[str, str, int, int]) -> np.ndarray:
+    from demo.synth import synthesize
+
+    text, voice, rate, pitch = spec
+    audio = synthesize(text, voice, rate_wpm=rate, pitch=pitch)
+    return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def synth_specs(n_per_lang: int, seed: int) -> list[tuple[str, str, int, int]]:
+    rng = random.Random(f"train-voices:{seed}")
+    specs = []
+    for lang in ("en", "fr"):
+        for text in sentences(lang, n_per_lang, seed=1000 + seed):
+            voice = rng.choice(TRAIN_VOICES[lang]) + rng.choice(TRAIN_VARIANTS)
+            specs.append((text, voice, rng.randint(125, 205), rng.randint(32, 68)))
+    rng.shuffle(specs)
+    return specs
+
+
+def training_corpus(n_per_lang: int, seed: int) -> list[Utterance]:
+    cache = WORK / f"corpus-{n_per_lang}-{seed}.npz"
+    specs = synth_specs(n_per_lang, seed)
+    if cache.exists():
+        data = np.load(cache)
+        audio, offsets = data["audio"], data["offsets"]
+    else:
+        t0 = time.time()
+        # espeak-ng spends most of each call waiting, not computing: 8 processes keep 2 cores busy
+        with multiprocessing.get_context("fork").Pool(SYNTH_PROCESSES) as pool:
+            clips = []
+            for clip in pool.imap(_speak, specs, chunksize=32):
+                clips.append(clip)
+                if len(clips) % 2000 == 0:
+                    log.info("synthesized %d/%d clips", len(clips), len(specs))
+        offsets = np.cumsum([0] + [len(c) for c in clips])
+        audio = np.concatenate(clips)
+        WORK.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, audio=audio, offsets=offsets)
+        log.info("synthesized %d clips (%.1f h) in %.0f s", len(specs), len(audio) / SR / 3600, time.time() - t0)
+    return [Utterance(s[0], audio[offsets[i] : offsets[i + 1]]) for i, s in enumerate(specs)]
+
+
+def concatenation(utts: list[Utterance], rng: random.Random, seconds: float) -> tuple[np.ndarray, str]:
+    """Sentences with 0.2-0.8 s pauses (as demo.synth.make_speech) until about `seconds` long."""
+    parts: list[np.ndarray] = [np.zeros(int(rng.uniform(0.1, 0.8) * SR), np.int16)]
+    texts: list[str] = []
+    total = len(parts[0])
+    while total < seconds * SR:
+        u = rng.choice(utts)
+        pause = np.zeros(int(rng.uniform(0.2, 0.8) * SR), np.int16)
+        parts += [u.audio, pause]
+        texts.append(u.text)
+        total += len(u.audio) + len(pause)
+    return np.concatenate(parts), " ".join(texts)
+
+
+def bucketed_batches(
+    utts: list[Utterance], rng: random.Random, audio_budget: float, pool_batches: int = 16
+) -> list[list[tuple[np.ndarray, str]]]:
+    """Batches of single sentences of similar length (little padding), ~audio_budget seconds each."""
+    pool = rng.sample(utts, k=min(len(utts), int(pool_batches * audio_budget / 2.5)))
+    pool.sort(key=lambda u: len(u.audio))
+    batches: list[list[tuple[np.ndarray, str]]] = [[]]
+    total = 0.0
+    for u in pool:
+        if total >= audio_budget:
+            batches.append([])
+            total = 0.0
+        batches[-1].append((u.audio, u.text))
+        total += len(u.audio) / SR
+    rng.shuffle(batches)
+    return batches
+
+
+def spec_augment(feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Two frequency masks (<= 15 bins) and one time mask (<= 20 frames) per 5 s; zero = the mean."""
+    feats = feats.copy()
+    n_mels, t = feats.shape
+    for _ in range(2):
+        w = int(rng.integers(0, 16))
+        f0 = int(rng.integers(0, n_mels - w))
+        feats[f0 : f0 + w] = 0.0
+    for _ in range(max(1, t // 500)):
+        w = int(rng.integers(0, 21))
+        t0 = int(rng.integers(0, max(1, t - w)))
+        feats[:, t0 : t0 + w] = 0.0
+    return feats
+
+
+def make_batch(
+    items: list[tuple[np.ndarray, str]], rng: np.random.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    feats, lens, targets = [], [], []
+    for audio, text in items:
+        f, n = features(audio.astype(np.float32) / 32768.0)
+        f = f[0, :, : int(n[0])]
+        feats.append(spec_augment(f, rng) if rng is not None else f)
+        lens.append(f.shape[1])
+        targets.append(encode_text(text))
+    t_max, u_max = max(lens), max(len(t) for t in targets)
+    x = np.zeros((len(items), feats[0].shape[0], t_max), np.float32)
+    y = np.zeros((len(items), u_max), np.int64)
+    for i, (f, tgt) in enumerate(zip(feats, targets, strict=True)):
+        x[i, :, : f.shape[1]] = f
+        y[i, : len(tgt)] = tgt
+    return (torch.from_numpy(x), torch.tensor(lens), torch.from_numpy(y), torch.tensor([len(t) for t in targets]))
+
+
+# ------------------------------------------------------------------------------------------- loss
+def _chunk_terms(dec, enc_chunk, pred, targets):  # type: ignore[no-untyped-def]
+    logits = dec.out(dec.joint_hidden(enc_chunk, pred))
+    return gather_terms(logits, targets, dec.cfg.vocab_size - 1, dec.cfg.vocab_size)
+
+
+def batch_loss(model: TdtModel, x, x_lens, y, y_lens) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Mean TDT NLL per target token; the joint runs in time chunks (recomputed in backward)."""
+    enc, enc_lens = model.encoder(x, x_lens)
+    dec = model.decoder
+    blank = dec.cfg.vocab_size - 1
+    sos = torch.full((y.shape[0], 1), blank, dtype=y.dtype, device=y.device)
+    pred, _ = dec.predict(torch.cat([sos, y], dim=1))
+    cells = enc.shape[0] * enc.shape[1] * pred.shape[1] * dec.cfg.joint_hidden
+    limit = 40e6 if enc.device.type == "cpu" else 2e9
+    chunk = enc.shape[1] if cells < limit else max(1, int(enc.shape[1] * limit / 2 / cells))
+    parts = []
+    for s in range(0, enc.shape[1], chunk):
+        fn = torch.utils.checkpoint.checkpoint if chunk < enc.shape[1] else (lambda f, *a, **k: f(*a))
+        parts.append(fn(_chunk_terms, dec, enc[:, s : s + chunk], pred, y, use_reentrant=False))
+    blank_lp, label_lp, dur_lp = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
+    nll = tdt_nll(blank_lp, label_lp, dur_lp, enc_lens, y_lens, dec.cfg.durations)
+    return nll.sum() / y_lens.sum()
+
+
+# ------------------------------------------------------------------------------------------- decode
+@torch.no_grad()
+def greedy_decode(model: TdtModel, x: torch.Tensor, x_len: torch.Tensor, max_symbols: int = 10) -> str:
+    """onnx-asr's greedy TDT loop (one utterance)."""
+    enc, enc_len = model.encoder(x, x_len)
+    dec, cfg = model.decoder, model.decoder.cfg
+    blank, n_tok = cfg.vocab_size - 1, cfg.vocab_size
+    enc_proj = dec.enc_proj(enc[0])
+    tokens: list[int] = []
+    state = None
+    pred, new_state = dec.predict(torch.tensor([[blank]], device=x.device), state)
+    t, emitted = 0, 0
+    while t < int(enc_len[0]):
+        out = dec.out(torch.relu(enc_proj[t] + dec.pred_proj(pred[0, 0])))
+        token, step = int(out[:n_tok].argmax()), int(cfg.durations[int(out[n_tok:].argmax())])
+        if token != blank:
+            tokens.append(token)
+            emitted += 1
+            state = new_state
+            pred, new_state = dec.predict(torch.tensor([[token]], device=x.device), state)
+        if step > 0:
+            t += step
+            emitted = 0
+        elif token == blank or emitted == max_symbols:
+            t += 1
+            emitted = 0
+    return "".join(ALPHABET[i] for i in tokens)
+
+
+def char_error_rate(refs: list[str], hyps: list[str]) -> tuple[float, float]:
+    import jiwer
+
+    return float(jiwer.cer(refs, hyps)), float(jiwer.wer(refs, hyps))
+
+
+def dev_set(seed: int, n_per_lang: int = 20) -> list[tuple[np.ndarray, str]]:
+    from demo.synth import synthesize
+
+    rng = random.Random(f"dev:{seed}")
+    out = []
+    for lang, voice in (("en", "en-us+m3"), ("fr", "fr+f2")):
+        for text in sentences(lang, n_per_lang, seed=500 + seed):
+            audio = synthesize(text, voice, rate_wpm=rng.randint(140, 190), pitch=50 + rng.randint(-8, 8))
+            out.append((np.round(audio * 32767).astype(np.int16), text))
+    return out
+
+
+def evaluate(model: TdtModel, items: list[tuple[np.ndarray, str]]) -> tuple[float, float]:
+    model.eval()
+    hyps = []
+    for audio, text in items:
+        x, xl, _, _ = make_batch([(audio, text)], None)
+        hyps.append(greedy_decode(model, x.to(DEVICE), xl.to(DEVICE)))
+    model.train()
+    return char_error_rate([t for _, t in items], hyps)
+
+
+# ------------------------------------------------------------------------------------------- train
+def train(
+    minutes: float,
+    seed: int,
+    n_per_lang: int = 6000,
+    long_prob: float = 0.25,
+    ckpt: Path = WORK / "checkpoint.pt",
+    eval_every_s: float = 600.0,
+    dev_per_lang: int = 20,
+    resume: Path | None = None,
+    batch_seconds: float = 50.0,
+    long_count: int = 1,
+    peak_lr: float = 1.5e-3,
+    max_steps: int | None = None,
+) -> Path:
+    """Train for `minutes` of wall clock (cosine schedule over that budget); returns the checkpoint.
+    `resume` continues from a checkpoint's weights (fresh optimizer, short warmup)."""
+    torch.manual_seed(seed)
+    if DEVICE.type == "cpu":
+        torch.set_num_threads(2)
+    rng = random.Random(seed)
+    np_rng = np.random.default_rng(seed)
+    utts = training_corpus(n_per_lang, seed)
+    dev = dev_set(seed, dev_per_lang)
+    cfg = model_config()
+    model = TdtModel(cfg)
+    if resume is not None:
+        model.load_state_dict(torch.load(resume, weights_only=False, map_location="cpu")["model"])
+    model.to(DEVICE)
+    log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-2)
+    warmup = 300 if resume is None else 50
+    start = time.time()
+    budget = minutes * 60.0
+    last_ckpt = last_eval = start
+    step = 0
+    audio_budget = batch_seconds  # seconds of audio per batch
+    short_batches: list[list[tuple[np.ndarray, str]]] = []
+    while time.time() - start < budget and (max_steps is None or step < max_steps):
+        frac = (time.time() - start) / budget
+        if max_steps is not None:  # a step budget makes the schedule independent of machine load
+            frac = max(frac, step / max_steps)
+        lr = peak_lr * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if rng.random() < long_prob:
+            items = [concatenation(utts, rng, rng.uniform(15.0, 50.0)) for _ in range(long_count)]
+        else:
+            if not short_batches:
+                short_batches = bucketed_batches(utts, rng, audio_budget)
+            items = short_batches.pop()
+        x, xl, y, yl = (t.to(DEVICE) for t in make_batch(items, np_rng))
+        loss = batch_loss(model, x, xl, y, yl)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            log.info("step %d  %.1f min  lr %.2e  loss %.4f  (%s, T=%d)", step, (time.time() - start) / 60, lr,
+                     loss.item(), "long" if len(items) == long_count else "short", x.shape[-1])
+        now = time.time()
+        if now - last_ckpt > 300:
+            torch.save({"config": cfg, "model": _cpu_state(model), "step": step}, ckpt)
+            last_ckpt = now
+        if now - last_eval > eval_every_s:
+            cer, wer = evaluate(model, dev)
+            log.info("dev (held-out voices) step %d: CER %.2f%%  WER %.2f%%", step, 100 * cer, 100 * wer)
+            last_eval = time.time()
+    torch.save({"config": cfg, "model": _cpu_state(model), "step": step, "minutes": (time.time() - start) / 60}, ckpt)
+    cer, wer = evaluate(model, dev)
+    log.info("final dev (held-out voices) step %d: CER %.2f%%  WER %.2f%%", step, 100 * cer, 100 * wer)
+    return ckpt
+
+
+def _cpu_state(model: TdtModel) -> dict:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def load_checkpoint(path: Path) -> TdtModel:
+    data = torch.load(path, weights_only=False, map_location="cpu")
+    model = TdtModel(data["config"])
+    model.load_state_dict(data["model"])
+    return model.eval()
+
+
+def export(ckpt: Path, out_dir: Path, add_outliers: bool = True) -> None:
+    from demo.export import export_model  # the ONNX side needs no torch; imported late on purpose
+
+    model = load_checkpoint(ckpt)
+    from demo.model_torch import export_weights
+
+    report = export_model(export_weights(model), model.cfg, vocab_tokens(), out_dir, add_outliers=add_outliers)
+    if add_outliers:  # figures for the model card
+        (WORK / f"outliers-{out_dir.name}.json").write_text(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("demo/model"))
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export-only", action="store_true", help="export demo/.work/checkpoint.pt")
+    parser.add_argument("--no-outliers", action="store_true")
+    parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint's weights")
+    parser.add_argument("--peak-lr", type=float, default=1.5e-3)
+    parser.add_argument("--steps", type=int, default=None, help="also stop after this many steps")
+    parser.add_argument("--n-per-lang", type=int, default=6000, help="training sentences per language")
+    parser.add_argument("--batch-seconds", type=float, default=50.0, help="audio per batch (more on a GPU)")
+    parser.add_argument("--long-count", type=int, default=1, help="concatenations per long batch")
+    parser.add_argument("--checkpoint", type=Path, default=WORK / "checkpoint.pt")
+    parser.add_argument("--skip-export", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.export_only:
+        ckpt = args.checkpoint
+    else:
+        ckpt = train(args.minutes, args.seed, n_per_lang=args.n_per_lang, ckpt=args.checkpoint, resume=args.resume,
+                     peak_lr=args.peak_lr, max_steps=args.steps, batch_seconds=args.batch_seconds,
+                     long_count=args.long_count)
+    if args.skip_export:
+        return
+    export(ckpt, args.out, add_outliers=not args.no_outliers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Training code: TDT loss against a brute-force sum over alignments, torch == ONNX Runtime, and a
+few optimisation steps that make the loss fall."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from demo.fastconformer import TINY, default_tokens, write_model_dir  # noqa: E402
+from demo.model_torch import TdtModel, export_weights  # noqa: E402
+from demo.tdt_loss import tdt_loss  # noqa: E402
+
+DURATIONS = (0, 1, 2, 3, 4)
+
+
+def brute_force_nll(logits: torch.Tensor, labels: list[int], frames: int, blank: int) -> float:
+    """-log of the sum over every TDT alignment, enumerated recursively (tiny cases only)."""
+    n_tok = logits.shape[-1] - len(DURATIONS)
+    tok = torch.log_softmax(logits[..., :n_tok].double(), -1)
+    dur = torch.log_softmax(logits[..., n_tok:].double(), -1)
+    finals: list[torch.Tensor] = []
+
+    def walk(t: int, u: int, logp: torch.Tensor) -> None:
+        for k, d in enumerate(DURATIONS):
+            if u < len(labels) and t + d < frames:
+                walk(t + d, u + 1, logp + tok[t, u, labels[u]] + dur[t, u, k])
+            if d > 0:
+                step = logp + tok[t, u, blank] + dur[t, u, k]
+                if t + d == frames and u == len(labels):
+                    finals.append(step)
+                elif t + d < frames:
+                    walk(t + d, u, step)
+
+    walk(0, 0, torch.zeros((), dtype=torch.float64))
+    return float(-torch.logsumexp(torch.stack(finals), 0))
+
+
+@pytest.mark.parametrize(("frames", "labels"), [(1, 1), (2, 1), (3, 2), (5, 3), (6, 4), (7, 2)])
+def test_tdt_loss_matches_brute_force(frames: int, labels: int) -> None:
+    gen = torch.Generator().manual_seed(frames * 10 + labels)
+    vocab, blank = 5, 4
+    logits = torch.randn(2, frames + 1, labels + 1, vocab + len(DURATIONS), generator=gen)
+    targets = torch.randint(0, blank, (2, labels), generator=gen)
+    # second utterance shorter in both axes: padding must not leak into the result
+    lens_t = torch.tensor([frames, max(1, frames - 1)])
+    lens_u = torch.tensor([labels, max(1, labels - 1)])
+    got = tdt_loss(logits, targets, lens_t, lens_u, blank, DURATIONS)
+    for b in range(2):
+        want = brute_force_nll(logits[b], targets[b, : lens_u[b]].tolist(), int(lens_t[b]), blank)
+        assert got[b].item() == pytest.approx(want, rel=1e-5)
+
+
+def test_tdt_loss_gradients_are_finite() -> None:
+    logits = torch.randn(2, 9, 5, 10, requires_grad=True)
+    loss = tdt_loss(logits, torch.randint(0, 4, (2, 4)), torch.tensor([9, 6]), torch.tensor([4, 2]), 4).sum()
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def _random_model(cfg=TINY) -> TdtModel:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = TdtModel(cfg)
+    for mod in model.modules():  # non-trivial BatchNorm statistics, so the folding is exercised
+        if isinstance(mod, torch.nn.BatchNorm1d):
+            mod.running_mean.normal_(0, 0.3)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.normal_(1.0, 0.2)
+            mod.bias.data.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_torch_forward_matches_onnxruntime(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = TINY.replace(pred_layers=2)
+    model = _random_model(cfg)
+    write_model_dir(tmp_path, export_weights(model), cfg, default_tokens(cfg))
+
+    # two utterances of different lengths, the longer beyond the +-64-frame attention window
+    feats = torch.randn(2, cfg.n_mels, 1500)
+    lengths = torch.tensor([1500, 1100])
+    with torch.no_grad():
+        enc, enc_lens = model.encoder(feats, lengths)
+    encoder = ort.InferenceSession(str(tmp_path / "encoder-model.onnx"))
+    out, out_lens = encoder.run(None, {"audio_signal": feats.numpy(), "length": lengths.numpy()})
+    assert out_lens.tolist() == enc_lens.tolist()
+    for b, n in enumerate(out_lens):
+        assert _relative(out[b, :, :n], enc[b, :n].numpy().T) <= 1e-4
+
+    enc_out = np.random.default_rng(0).standard_normal((2, cfg.d_model, 6)).astype(np.float32)
+    targets = np.array([[3, 7, 1, 43], [5, 2, 9, 0]], np.int32)
+    states = [np.random.default_rng(i).standard_normal((2, 2, cfg.pred_hidden)).astype(np.float32) for i in (1, 2)]
+    decoder = ort.InferenceSession(str(tmp_path / "decoder_joint-model.onnx"))
+    logits, pred_lens, h, c = decoder.run(None, {
+        "encoder_outputs": enc_out, "targets": targets, "target_length": np.array([4, 4], np.int32),
+        "input_states_1": states[0], "input_states_2": states[1]})
+    with torch.no_grad():
+        want, (want_h, want_c) = model.decoder(torch.from_numpy(enc_out).transpose(1, 2),
+                                               torch.from_numpy(targets).long(),
+                                               (torch.from_numpy(states[0]), torch.from_numpy(states[1])))
+    assert pred_lens.tolist() == [4, 4]
+    assert _relative(logits, want.numpy()) <= 1e-4
+    assert _relative(h, want_h.numpy()) <= 1e-4
+    assert _relative(c, want_c.numpy()) <= 1e-4
+
+
+def test_a_few_training_steps_reduce_the_loss() -> None:
+    from demo.synth import synthesize
+    from demo.text import sentences
+    from demo.train import batch_loss, make_batch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    items = []
+    for i, text in enumerate(sentences("en", 4, seed=3)):
+        audio = synthesize(text, "en-us+m1" if i % 2 else "en-gb+f3")
+        items.append((np.round(audio * 32767).astype(np.int16), text))
+    x, x_lens, y, y_lens = make_batch(items, None)
+    cfg = TINY.replace(n_layers=2, d_model=64, n_heads=2, ff_dim=128, pred_hidden=64, joint_hidden=64)
+    model = TdtModel(cfg, dropout=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = batch_loss(model, x, x_lens, y, y_lens)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.7 * losses[0]
