@@ -1,0 +1,113 @@
+"""Wall time and peak resident memory of a whole process and of named phases inside it.
+
+The kernel's high-water mark (VmHWM, what ru_maxrss reports) can be reset by writing "5" to
+/proc/self/clear_refs, which gives each phase its own exact peak even when phases run one after the
+other in one process. Where that file cannot be written, phases report the process peak so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MB = 1e6
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def high_water_bytes() -> int:
+    """This process's peak RSS since start (or since the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _reset_high_water() -> bool:
+    try:
+        CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Phase:
+    calls: int = 0
+    wall_s: float = 0.0
+    peak_rss_bytes: int = 0
+
+
+@dataclass
+class Meter:
+    """Peak RSS of the process and of every phase, exact across high-water resets."""
+
+    phases: dict[str, Phase] = field(default_factory=dict)
+    process_peak: int = 0
+    _open: list[Phase] = field(default_factory=list)
+
+    def _fold(self) -> None:
+        """Credit the high-water mark since the last reset to the process and to every open phase."""
+        peak = high_water_bytes()
+        self.process_peak = max(self.process_peak, peak)
+        for phase in self._open:
+            phase.peak_rss_bytes = max(phase.peak_rss_bytes, peak)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        record = self.phases.setdefault(name, Phase())
+        self._fold()
+        _reset_high_water()
+        self._open.append(record)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            record.wall_s += time.perf_counter() - started
+            record.calls += 1
+            self._fold()
+            self._open.remove(record)
+
+    def peak_bytes(self) -> int:
+        self._fold()
+        return max(self.process_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {name: {"calls": p.calls, "wall_s": round(p.wall_s, 4), "peak_rss_mb": round(p.peak_rss_bytes / MB, 1)}
+                for name, p in self.phases.items()}
+
+
+@contextlib.contextmanager
+def instrumented(meter: Meter, targets: dict[str, str]) -> Iterator[None]:
+    """Record every call of the functions named "module:attribute" (or "module:Class.method") as the
+    phase given by the key, by replacing the attribute for the duration of the block."""
+    undo: list[tuple[Any, str, Any]] = []
+    try:
+        for phase_name, target in targets.items():
+            module_name, _, path = target.partition(":")
+            owner: Any = importlib.import_module(module_name)
+            *parents, attr = path.split(".")
+            for parent in parents:
+                owner = getattr(owner, parent)
+            original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+            undo.append((owner, attr, original))
+            setattr(owner, attr, _timed(meter, phase_name, original))
+        yield
+    finally:
+        for owner, attr, original in reversed(undo):
+            setattr(owner, attr, original)
+
+
+def _timed(meter: Meter, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with meter.phase(name):
+            return func(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,103 @@
+"""A random-weight twin of Parakeet TDT 0.6B v3's ONNX export, for cost benchmarks (never committed).
+
+    python -m bench.twin --out /work/twin                      # Parakeet's sizes: ~2.4 GB encoder
+    python -m bench.twin --out /tmp/t --layers 2 --d-model 64   # a tiny one (tests)
+
+The folder holds what upstream's holds, with the same file and tensor names: encoder-model.onnx
+(+ one encoder-model.onnx.data), decoder_joint-model.onnx, config.json, vocab.txt (<blk> last),
+nemo128.onnx (onnx-asr's own, from the installed package) and the stock-recipe int8 decoder
+(plus, with --stock-int8, the stock-recipe int8 encoder). twin.json records the sizes, the build
+time and the builder's peak RSS. The weights are random: fine for costs, meaningless for accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import shutil
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from demo.fastconformer import PARAKEET, ModelConfig, build_random_model
+from stages.common import atomic_path, fail, run_cli, write_json
+from stages.int8_dynamic import build_dynamic_int8
+
+log = logging.getLogger("bench.twin")
+
+MB = 1e6
+FEATURES = 128  # onnx-asr's nemo128 preprocessor
+ENCODER, DECODER = "encoder-model.onnx", "decoder_joint-model.onnx"
+
+
+def nemo128() -> Path:
+    """onnx-asr's bundled nemo128 preprocessor (taken from the installed package, never committed)."""
+    path = Path(str(resources.files("onnx_asr.preprocessors") / "data" / "nemo128.onnx"))
+    if not path.is_file():
+        fail(f"{path} not found: the installed onnx-asr has no nemo128.onnx; reinstall onnx-asr==0.12.0")
+    return path
+
+
+def build_twin(out_dir: Path, config: ModelConfig, seed: int, stock_int8: bool) -> dict:
+    """Write the twin folder atomically; return its summary (also written to twin.json)."""
+    if config.n_mels != FEATURES:
+        fail(f"a twin needs {FEATURES} mel inputs (onnx-asr's nemo128), not {config.n_mels}")
+    started = time.perf_counter()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        build_random_model(tmp, config, seed)
+        built_s = time.perf_counter() - started
+        for name in (ENCODER, f"{ENCODER}.data", DECODER, "config.json", "vocab.txt"):
+            if not (tmp / name).is_file():
+                fail(f"demo.fastconformer.build_random_model wrote no {name}; the twin needs upstream's files")
+        shutil.copyfile(nemo128(), tmp / "nemo128.onnx")
+        with tempfile.TemporaryDirectory(dir=tmp) as scratch:  # stock recipe: quantize_dynamic, defaults
+            quantize_dynamic(str(tmp / DECODER), str(Path(scratch) / "decoder.onnx"), weight_type=QuantType.QInt8)
+            shutil.move(Path(scratch) / "decoder.onnx", tmp / "decoder_joint-model.int8.onnx")
+        if stock_int8:
+            build_dynamic_int8(tmp / ENCODER, tmp / "stock")
+            shutil.move(tmp / "stock" / "encoder-model.int8.onnx", tmp / "encoder-model.int8.onnx")
+            shutil.rmtree(tmp / "stock")
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        summary = {
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
+            "seed": seed,
+            "files": files,
+            "encoder_mb": round(sum(v for k, v in files.items() if k.startswith(ENCODER)) / MB, 1),
+            "build_model_s": round(built_s, 1),
+            "total_s": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB, 1),
+        }
+        write_json(tmp / "twin.json", summary)
+    log.info("twin in %s: encoder %.0f MB, built in %.0f s, peak RSS %.0f MB", out_dir, summary["encoder_mb"],
+             summary["total_s"], summary["peak_rss_mb"])
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.twin", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to create (replaced if it exists)")
+    parser.add_argument("--layers", type=int, default=PARAKEET.n_layers)
+    parser.add_argument("--d-model", type=int, default=PARAKEET.d_model)
+    parser.add_argument("--heads", type=int, default=PARAKEET.n_heads)
+    parser.add_argument("--ff-dim", type=int, help="default: 4 x d_model")
+    parser.add_argument("--subsampling-channels", type=int, help="default: d_model / 4")
+    parser.add_argument("--vocab", type=int, default=PARAKEET.vocab_size, help="tokens including <blk>")
+    parser.add_argument("--pred-hidden", type=int, help="LSTM and joint width (default: d_model x 5/8)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stock-int8", action="store_true", help="also write the stock-recipe int8 encoder")
+    args = parser.parse_args()
+    pred = args.pred_hidden or args.d_model * 5 // 8
+    config = PARAKEET.replace(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads,
+                              ff_dim=args.ff_dim or 4 * args.d_model,
+                              subsampling_channels=args.subsampling_channels or max(args.d_model // 4, 4),
+                              vocab_size=args.vocab, pred_hidden=pred, joint_hidden=pred)
+    build_twin(args.out, config, args.seed, args.stock_int8)
+
+
+if __name__ == "__main__":
+    run_cli(main)

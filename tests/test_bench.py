@@ -1,0 +1,100 @@
+"""The cost benchmark at toy scale: the same code as the Parakeet-size run, so that it cannot rot.
+
+A 2-layer, d_model 64 twin is built through the CLI, then `python -m bench.cost` runs every stage
+and variant with 2 calibration windows of 3 s. No timing assertions: only that every stage and
+variant was measured, with positive figures, and that the recorded sizes are the files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from bench.cost import VARIANT_FILES
+from bench.report import markdown
+
+STAGES = {("smoothquant", 2), ("int8_static", 2), ("int8_dynamic", None), ("fp16", None), ("shard", None),
+          ("disk_copy", None)}
+
+
+def _run(*args: str, cwd: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
+    root = Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("bench")
+    twin, work, out = tmp / "twin", tmp / "work", tmp / "bench.json"
+    _run("bench.twin", "--out", str(twin), "--layers", "2", "--d-model", "64", "--heads", "2", "--vocab", "33",
+         "--stock-int8", cwd=root)
+    _run("bench.cost", "--model", str(twin), "--windows", "2", "--window-s", "3", "--heldout", "1",
+         "--audio-s", "6", "--lengths", "3", "--shard-mb", "0.1", "--profile", "int8_smoothquant", "--work", str(work), "--out", str(out), cwd=root)
+    return json.loads(out.read_text()), twin, work
+
+
+def test_twin_has_upstream_layout(bench_run: tuple[dict, Path, Path]) -> None:
+    _, twin, _ = bench_run
+    for name in ("encoder-model.onnx", "encoder-model.onnx.data", "decoder_joint-model.onnx", "config.json",
+                 "vocab.txt", "nemo128.onnx", "decoder_joint-model.int8.onnx", "encoder-model.int8.onnx"):
+        assert (twin / name).is_file(), name
+    vocab = (twin / "vocab.txt").read_text().splitlines()
+    assert len(vocab) == 33 and vocab[-1] == "<blk> 32"
+    encoder = onnx.load(str(twin / "encoder-model.onnx"), load_external_data=False)
+    assert [i.name for i in encoder.graph.input] == ["audio_signal", "length"]
+    assert [o.name for o in encoder.graph.output] == ["outputs", "encoded_lengths"]
+    locations = {e.value for t in encoder.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"encoder-model.onnx.data"}
+    summary = json.loads((twin / "twin.json").read_text())
+    assert summary["config"]["n_layers"] == 2 and summary["peak_rss_mb"] > 0
+
+
+def test_every_stage_measured(bench_run: tuple[dict, Path, Path]) -> None:
+    result, _, _ = bench_run
+    assert result["complete"] and result["settings"]["windows"] == [2]
+    assert {(s["stage"], s["windows"]) for s in result["stages"]} == STAGES
+    for s in result["stages"]:
+        assert s["wall_s"] > 0 and s["peak_rss_mb"] > 0 and s["output_mb"] > 0, s["stage"]
+        assert all(p["calls"] > 0 and p["peak_rss_mb"] > 0 for p in s["phases"].values()), s["stage"]
+    smoothquant = next(s for s in result["stages"] if s["stage"] == "smoothquant")
+    assert smoothquant["summary"]["calibration_windows"] == 2 and smoothquant["phases"]["statistics"]["calls"] == 1
+    int8 = next(s for s in result["stages"] if s["stage"] == "int8_static")
+    assert int8["phases"]["calibration"]["calls"] == 2  # streamed: one window per call
+    assert next(s for s in result["stages"] if s["stage"] == "shard")["shards"] > 1
+
+
+def test_every_variant_measured_and_sizes_match_disk(bench_run: tuple[dict, Path, Path]) -> None:
+    result, twin, work = bench_run
+    assert set(result["variants"]) == set(VARIANT_FILES)
+    for name, variant in result["variants"].items():
+        folder = twin if VARIANT_FILES[name][0] is None else work / VARIANT_FILES[name][0]
+        assert variant["encoder_files"], name
+        for file, size in variant["encoder_files"].items():
+            assert (folder / file).stat().st_size == size, (name, file)
+        assert [p["audio_s"] for p in variant["passes"]] == [3, 6]
+        for p in variant["passes"]:
+            assert p["load_s"] > 0 and p["pass_s"] > 0 and p["peak_rss_mb"] > 0 and p["finite"], (name, p)
+        frames = [p["frames"] for p in variant["passes"]]
+        assert 0 < frames[0] < frames[1], name  # 8x subsampling: a longer clip gives more frames
+    profile = result["variants"]["int8_smoothquant"]["profile"]
+    assert profile["audio_s"] == 6 and "QLinearMatMul" in profile["op_seconds"]  # the int8 kernels did run
+    fp32, sharded = result["variants"]["fp32"], result["variants"]["fp32_sharded"]
+    assert len(sharded["encoder_files"]) > 2  # graph + several shards
+    fp32_data = sum(v for k, v in fp32["encoder_files"].items() if ".data" in k)
+    assert sum(v for k, v in sharded["encoder_files"].items() if ".data" in k) == fp32_data
+
+
+def test_markdown_lists_everything(bench_run: tuple[dict, Path, Path]) -> None:
+    result, _, _ = bench_run
+    table = markdown(result)
+    for name in [*VARIANT_FILES, *(stage for stage, _ in STAGES)]:
+        assert f"| {name} |" in table, name
+    targets = result["targets"]
+    assert targets["int8_smoothquant_speedup"] > 0 and targets["shard_write_vs_copy"] > 0
+    assert set(targets["int8_calibration_peak_rss_mb"]) == {"2"}
