@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# dvc.yaml's stage commands call `python`: the venv's must come first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: repro test train-demo readme lock clean-venv
 
