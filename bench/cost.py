@@ -124,11 +124,12 @@ def machine() -> dict[str, Any]:
 def run_benchmark(model_dir: Path, work: Path, windows: list[int], audio_s: float, lengths: list[float],
                   params: Params, heldout: int, profile: tuple[str, ...] = (),
                   sweep_variants: tuple[str, ...] = tuple(VARIANT_FILES), seed: int = 0,
-                  checkpoint: Path | None = None) -> dict[str, Any]:
+                  checkpoint: Path | None = None, stages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Measure every stage and variant on the twin in model_dir; scratch files go under work.
 
     With `checkpoint`, the results so far are written there after every measurement ("complete":
-    false until the end), so an interrupted run still leaves its figures behind.
+    false until the end), so an interrupted run still leaves its figures behind. With `stages`
+    (records of an earlier run whose variants are still in work), only the passes are measured.
     """
     src = model_dir / ENCODER
     if not src.is_file():
@@ -154,10 +155,16 @@ def run_benchmark(model_dir: Path, work: Path, windows: list[int], audio_s: floa
         if checkpoint is not None:
             write_json(checkpoint, result)
 
-    long_audio = _make_audio(work, windows, params.windows.window_s, heldout, max([audio_s, *lengths]), seed)
-    for record in _stages(model_dir, work, windows, params):
-        result["stages"].append(record)
-        save()
+    if stages is None:
+        long_audio = _make_audio(work, windows, params.windows.window_s, heldout, max([audio_s, *lengths]), seed)
+        for record in _stages(model_dir, work, windows, params):
+            result["stages"].append(record)
+            save()
+    else:
+        result["stages"] = stages
+        long_audio = work / "long_audio.npy"
+        if not long_audio.is_file() or len(np.load(long_audio, mmap_mode="r")) < max([audio_s, *lengths]) * SAMPLE_RATE:
+            fail(f"{long_audio} is missing or too short: --passes-only needs the --work folder of a full run")
     encoders = {variant: (model_dir if folder is None else work / folder) / name
                 for variant, (folder, name) in VARIANT_FILES.items()}
     for variant, encoder in encoders.items():
@@ -251,7 +258,8 @@ def _long_pass(encoder: Path, audio: Path, seconds: float, work: Path, variant: 
     phases = record["phases"]
     return {"audio_s": seconds, "wall_s": record["wall_s"], "peak_rss_mb": record["peak_rss_mb"],
             "load_s": phases["load"]["wall_s"], "load_peak_rss_mb": phases["load"]["peak_rss_mb"],
-            "pass_s": phases["pass"]["wall_s"], "pass_peak_rss_mb": phases["pass"]["peak_rss_mb"],
+            "pass_s": phases["pass"]["wall_s"], "pass_cpu_s": phases["pass"]["cpu_s"],
+            "pass_peak_rss_mb": phases["pass"]["peak_rss_mb"],
             "frames": record["frames"], "finite": record["finite"], "profiled": profile_dir is not None,
             **({"op_seconds": record["op_seconds"]} if "op_seconds" in record else {})}
 
@@ -278,6 +286,8 @@ def main() -> None:
                         help="variants that also run the --lengths passes (default: all)")
     parser.add_argument("--profile", nargs="*", default=[], choices=list(VARIANT_FILES),
                         help="variants whose --audio-s pass runs under onnxruntime's profiler (time per op type)")
+    parser.add_argument("--passes-only", action="store_true",
+                        help="re-measure the passes only, keeping the stages of --out (needs the --work of that run)")
     parser.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
     args = parser.parse_args()
     params = pipeline_params()
@@ -287,8 +297,13 @@ def main() -> None:
         params = dataclasses.replace(params, shard=dataclasses.replace(params.shard, budget_mb=args.shard_mb))
     heldout = args.heldout or len(params.speeches) * params.windows.heldout_per_speaker
     work = args.work or args.model.with_name(f"{args.model.name}-bench-work")
+    stages = None
+    if args.passes_only:
+        if args.work is None or not args.out.is_file():
+            fail("--passes-only needs --work and --out of an earlier full run (their variants and stages)")
+        stages = json.loads(args.out.read_text())["stages"]
     result = run_benchmark(args.model, work, args.windows, args.audio_s, args.lengths, params, heldout,
-                           tuple(args.profile), tuple(args.sweep_variants), checkpoint=args.out)
+                           tuple(args.profile), tuple(args.sweep_variants), checkpoint=args.out, stages=stages)
     print(markdown(result))
     if args.work is None:
         shutil.rmtree(work)

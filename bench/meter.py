@@ -41,7 +41,13 @@ def _reset_high_water() -> bool:
 class Phase:
     calls: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # user + system time of all threads: shows whether the phase had the cores
     peak_rss_bytes: int = 0
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -65,11 +71,12 @@ class Meter:
         self._fold()
         _reset_high_water()
         self._open.append(record)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         try:
             yield
         finally:
             record.wall_s += time.perf_counter() - started
+            record.cpu_s += cpu_seconds() - cpu_started
             record.calls += 1
             self._fold()
             self._open.remove(record)
@@ -79,8 +86,8 @@ class Meter:
         return max(self.process_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        return {name: {"calls": p.calls, "wall_s": round(p.wall_s, 4), "peak_rss_mb": round(p.peak_rss_bytes / MB, 1)}
-                for name, p in self.phases.items()}
+        return {name: {"calls": p.calls, "wall_s": round(p.wall_s, 4), "cpu_s": round(p.cpu_s, 2),
+                       "peak_rss_mb": round(p.peak_rss_bytes / MB, 1)} for name, p in self.phases.items()}
 
 
 @contextlib.contextmanager

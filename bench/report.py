@@ -35,19 +35,19 @@ def markdown(result: dict[str, Any]) -> str:
     """The stage and variant tables in markdown."""
     m = result["machine"]
     lines = [f"Machine: {m['cpu_model']}, {m['cpus']} cores, {m['mem_gb']} GB RAM; onnxruntime {m['onnxruntime']}.",
-             "", "| stage | N windows | wall (s) | peak RSS (MB) | output (MB) | slowest phases |",
-             "|---|---:|---:|---:|---:|---|"]
+             "", "| stage | N windows | wall (s) | peak RSS (MB) | output (MB) | cores busy | slowest phases |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for s in result["stages"]:
         phases = sorted(s["phases"].items(), key=lambda kv: -kv[1]["wall_s"])[:3]
         detail = ", ".join(f"{k} {v['wall_s']:.1f} s / {v['peak_rss_mb']:.0f} MB" for k, v in phases)
         lines.append(f"| {s['stage']} | {s['windows'] or ''} | {s['wall_s']:.1f} | {s['peak_rss_mb']:.0f} | "
-                     f"{s['output_mb']:.0f} | {detail} |")
-    lines += ["", "| variant | encoder (MB) | audio (s) | load (s) | pass (s) | RTF | peak RSS (MB) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+                     f"{s['output_mb']:.0f} | {s['cpu_s'] / s['wall_s'] if 'cpu_s' in s else '?':.3} | {detail} |")
+    lines += ["", "| variant | encoder (MB) | audio (s) | load (s) | pass (s) | RTF | peak RSS (MB) | cores busy |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, v in result["variants"].items():
         for p in v["passes"]:
             lines.append(f"| {name} | {v['encoder_mb']:.0f} | {p['audio_s']:g} | {p['load_s']:.2f} | {p['pass_s']:.2f} | "
-                         f"{p['pass_s'] / p['audio_s']:.3f} | {p['peak_rss_mb']:.0f} |")
+                         f"{p['pass_s'] / p['audio_s']:.3f} | {p['peak_rss_mb']:.0f} | {_busy(p)} |")
     for name, v in result["variants"].items():
         if "profile" in v:
             slowest = sorted(v["profile"]["op_seconds"].items(), key=lambda kv: -kv[1])[:6]
@@ -55,3 +55,8 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"\n{name}, {v['profile']['audio_s']:g} s pass, kernel seconds per op type: {ops}")
     lines.append(f"\nTargets: {json.dumps(result['targets'])}")
     return "\n".join(lines) + "\n"
+
+
+def _busy(record: dict[str, Any]) -> str:
+    """CPU seconds per wall second of the pass: ~the core count when the pass had the machine."""
+    return f"{record['pass_cpu_s'] / record['pass_s']:.1f}" if "pass_cpu_s" in record else "?"

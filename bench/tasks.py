@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -22,9 +21,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from bench.meter import MB, Meter, instrumented
+from bench.meter import MB, Meter, cpu_seconds, instrumented
 from stages import onnx_graph as og
-from stages.asr import features
+from stages.features import features
 from stages.common import setup_logging
 from stages.fp16 import build_fp16
 from stages.int8 import build_int8
@@ -170,9 +169,8 @@ def main() -> None:
     started = time.perf_counter()
     result = TASKS[name](json.loads(Path(args_path).read_text()), meter)
     wall_s = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     # cpu_s / wall_s near the core count: the task had the machine; much lower: it shared the cores
-    record = {"task": name, "wall_s": round(wall_s, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+    record = {"task": name, "wall_s": round(wall_s, 3), "cpu_s": round(cpu_seconds(), 1),
               "peak_rss_mb": round(meter.peak_bytes() / MB, 1), "phases": meter.summary(), **result}
     Path(result_path).write_text(json.dumps(record, indent=2, sort_keys=True))
 

@@ -124,13 +124,14 @@ class RandomWeights(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         shape = self.shapes[name]
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
-        if name.endswith((".gamma",)):
+        if name.endswith(".gamma"):
             return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        if name.endswith((".bias", ".beta")) or name.endswith(".B"):
+        if name.endswith((".bias", ".beta", ".B")):
             return (0.02 * rng.standard_normal(shape)).astype(np.float32)
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 2 or name.endswith((".W", ".R")) else shape[0]
-        if name.endswith((".W", ".R")):
-            fan_in = shape[-1]
+        if name.endswith((".W", ".R")) or len(shape) > 2:  # LSTM [1,4H,in], conv [out,in/g,k...]
+            fan_in = int(np.prod(shape[2:] if name.endswith((".W", ".R")) else shape[1:]))
+        else:  # Linear [in,out], embedding, position biases
+            fan_in = shape[0]
         scale = 1.0 / np.sqrt(max(1, fan_in))
         return (scale * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32, copy=False)
 
@@ -386,6 +387,7 @@ def save_encoder(model: onnx.ModelProto, path: Path) -> None:
     data.unlink(missing_ok=True)  # onnx appends to an existing file
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
+    data.chmod(0o644)  # onnx creates it owner-only
 
 
 def write_vocab(path: Path, tokens: list[str]) -> None:

@@ -237,12 +237,13 @@ def export_weights(model: TdtModel) -> dict[str, np.ndarray]:
         w[f"{p}.att.pos_bias_u"], w[f"{p}.att.pos_bias_v"] = _np(att.pos_bias_u), _np(att.pos_bias_v)
         conv = layer.conv
         norm(f"{p}.conv.norm", conv.norm)
-        w[f"{p}.conv.pointwise1.weight"], w[f"{p}.conv.pointwise1.bias"] = _np(conv.pointwise1.weight), _np(conv.pointwise1.bias)
+        for name in ("pointwise1", "pointwise2"):
+            pw = getattr(conv, name)
+            w[f"{p}.conv.{name}.weight"], w[f"{p}.conv.{name}.bias"] = _np(pw.weight), _np(pw.bias)
         bn = conv.batch_norm
         scale = _np(bn.weight) / np.sqrt(_np(bn.running_var) + bn.eps)
         w[f"{p}.conv.depthwise.weight"] = _np(conv.depthwise.weight) * scale[:, None, None]
         w[f"{p}.conv.depthwise.bias"] = (_np(conv.depthwise.bias) - _np(bn.running_mean)) * scale + _np(bn.bias)
-        w[f"{p}.conv.pointwise2.weight"], w[f"{p}.conv.pointwise2.bias"] = _np(conv.pointwise2.weight), _np(conv.pointwise2.bias)
         norm(f"{p}.norm_out", layer.norm_out)
 
     w["dec.embedding"] = _np(dec.embedding.weight)

@@ -3,17 +3,20 @@
     python -m demo.train --out demo/model [--minutes 60] [--seed 0]
 
 1. Synthesizes bilingual sentences (demo.text, demo.synth) with the training voices (every espeak-ng
-   variant but the held-out +m3 and +f2), random speaking rates and pitches, on 2 processes; the
-   audio is cached under demo/.work/.
-2. Trains with torch (2 threads) on features from onnx-asr's own NumPy nemo128 preprocessor
-   (stages.asr.features, the one inference uses): batches of single sentences, and batches of long
-   concatenations (sentences with pauses, 15-50 s) featurized as a whole, as a long pass is at
-   inference. Local attention (+-64 frames) with relative positions keeps the context the same at
-   any length. The learning-rate schedule follows the wall-clock budget; checkpoints are written
-   every few minutes to demo/.work/, so an interrupted run still leaves a usable model
-   (`--export-only` exports the last checkpoint).
+   variant but the held-out +m3 and +f2), random speaking rates and pitches; espeak-ng mostly waits,
+   so many processes share the 2 cores. The audio is cached under demo/.work/.
+2. Trains with torch (2 threads, or a GPU when one is present) on features from onnx-asr's own
+   NumPy nemo128 preprocessor (stages.features.features, the one inference uses): batches of single
+   sentences, and batches of long concatenations (sentences with pauses, 15-50 s) featurized as a
+   whole, as a long pass is at inference. Local attention (+-64 frames) with relative positions keeps
+   the context the same at any length. The learning-rate schedule follows the wall-clock budget
+   (`--steps` caps it by steps instead); checkpoints are written every 5 minutes, so an interrupted
+   run still leaves a usable model (`--export-only` exports a checkpoint).
 3. Exports fp32 ONNX (demo.fastconformer), adds outlier channels by exact rescaling
    (demo.outliers) and makes the stock int8 files with onnxruntime's quantize_dynamic defaults.
+
+`--resume CKPT` continues from a checkpoint's weights with fresh data (`--seed`) and a new schedule.
+How the committed model was made is in demo/model/CARD.md.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from demo.fastconformer import TINY, ModelConfig
 from demo.model_torch import TdtModel
 from demo.tdt_loss import gather_terms, tdt_nll
 from demo.text import ALPHABET, sentences
-from stages.asr import features
+from stages.features import features
 
 log = logging.getLogger("demo.train")
 WORK = Path("demo/.work")

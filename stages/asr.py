@@ -1,38 +1,17 @@
-"""Speech recognition through onnx-asr, and the features the encoder sees at inference.
-
-Calibration, fidelity checks and evaluation all take their features from here, so that every
-stage sees exactly what onnx-asr feeds the encoder (its own NumPy nemo128 preprocessor, with
-per-utterance normalisation applied to each window on its own).
-"""
+"""Speech recognition through onnx-asr: per-variant model folders, and one long pass with timestamps."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import onnx_asr
 from onnx_asr.adapters import TimestampedResultsAsrAdapter
-from onnx_asr.preprocessors.numpy_preprocessor import NemoPreprocessorNumpy
 
 from stages.common import fail
-
-SAMPLE_RATE = 16_000
-FEATURES = "nemo128"
-
-
-@cache
-def _preprocessor() -> NemoPreprocessorNumpy:
-    return NemoPreprocessorNumpy(FEATURES)
-
-
-def features(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Encoder inputs for one mono 16 kHz clip: (audio_signal f32 [1,128,T], length i64 [1])."""
-    waveform = np.ascontiguousarray(audio, dtype=np.float32)[None, :]
-    feats, lens = _preprocessor()(waveform, np.array([waveform.shape[1]], dtype=np.int64))
-    return feats.astype(np.float32, copy=False), lens.astype(np.int64, copy=False)
+from stages.features import SAMPLE_RATE
 
 
 # --- Variants and speech recognition through onnx-asr -------------------------------------------

@@ -23,7 +23,7 @@ from onnxruntime.quantization import (
 )
 
 from stages import onnx_graph as og
-from stages.asr import features
+from stages.features import features
 from stages.common import atomic_path, fail, run_cli
 from stages.params import load_params
 

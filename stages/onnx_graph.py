@@ -22,7 +22,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
-from stages.asr import features
+from stages.features import features
 from stages.common import fail
 
 log = logging.getLogger(__name__)

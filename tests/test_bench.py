@@ -80,6 +80,7 @@ def test_every_variant_measured_and_sizes_match_disk(bench_run: tuple[dict, Path
         assert [p["audio_s"] for p in variant["passes"]] == [3, 6]
         for p in variant["passes"]:
             assert p["load_s"] > 0 and p["pass_s"] > 0 and p["peak_rss_mb"] > 0 and p["finite"], (name, p)
+            assert p["pass_cpu_s"] > 0 and p["pass_peak_rss_mb"] <= p["peak_rss_mb"], (name, p)
         frames = [p["frames"] for p in variant["passes"]]
         assert 0 < frames[0] < frames[1], name  # 8x subsampling: a longer clip gives more frames
     profile = result["variants"]["int8_smoothquant"]["profile"]
@@ -98,3 +99,15 @@ def test_markdown_lists_everything(bench_run: tuple[dict, Path, Path]) -> None:
     targets = result["targets"]
     assert targets["int8_smoothquant_speedup"] > 0 and targets["shard_write_vs_copy"] > 0
     assert set(targets["int8_calibration_peak_rss_mb"]) == {"2"}
+
+
+def test_passes_only_keeps_the_stages(bench_run: tuple[dict, Path, Path], tmp_path: Path) -> None:
+    result, twin, work = bench_run
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps(result))
+    _run("bench.cost", "--model", str(twin), "--passes-only", "--audio-s", "6", "--lengths", "3",
+         "--sweep-variants", "fp32", "--work", str(work), "--out", str(out), cwd=Path(__file__).resolve().parents[1])
+    again = json.loads(out.read_text())
+    assert again["complete"] and again["stages"] == result["stages"]
+    assert [p["audio_s"] for p in again["variants"]["fp32"]["passes"]] == [3, 6]
+    assert [p["audio_s"] for p in again["variants"]["fp16"]["passes"]] == [6]

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from demo.fastconformer import TINY, default_tokens, write_model_dir  # noqa: E402
+from demo.fastconformer import PARAKEET, TINY, default_tokens, weight_shapes, write_model_dir  # noqa: E402
 from demo.model_torch import TdtModel, export_weights  # noqa: E402
 from demo.tdt_loss import tdt_loss  # noqa: E402
 
@@ -74,6 +74,12 @@ def _random_model(cfg=TINY) -> TdtModel:  # type: ignore[no-untyped-def]
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("cfg", [TINY, PARAKEET.replace(n_layers=1)])
+def test_exported_weights_match_the_builders_names_and_shapes(cfg) -> None:  # type: ignore[no-untyped-def]
+    weights = export_weights(TdtModel(cfg))
+    assert {k: v.shape for k, v in weights.items()} == weight_shapes(cfg)
 
 
 def test_torch_forward_matches_onnxruntime(tmp_path) -> None:  # type: ignore[no-untyped-def]
