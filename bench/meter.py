@@ -86,7 +86,7 @@ class Meter:
         return max(self.process_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        return {name: {"calls": p.calls, "wall_s": round(p.wall_s, 4), "cpu_s": round(p.cpu_s, 2),
+        return {name: {"calls": p.calls, "wall_s": round(p.wall_s, 4), "cpu_s": round(p.cpu_s, 4),
                        "peak_rss_mb": round(p.peak_rss_bytes / MB, 1)} for name, p in self.phases.items()}
 
 
