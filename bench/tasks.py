@@ -23,15 +23,14 @@ import onnxruntime as ort
 
 from bench.meter import MB, Meter, cpu_seconds, instrumented
 from stages import onnx_graph as og
-from stages.features import features
 from stages.common import setup_logging
+from stages.features import SAMPLE_RATE, features
 from stages.fp16 import build_fp16
 from stages.int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
 from stages.shard import shard_encoder
 from stages.smoothquant import smooth_encoder
 
-SAMPLE_RATE = 16_000
 Task = Callable[[dict[str, Any], Meter], dict[str, Any]]
 TASKS: dict[str, Task] = {}
 
