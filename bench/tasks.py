@@ -68,9 +68,9 @@ def smoothquant(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 def int8_static(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     phases = {
         "quantize_static": "stages.int8:quantize_encoder",
+        "calibration": "stages.int8:calibrate",
+        "calibration_passes": "onnxruntime.quantization.calibrate:HistogramCalibrater.collect_data",
         "ort_load_shape_inference": "onnxruntime.quantization.quantize:load_model_with_shape_infer",
-        "ort_calibrator_setup": "onnxruntime.quantization.quantize:create_calibrator",
-        "calibration": "onnxruntime.quantization.calibrate:HistogramCalibrater.collect_data",
         "ort_quantize_rewrite": "onnxruntime.quantization.qdq_quantizer:QDQQuantizer.quantize_model",
         "save": "stages.onnx_graph:save_self_contained_if_small",
         "checks": "stages.onnx_graph:encoder_outputs",

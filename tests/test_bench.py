@@ -65,7 +65,8 @@ def test_every_stage_measured(bench_run: tuple[dict, Path, Path]) -> None:
     smoothquant = next(s for s in result["stages"] if s["stage"] == "smoothquant")
     assert smoothquant["summary"]["calibration_windows"] == 2 and smoothquant["phases"]["statistics"]["calls"] == 1
     int8 = next(s for s in result["stages"] if s["stage"] == "int8_static")
-    assert int8["phases"]["calibration"]["calls"] == 2  # streamed: one window per call
+    assert int8["phases"]["calibration"]["calls"] == 1  # ranges computed once, before quantizing
+    assert int8["phases"]["calibration_passes"]["calls"] == 2  # streamed: one window per call
     assert next(s for s in result["stages"] if s["stage"] == "shard")["shards"] > 1
 
 

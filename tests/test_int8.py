@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnxruntime.quantization.calibrate import load_tensors_data
 
 from stages import onnx_graph as og
 from stages.common import StageError
-from stages.int8 import NAME, build_int8
+from stages.int8 import NAME, build_int8, calibrate
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder
 from tests.encoder_graph import build_encoder, save_encoder, write_windows
@@ -69,6 +70,23 @@ def test_int8_rerun_is_byte_identical(int8: tuple[Path, dict[str, float]], setup
     again = build_int8(setup["smoothed"], tmp_path / "again", setup["windows"], 99.999, 0, min_cosine=0.9)
     assert again == fidelity
     assert (tmp_path / "again" / NAME).read_bytes() == path.read_bytes()
+
+
+def test_calibration_covers_the_quantized_matmuls_only(setup: dict[str, Path], tmp_path: Path) -> None:
+    """Ranges for every tensor a quantized MatMul reads, none for the fp32 attention products, and no
+    augmented model copy left behind."""
+    graph = og.load_graph(setup["smoothed"]).graph
+    excluded = og.activation_matmuls(graph)
+    cache = calibrate(setup["smoothed"], tmp_path, og.Windows(setup["windows"], "calib"), 99.999, excluded, False)
+    ranges = load_tensors_data(cache)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]
+    inits = {t.name for t in graph.initializer}
+    quantized = [n for n in graph.node if n.op_type == "MatMul" and n.name not in excluded]
+    assert quantized and all(n.input[0] in ranges and n.output[0] in ranges for n in quantized)
+    attention = {name for n in graph.node if n.name in excluded for name in (*n.input, *n.output)}
+    assert attention and not attention & set(ranges.keys())
+    assert not inits & set(ranges.keys())
+    assert all(float(ranges[name].range_value[1]) > 0 for name in ranges.keys())
 
 
 def test_external_data_path_gives_a_single_file(int8: tuple[Path, dict[str, float]], setup: dict[str, Path],
