@@ -40,14 +40,11 @@ NAME = "encoder-model.int8.onnx"
 
 
 class WindowReader(CalibrationDataReader):
-    """Encoder inputs for a range of windows, computed on demand (CalibStridedMinMax sets the range)."""
+    """Encoder inputs for a range of windows, computed on demand (calibrate() sets the range)."""
 
     def __init__(self, windows: og.Windows) -> None:
         self.windows = windows
         self.position, self.end = 0, len(windows)
-
-    def __len__(self) -> int:
-        return len(self.windows)
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self.position, self.end = start_index, min(end_index, len(self.windows))
@@ -58,9 +55,6 @@ class WindowReader(CalibrationDataReader):
         signal, length = features(self.windows[self.position])
         self.position += 1
         return {"audio_signal": signal, "length": length}
-
-    def rewind(self) -> None:
-        self.position, self.end = 0, len(self.windows)
 
 
 class _QuantizedMatMulCalibrater(PercentileCalibrater):
@@ -84,7 +78,7 @@ def calibrate(src: Path, work: Path, calib: og.Windows, percentile: float, exclu
               external: bool) -> Path:
     """Activation ranges of the quantized MatMuls over the calibration windows, saved as onnxruntime's
     calibration cache (JSON). The calibration session is gone when this returns, so quantizing after it
-    never holds a second copy of the model (at Parakeet size: 9.8 GB peak -> see bench/)."""
+    never holds a second copy of the model (Parakeet-size twin, 8 windows: 9.7 -> 4.1 GB peak)."""
     calibrater = _QuantizedMatMulCalibrater(
         src, ["MatMul"], str(work / "augmented.onnx"), use_external_data_format=external,
         symmetric=True, num_bins=2048, percentile=percentile, skip=set(excluded))
