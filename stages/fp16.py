@@ -23,10 +23,10 @@ MODELS = {"encoder-model.onnx": "encoder-model.fp16.onnx", "decoder_joint-model.
 
 
 def to_fp16(src: Path, dst: Path) -> list[Path]:
-    """Cast src to fp16 at dst (one file if under 2 GB, else with dst.data); return the files written."""
+    """Cast src to fp16 at dst (one file if small, else with dst.data); return the files written."""
     og.require_single_links(src)  # also a clear error if the input is missing
     model = convert_float_to_float16(str(src), keep_io_types=True)
-    if model.ByteSize() < og.PROTOBUF_LIMIT:
+    if model.ByteSize() < og.SELF_CONTAINED_BELOW:
         dst.write_bytes(model.SerializeToString())
         return [dst]
     onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,

@@ -31,7 +31,7 @@ def build_dynamic_int8(src: Path, dst_dir: Path, op_types: list[str] | None = No
     """Write dst_dir/NAME (atomically); return its op type counts. op_types None = onnxruntime's defaults."""
     og.require_single_links(src)  # also a clear error if the input is missing
     if external is None:
-        external = og.model_size(src) > og.EXTERNAL_ABOVE
+        external = og.model_size(src) > og.SELF_CONTAINED_BELOW
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))

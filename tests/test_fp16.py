@@ -77,3 +77,20 @@ def test_hard_linked_input_gives_a_clear_error(fp16: tuple[Path, Path], tmp_path
     with pytest.raises(StageError, match="hard links"):
         build_fp16(tmp_path / "base", tmp_path / "fp16")
     assert not (tmp_path / "fp16").exists()
+
+
+def test_large_models_keep_weights_in_external_data(fp16: tuple[Path, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above og.SELF_CONTAINED_BELOW (Parakeet size) each model comes with a .data file beside it."""
+    _, out = fp16
+    base = save_encoder(build_encoder(), tmp_path / "base").parent  # the module's base gets hard-linked
+    onnx.save_model(build_decoder(), str(base / "decoder_joint-model.onnx"))
+    monkeypatch.setattr(og, "SELF_CONTAINED_BELOW", 1024)
+    build_fp16(base, tmp_path / "big")
+    names = sorted(p.name for p in (tmp_path / "big").iterdir())
+    assert names == ["decoder_joint-model.fp16.onnx", "decoder_joint-model.fp16.onnx.data",
+                     "encoder-model.fp16.onnx", "encoder-model.fp16.onnx.data"]
+    audio = [speechlike(2.0, seed=11)]
+    same = og.compare(og.encoder_outputs(out / "encoder-model.fp16.onnx", audio, "one file"),
+                      og.encoder_outputs(tmp_path / "big" / "encoder-model.fp16.onnx", audio, "external"))
+    assert same["rel_error_max"] == 0
