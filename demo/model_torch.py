@@ -262,3 +262,84 @@ def export_weights(model: TdtModel) -> dict[str, np.ndarray]:
     linear("joint.pred_proj", dec.pred_proj)
     linear("joint.out", dec.out)
     return w
+
+
+class FrozenBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm that always uses its running statistics: an imported model's BatchNorm is folded into
+    the depthwise conv, so batch statistics would change the function it starts from."""
+
+    def train(self, mode: bool = True) -> "FrozenBatchNorm1d":
+        return super().train(False)
+
+
+def import_weights(w: dict[str, np.ndarray], cfg: ModelConfig) -> TdtModel:
+    """The inverse of export_weights: a TdtModel from the builder's NumPy weights. BatchNorm comes
+    back as identity (folded into the depthwise conv) and frozen."""
+    model = TdtModel(cfg)
+    enc, dec = model.encoder, model.decoder
+
+    def put(param: torch.Tensor, value: np.ndarray) -> None:
+        if tuple(param.shape) != value.shape:
+            raise ValueError(f"shape {value.shape} does not fit {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+
+    def linear(prefix: str, lin: nn.Linear) -> None:
+        put(lin.weight, w[f"{prefix}.weight"].T)
+        if lin.bias is not None:
+            put(lin.bias, w[f"{prefix}.bias"])
+
+    def norm(prefix: str, ln: nn.LayerNorm) -> None:
+        put(ln.weight, w[f"{prefix}.gamma"])
+        put(ln.bias, w[f"{prefix}.beta"])
+
+    s = enc.subsampling
+    for name in ("conv0", "dw1", "pw1", "dw2", "pw2"):
+        put(getattr(s, name).weight, w[f"sub.{name}.weight"])
+        put(getattr(s, name).bias, w[f"sub.{name}.bias"])
+    linear("sub.out", s.out)
+    for i, layer in enumerate(enc.layers):
+        p = f"layers.{i}"
+        for ff in ("ff1", "ff2"):
+            norm(f"{p}.{ff}.norm", getattr(layer, ff).norm)
+            linear(f"{p}.{ff}.linear1", getattr(layer, ff).linear1)
+            linear(f"{p}.{ff}.linear2", getattr(layer, ff).linear2)
+        att = layer.att
+        norm(f"{p}.att.norm", att.norm)
+        for name in ("linear_q", "linear_k", "linear_v", "linear_out", "linear_pos"):
+            linear(f"{p}.att.{name}", getattr(att, name))
+        put(att.pos_bias_u, w[f"{p}.att.pos_bias_u"])
+        put(att.pos_bias_v, w[f"{p}.att.pos_bias_v"])
+        conv = layer.conv
+        norm(f"{p}.conv.norm", conv.norm)
+        for name in ("pointwise1", "pointwise2", "depthwise"):
+            put(getattr(conv, name).weight, w[f"{p}.conv.{name}.weight"])
+            put(getattr(conv, name).bias, w[f"{p}.conv.{name}.bias"])
+        bn = conv.batch_norm
+        with torch.no_grad():  # identity: weight / sqrt(var + eps) == 1, no shift
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+            bn.weight.fill_(float(np.sqrt(1.0 + bn.eps)))
+            bn.bias.zero_()
+        norm(f"{p}.norm_out", layer.norm_out)
+    put(dec.embedding.weight, w["dec.embedding"])
+    for layer in range(cfg.pred_layers):
+        def gates(t: np.ndarray) -> np.ndarray:  # ONNX i,o,f,c -> torch i,f,g,o
+            i, o, f, g = np.split(t, 4, axis=0)
+            return np.concatenate([i, f, g, o], axis=0)
+
+        put(getattr(dec.lstm, f"weight_ih_l{layer}"), gates(w[f"dec.lstm.{layer}.W"][0]))
+        put(getattr(dec.lstm, f"weight_hh_l{layer}"), gates(w[f"dec.lstm.{layer}.R"][0]))
+        bias_ih, bias_hh = np.split(w[f"dec.lstm.{layer}.B"][0], 2)
+        put(getattr(dec.lstm, f"bias_ih_l{layer}"), gates(bias_ih))
+        put(getattr(dec.lstm, f"bias_hh_l{layer}"), gates(bias_hh))
+    linear("joint.enc_proj", dec.enc_proj)
+    linear("joint.pred_proj", dec.pred_proj)
+    linear("joint.out", dec.out)
+    freeze_batch_norms(model)
+    return model
+
+
+def freeze_batch_norms(model: TdtModel) -> None:
+    for layer in model.encoder.layers:
+        layer.conv.batch_norm.__class__ = FrozenBatchNorm1d

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from demo.fastconformer import TINY, ModelConfig
-from demo.model_torch import TdtModel
+from demo.model_torch import FrozenBatchNorm1d, TdtModel, freeze_batch_norms, import_weights
 from demo.tdt_loss import gather_terms, tdt_nll
 from demo.text import ALPHABET, sentences
 from stages.features import features
@@ -294,7 +294,8 @@ def train(
     cfg = model_config()
     model = TdtModel(cfg)
     if resume is not None:
-        model.load_state_dict(torch.load(resume, weights_only=False, map_location="cpu")["model"])
+        _load_state(model, torch.load(resume, weights_only=False, map_location="cpu"))
+    frozen = isinstance(model.encoder.layers[0].conv.batch_norm, FrozenBatchNorm1d)
     model.to(DEVICE)
     log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-2)
@@ -330,13 +331,14 @@ def train(
                      loss.item(), "long" if len(items) == long_count else "short", x.shape[-1])
         now = time.time()
         if now - last_ckpt > 300:
-            torch.save({"config": cfg, "model": _cpu_state(model), "step": step}, ckpt)
+            torch.save({"config": cfg, "model": _cpu_state(model), "step": step, "frozen_batch_norm": frozen}, ckpt)
             last_ckpt = now
         if now - last_eval > eval_every_s:
             cer, wer = evaluate(model, dev)
             log.info("dev (held-out voices) step %d: CER %.2f%%  WER %.2f%%", step, 100 * cer, 100 * wer)
             last_eval = time.time()
-    torch.save({"config": cfg, "model": _cpu_state(model), "step": step, "minutes": (time.time() - start) / 60}, ckpt)
+    torch.save({"config": cfg, "model": _cpu_state(model), "step": step, "minutes": (time.time() - start) / 60,
+                "frozen_batch_norm": frozen}, ckpt)
     cer, wer = evaluate(model, dev)
     log.info("final dev (held-out voices) step %d: CER %.2f%%  WER %.2f%%", step, 100 * cer, 100 * wer)
     return ckpt
@@ -349,8 +351,46 @@ def _cpu_state(model: TdtModel) -> dict:
 def load_checkpoint(path: Path) -> TdtModel:
     data = torch.load(path, weights_only=False, map_location="cpu")
     model = TdtModel(data["config"])
-    model.load_state_dict(data["model"])
+    _load_state(model, data)
     return model.eval()
+
+
+def _load_state(model: TdtModel, data: dict) -> None:
+    model.load_state_dict(data["model"])
+    if data.get("frozen_batch_norm"):  # imported from ONNX: BatchNorm is folded in, so it stays frozen
+        freeze_batch_norms(model)
+
+
+def checkpoint_from_onnx(model_dir: Path, ckpt: Path, outlier_above: float = 20.0) -> Path:
+    """A checkpoint of an exported model (e.g. the committed demo/model) to continue training from.
+
+    The outlier channels the export added are scaled back first (LayerNorm channels whose |gamma| is
+    over `outlier_above` x the median; the MatMul rows they feed are scaled up to match), so the
+    continuation trains the plain model and a new export adds them afresh. The function is unchanged."""
+    import onnx
+    from onnx import numpy_helper
+
+    w = {t.name: numpy_helper.to_array(t).copy() for name in ("encoder-model.onnx", "decoder_joint-model.onnx")
+         for t in onnx.load(str(model_dir / name)).graph.initializer}
+    readers = {"ff1": ["ff1.linear1"], "att": ["att.linear_q", "att.linear_k", "att.linear_v"], "ff2": ["ff2.linear1"]}
+    cfg = model_config()
+    for i in range(cfg.n_layers):
+        for block, linears in readers.items():
+            gamma, beta = w[f"layers.{i}.{block}.norm.gamma"], w[f"layers.{i}.{block}.norm.beta"]
+            median = np.median(np.abs(gamma))
+            chans = np.flatnonzero(np.abs(gamma) > outlier_above * median)
+            factor = (np.abs(gamma[chans]) / median).astype(np.float32)
+            gamma[chans] /= factor
+            beta[chans] /= factor
+            for lin in linears:
+                w[f"layers.{i}.{lin}.weight"][chans, :] *= factor[:, None]
+            if len(chans):
+                log.info("layers.%d.%s.norm: %d outlier channels scaled back (x1/%.0f max)", i, block,
+                         len(chans), factor.max())
+    model = import_weights(w, cfg)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg, "model": _cpu_state(model), "step": 0, "frozen_batch_norm": True}, ckpt)
+    return ckpt
 
 
 def export(ckpt: Path, out_dir: Path, add_outliers: bool = True) -> None:
@@ -372,6 +412,8 @@ def main() -> None:
     parser.add_argument("--export-only", action="store_true", help="export demo/.work/checkpoint.pt")
     parser.add_argument("--no-outliers", action="store_true")
     parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint's weights")
+    parser.add_argument("--resume-onnx", type=Path, default=None,
+                        help="continue from an exported model folder (e.g. demo/model) instead")
     parser.add_argument("--peak-lr", type=float, default=1.5e-3)
     parser.add_argument("--steps", type=int, default=None, help="also stop after this many steps")
     parser.add_argument("--n-per-lang", type=int, default=6000, help="training sentences per language")
@@ -381,6 +423,8 @@ def main() -> None:
     parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.resume_onnx is not None:
+        args.resume = checkpoint_from_onnx(args.resume_onnx, WORK / "imported.pt")
     if args.export_only:
         ckpt = args.checkpoint
     else:

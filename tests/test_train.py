@@ -115,6 +115,31 @@ def test_torch_forward_matches_onnxruntime(tmp_path) -> None:  # type: ignore[no
     assert _relative(c, want_c.numpy()) <= 1e-4
 
 
+def test_the_committed_model_imports_back_to_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--resume-onnx: demo/model in torch computes what onnxruntime computes, outlier channels scaled
+    back (none left over 20x the median gamma) and BatchNorm frozen at identity even in train mode."""
+    from pathlib import Path
+
+    from demo.model_torch import FrozenBatchNorm1d
+    from demo.train import checkpoint_from_onnx, load_checkpoint
+
+    ckpt = checkpoint_from_onnx(Path("demo/model"), tmp_path / "imported.pt")
+    model = load_checkpoint(ckpt)
+    for layer in model.encoder.layers:
+        assert isinstance(layer.conv.batch_norm, FrozenBatchNorm1d)
+        gamma = layer.att.norm.weight.detach().abs()
+        assert float(gamma.max() / gamma.median()) < 20
+    model.train()
+    assert not model.encoder.layers[0].conv.batch_norm.training
+    model.eval()
+    feats = torch.randn(1, TINY.n_mels, 400)
+    with torch.no_grad():
+        enc, _ = model.encoder(feats, torch.tensor([400]))
+    encoder = ort.InferenceSession("demo/model/encoder-model.onnx")
+    out, _ = encoder.run(None, {"audio_signal": feats.numpy(), "length": np.array([400])})
+    assert _relative(out[0], enc[0].numpy().T) <= 1e-4
+
+
 def test_a_few_training_steps_reduce_the_loss() -> None:
     from demo.synth import synthesize
     from demo.text import sentences
