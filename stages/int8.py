@@ -1,8 +1,9 @@
 """Static int8 of the smoothed encoder: QDQ, per-channel int8 MatMul weights (7-bit range), Percentile
-activations.
+uint8 activations.
 
 Only MatMuls with a constant weight are quantized (two-activation MatMuls and every convolution stay
-fp32). Calibration streams one window at a time and ends before quantization starts, so at most
+fp32), and only their inputs: their outputs stay fp32, so onnxruntime runs each as one
+MatMulIntegerToFloat. Calibration streams one window at a time and ends before quantization starts, so at most
 one copy of the model is in memory. The result must stay within fidelity.min_cosine of
 the fp32 encoder on held-out windows, else the stage fails and leaves nothing behind.
 """

@@ -19,8 +19,9 @@ LABELS = {
 }
 FILES = [
     ("encoder-model.onnx (+ .data)", "fp32 encoder, unchanged"),
-    ("encoder-model.int8.onnx", "int8 encoder rebuilt with SmoothQuant + static per-channel int8 (MatMul only)"),
-    ("encoder-model.fp16.onnx", "fp16 encoder, a plain cast keeping fp32 inputs and outputs"),
+    ("encoder-model.int8.onnx (+ .data above 256 MB)",
+     "int8 encoder rebuilt with SmoothQuant + static per-channel int8 (MatMul only)"),
+    ("encoder-model.fp16.onnx (+ .data above 256 MB)", "fp16 encoder, a plain cast keeping fp32 inputs and outputs"),
     ("sharded/encoder-model.onnx (+ .data.000, ...)", "the fp32 encoder repacked into shards under the budget"),
     ("decoder_joint-model.onnx / .int8.onnx / .fp16.onnx", "decoder and joint network per precision"),
     ("nemo128.onnx, vocab.txt, config.json", "preprocessor, tokenizer and config, unchanged"),

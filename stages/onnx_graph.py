@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -165,19 +167,27 @@ def op_counts(graph: onnx.GraphProto) -> dict[str, int]:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _source_chunks(tensor: onnx.TensorProto, base_dir: Path, handles: dict[str, object]) -> Iterator[bytes]:
+def _copy_source_bytes(tensor: onnx.TensorProto, base_dir: Path, handles: dict[str, object], sink: BinaryIO) -> None:
+    """Append a tensor's bytes from its source data file to sink, in the kernel (copy_file_range: no
+    trip through Python, and shared blocks where the filesystem can) or by reads where it cannot."""
     info = external_info(tensor)
-    length = int(info.get("length", tensor_nbytes(tensor)))
+    length, offset = int(info.get("length", tensor_nbytes(tensor))), int(info.get("offset", 0))
     if info["location"] not in handles:
         handles[info["location"]] = open(Path(base_dir) / info["location"], "rb")  # noqa: SIM115
-    handle = handles[info["location"]]
-    handle.seek(int(info.get("offset", 0)))  # type: ignore[attr-defined]
+    source: BinaryIO = handles[info["location"]]  # type: ignore[assignment]
+    sink.flush()
+    position = sink.tell()
     while length > 0:
-        block = handle.read(min(CHUNK, length))  # type: ignore[attr-defined]
-        if not block:
+        try:
+            copied = os.copy_file_range(source.fileno(), sink.fileno(), min(length, 1 << 30), offset, position)
+        except OSError:  # e.g. a kernel or filesystem without it: plain reads
+            source.seek(offset)
+            copied = len(block := source.read(min(CHUNK, length)))
+            os.pwrite(sink.fileno(), block, position)
+        if copied == 0:
             fail(f"{base_dir / info['location']} ends before tensor {tensor.name}; the model data is truncated")
-        length -= len(block)
-        yield block
+        offset, position, length = offset + copied, position + copied, length - copied
+    sink.seek(position)
 
 
 def write_model(
@@ -224,8 +234,7 @@ def write_model(
                     raise ValueError(f"replacement for {tensor.name} is {array.dtype}{array.shape}")
                 sink.write(array.tobytes())  # type: ignore[attr-defined]
             else:
-                for block in _source_chunks(tensor, src_dir, handles):
-                    sink.write(block)  # type: ignore[attr-defined]
+                _copy_source_bytes(tensor, src_dir, handles, sink)  # type: ignore[arg-type]
             del tensor.external_data[:]
             for key, value in (("location", name), ("offset", str(offset)), ("length", str(size))):
                 tensor.external_data.add(key=key, value=value)

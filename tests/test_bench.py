@@ -87,6 +87,8 @@ def test_every_variant_measured_and_sizes_match_disk(bench_run: tuple[dict, Path
         assert 0 < frames[0] < frames[1], name  # 8x subsampling: a longer clip gives more frames
     profile = result["variants"]["int8_smoothquant"]["profile"]
     assert profile["audio_s"] == 6 and "MatMulIntegerToFloat" in profile["op_seconds"]  # the int8 kernels ran
+    assert profile["pass_s"] > 0  # a pass of its own: the table's passes ran without the profiler
+    assert not any("op_seconds" in p for v in result["variants"].values() for p in v["passes"])
     fp32, sharded = result["variants"]["fp32"], result["variants"]["fp32_sharded"]
     assert len(sharded["encoder_files"]) > 2  # graph + several shards
     fp32_data = sum(v for k, v in fp32["encoder_files"].items() if ".data" in k)

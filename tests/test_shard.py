@@ -109,3 +109,29 @@ def test_mismatch_fails_and_leaves_nothing(base: Path, tmp_path: Path, monkeypat
 def test_bad_budget(base: Path, tmp_path: Path) -> None:
     with pytest.raises(StageError, match="budget"):
         shard_encoder(base, tmp_path / "x", 0, speechlike(1.0, seed=5))
+
+
+def test_without_copy_file_range_the_bytes_are_the_same(base: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filesystems or kernels that refuse copy_file_range get plain reads, with the same files."""
+    audio = speechlike(1.0, seed=3)
+    fast = shard_encoder(base, tmp_path / "fast", BUDGET, audio)
+
+    def refuse(*args: object) -> int:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(og.os, "copy_file_range", refuse)
+    plain = shard_encoder(base, tmp_path / "plain", BUDGET, audio)
+    assert [p.read_bytes() for p in fast] == [p.read_bytes() for p in plain]
+
+
+def test_truncated_source_data_is_a_clear_error(base: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "base"
+    copy.mkdir()
+    for f in base.parent.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    data = copy / f"{base.name}.data"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(StageError, match="ends before tensor"):
+        shard_encoder(copy / base.name, tmp_path / "out", BUDGET, speechlike(1.0, seed=4))
+    assert not (tmp_path / "out").exists()
