@@ -364,29 +364,32 @@ def _load_state(model: TdtModel, data: dict) -> None:
 def checkpoint_from_onnx(model_dir: Path, ckpt: Path, outlier_above: float = 20.0) -> Path:
     """A checkpoint of an exported model (e.g. the committed demo/model) to continue training from.
 
-    The outlier channels the export added are scaled back first (LayerNorm channels whose |gamma| is
-    over `outlier_above` x the median; the MatMul rows they feed are scaled up to match), so the
-    continuation trains the plain model and a new export adds them afresh. The function is unchanged."""
+    The outlier channels the export added are scaled back first (channels of the LayerNorms that
+    demo.outliers rescales whose |gamma| is over `outlier_above` x the median; the MatMul rows they feed
+    are scaled up to match), so the continuation trains the plain model and a new export adds them
+    afresh. The function is unchanged."""
     import onnx
     from onnx import numpy_helper
 
-    w = {t.name: numpy_helper.to_array(t).copy() for name in ("encoder-model.onnx", "decoder_joint-model.onnx")
-         for t in onnx.load(str(model_dir / name)).graph.initializer}
-    readers = {"ff1": ["ff1.linear1"], "att": ["att.linear_q", "att.linear_k", "att.linear_v"], "ff2": ["ff2.linear1"]}
+    from demo.outliers import matmul_layernorms
+
+    models = [onnx.load(str(model_dir / name)) for name in ("encoder-model.onnx", "decoder_joint-model.onnx")]
+    w = {t.name: numpy_helper.to_array(t).copy() for model in models for t in model.graph.initializer}
+    by_name = {n.name: n for n in models[0].graph.node}
+    for ln_name, matmuls in matmul_layernorms(models[0]).items():
+        gamma_name, beta_name = by_name[ln_name].input[1:3]
+        gamma = w[gamma_name]
+        median = np.median(np.abs(gamma))
+        chans = np.flatnonzero(np.abs(gamma) > outlier_above * median)
+        if not len(chans):
+            continue
+        factor = (np.abs(gamma[chans]) / median).astype(np.float32)
+        gamma[chans] /= factor
+        w[beta_name][chans] /= factor
+        for matmul in matmuls:
+            w[matmul.input[1]][chans, :] *= factor[:, None]
+        log.info("%s: %d outlier channels scaled back (x1/%.0f max)", ln_name, len(chans), factor.max())
     cfg = model_config()
-    for i in range(cfg.n_layers):
-        for block, linears in readers.items():
-            gamma, beta = w[f"layers.{i}.{block}.norm.gamma"], w[f"layers.{i}.{block}.norm.beta"]
-            median = np.median(np.abs(gamma))
-            chans = np.flatnonzero(np.abs(gamma) > outlier_above * median)
-            factor = (np.abs(gamma[chans]) / median).astype(np.float32)
-            gamma[chans] /= factor
-            beta[chans] /= factor
-            for lin in linears:
-                w[f"layers.{i}.{lin}.weight"][chans, :] *= factor[:, None]
-            if len(chans):
-                log.info("layers.%d.%s.norm: %d outlier channels scaled back (x1/%.0f max)", i, block,
-                         len(chans), factor.max())
     model = import_weights(w, cfg)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": cfg, "model": _cpu_state(model), "step": 0, "frozen_batch_norm": True}, ckpt)
