@@ -3,6 +3,8 @@ few optimisation steps that make the loss fall."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -164,3 +166,20 @@ def test_a_few_training_steps_reduce_the_loss() -> None:
         losses.append(loss.item())
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("more_voices", [False, True])
+def test_training_voices_exist_and_leave_the_test_voices_out(more_voices: bool) -> None:
+    import os
+
+    import espeakng_loader
+
+    from demo.synth import HELD_OUT_VARIANTS
+    from demo.train import MORE_VARIANTS, TRAIN_VARIANTS, synth_specs
+
+    variants = MORE_VARIANTS if more_voices else TRAIN_VARIANTS
+    shipped = set(os.listdir(Path(espeakng_loader.get_data_path()) / "voices" / "!v"))
+    assert {v.removeprefix("+") for v in variants if v} <= shipped  # a renamed variant must fail here
+    voices = {voice for _, voice, _, _ in synth_specs(400, seed=0, variants=variants)}
+    assert not {v for v in voices if v.split("+")[-1] in HELD_OUT_VARIANTS}
+    assert len({v.split("+")[-1] for v in voices if "+" in v}) == len(variants) - 1  # every variant is drawn
