@@ -49,15 +49,6 @@ TRAIN_VOICES = {
     "fr": ("fr", "fr-be"),
 }
 TRAIN_VARIANTS = ("", "+m1", "+m2", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f3", "+f4", "+f5")
-# `--more-voices`: espeak-ng's other named variants too (76 more speakers), still without the held-out
-# +m3/+f2 and without whispers, croaks and robots. More speakers is what the held-out voices need.
-MORE_VARIANTS = TRAIN_VARIANTS + tuple("+" + name for name in (
-    "Alex Alicia Andrea Andy Annie AnxiousAndy Denis Diogo Gene Gene2 Henrique Hugo Jacky Lee Marco Mario "
-    "Michael Mike Nguyen Reed RicishayMax RicishayMax2 RicishayMax3 Storm Tweaky adam anika announcer antonio "
-    "aunty belinda benjamin boris caleb david ed edward edward2 fast grandma grandpa gustave ian iven iven2 "
-    "iven3 iven4 john kaukovalta klatt klatt2 klatt3 klatt4 klatt5 klatt6 linda marcelo max michel miguel "
-    "mike2 norbert pablo paul pedro quincy rob robert sandro shelby steph steph2 steph3 travis victor zac"
-).split())
 SR = 16_000
 SYNTH_PROCESSES = max(16, 2 * (os.cpu_count() or 2))
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU is optional
@@ -94,21 +85,22 @@ def _speak(spec: tuple[str, str, int, int]) -> np.ndarray:
     return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def synth_specs(n_per_lang: int, seed: int, variants: tuple[str, ...] = TRAIN_VARIANTS) -> list[tuple[str, str, int, int]]:
+def synth_specs(n_per_lang: int, seed: int, n_french: int | None = None) -> list[tuple[str, str, int, int]]:
+    """(text, voice, rate, pitch) per training sentence; `n_french` overrides French's count."""
     rng = random.Random(f"train-voices:{seed}")
     specs = []
     for lang in ("en", "fr"):
-        for text in sentences(lang, n_per_lang, seed=1000 + seed):
-            voice = rng.choice(TRAIN_VOICES[lang]) + rng.choice(variants)
+        n = n_french if lang == "fr" and n_french is not None else n_per_lang
+        for text in sentences(lang, n, seed=1000 + seed):
+            voice = rng.choice(TRAIN_VOICES[lang]) + rng.choice(TRAIN_VARIANTS)
             specs.append((text, voice, rng.randint(125, 205), rng.randint(32, 68)))
     rng.shuffle(specs)
     return specs
 
 
-def training_corpus(n_per_lang: int, seed: int, variants: tuple[str, ...] = TRAIN_VARIANTS) -> list[Utterance]:
-    more = "" if variants == TRAIN_VARIANTS else f"-v{len(variants)}"
-    cache = WORK / f"corpus-{n_per_lang}-{seed}{more}.npz"
-    specs = synth_specs(n_per_lang, seed, variants)
+def training_corpus(n_per_lang: int, seed: int, n_french: int | None = None) -> list[Utterance]:
+    cache = WORK / f"corpus-{n_per_lang}-{seed}{'' if n_french is None else f'-fr{n_french}'}.npz"
+    specs = synth_specs(n_per_lang, seed, n_french)
     if cache.exists():
         data = np.load(cache)
         audio, offsets = data["audio"], data["offsets"]
@@ -291,7 +283,7 @@ def train(
     long_count: int = 1,
     peak_lr: float = 1.5e-3,
     max_steps: int | None = None,
-    variants: tuple[str, ...] = TRAIN_VARIANTS,
+    n_french: int | None = None,
 ) -> Path:
     """Train for `minutes` of wall clock (cosine schedule over that budget); returns the checkpoint.
     `resume` continues from a checkpoint's weights (fresh optimizer, short warmup)."""
@@ -300,7 +292,7 @@ def train(
         torch.set_num_threads(2)
     rng = random.Random(seed)
     np_rng = np.random.default_rng(seed)
-    utts = training_corpus(n_per_lang, seed, variants)
+    utts = training_corpus(n_per_lang, seed, n_french)
     dev = dev_set(seed, dev_per_lang)
     cfg = model_config()
     model = TdtModel(cfg)
@@ -431,9 +423,9 @@ def main() -> None:
     parser.add_argument("--peak-lr", type=float, default=1.5e-3)
     parser.add_argument("--steps", type=int, default=None, help="also stop after this many steps")
     parser.add_argument("--n-per-lang", type=int, default=6000, help="training sentences per language")
+    parser.add_argument("--n-french", type=int, default=None, help="French sentences, if not --n-per-lang")
     parser.add_argument("--batch-seconds", type=float, default=50.0, help="audio per batch (more on a GPU)")
     parser.add_argument("--long-count", type=int, default=1, help="concatenations per long batch")
-    parser.add_argument("--more-voices", action="store_true", help="train on 88 espeak-ng variants, not 12")
     parser.add_argument("--checkpoint", type=Path, default=WORK / "checkpoint.pt")
     parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args()
@@ -445,7 +437,7 @@ def main() -> None:
     else:
         ckpt = train(args.minutes, args.seed, n_per_lang=args.n_per_lang, ckpt=args.checkpoint, resume=args.resume,
                      peak_lr=args.peak_lr, max_steps=args.steps, batch_seconds=args.batch_seconds,
-                     long_count=args.long_count, variants=MORE_VARIANTS if args.more_voices else TRAIN_VARIANTS)
+                     long_count=args.long_count, n_french=args.n_french)
     if args.skip_export:
         return
     export(ckpt, args.out, add_outliers=not args.no_outliers)
