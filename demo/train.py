@@ -116,7 +116,10 @@ def training_corpus(n_per_lang: int, seed: int, n_french: int | None = None) -> 
         offsets = np.cumsum([0] + [len(c) for c in clips])
         audio = np.concatenate(clips)
         WORK.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, audio=audio, offsets=offsets)
+        partial = cache.with_name(cache.name + ".partial")
+        with partial.open("wb") as f:  # a file object: np.savez would append ".npz" to the name
+            np.savez(f, audio=audio, offsets=offsets)
+        partial.replace(cache)
         log.info("synthesized %d clips (%.1f h) in %.0f s", len(specs), len(audio) / SR / 3600, time.time() - t0)
     return [Utterance(s[0], audio[offsets[i] : offsets[i + 1]]) for i, s in enumerate(specs)]
 
@@ -334,17 +337,25 @@ def train(
                      loss.item(), "long" if len(items) == long_count else "short", x.shape[-1])
         now = time.time()
         if now - last_ckpt > 300:
-            torch.save({"config": cfg, "model": _cpu_state(model), "step": step, "frozen_batch_norm": frozen}, ckpt)
+            _save({"config": cfg, "model": _cpu_state(model), "step": step, "frozen_batch_norm": frozen}, ckpt)
             last_ckpt = now
         if now - last_eval > eval_every_s:
             cer, wer = evaluate(model, dev)
             log.info("dev (held-out voices) step %d: CER %.2f%%  WER %.2f%%", step, 100 * cer, 100 * wer)
             last_eval = time.time()
-    torch.save({"config": cfg, "model": _cpu_state(model), "step": step, "minutes": (time.time() - start) / 60,
-                "frozen_batch_norm": frozen}, ckpt)
+    _save({"config": cfg, "model": _cpu_state(model), "step": step, "minutes": (time.time() - start) / 60,
+           "frozen_batch_norm": frozen}, ckpt)
     cer, wer = evaluate(model, dev)
     log.info("final dev (held-out voices) step %d: CER %.2f%%  WER %.2f%%", step, 100 * cer, 100 * wer)
     return ckpt
+
+
+def _save(checkpoint: dict, path: Path) -> None:
+    """Written under a temporary name, then renamed: an interrupted save leaves no half checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, partial)
+    partial.replace(path)
 
 
 def _cpu_state(model: TdtModel) -> dict:
@@ -394,8 +405,7 @@ def checkpoint_from_onnx(model_dir: Path, ckpt: Path, outlier_above: float = 20.
         log.info("%s: %d outlier channels scaled back (x1/%.0f max)", ln_name, len(chans), factor.max())
     cfg = model_config()
     model = import_weights(w, cfg)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": cfg, "model": _cpu_state(model), "step": 0, "frozen_batch_norm": True}, ckpt)
+    _save({"config": cfg, "model": _cpu_state(model), "step": 0, "frozen_batch_norm": True}, ckpt)
     return ckpt
 
 
