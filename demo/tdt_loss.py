@@ -38,8 +38,13 @@ def tdt_nll(
     frame_lens: torch.Tensor,
     target_lens: torch.Tensor,
     durations: tuple[int, ...] = (0, 1, 2, 3, 4),
+    free_end: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Negative log-likelihood per utterance [B] from the gathered terms (computed in float64)."""
+    """Negative log-likelihood per utterance [B] from the gathered terms (computed in float64).
+
+    `free_end` [B] (bool) marks sequences that end with their last label, landing anywhere up to
+    frame T, instead of with a blank landing exactly on T: a sentence cut out of a longer clip, whose
+    blanks go on past the cut."""
     if durations[0] != 0 or list(durations) != sorted(durations):
         raise ValueError("durations must be ascending and start with 0")
     blank_lp, label_lp, dur_lp = blank_lp.double(), label_lp.double(), dur_lp.double()
@@ -88,7 +93,18 @@ def tdt_nll(
         t_idx = t_from.clamp(min=0)
         term = alpha[rows, t_idx, target_lens] + blank_lp[rows, t_idx, target_lens] + dur_lp[rows, t_idx, target_lens, k]
         ends.append(torch.where(ok, term, torch.full_like(term, NEG)))
-    return -torch.logsumexp(torch.stack(ends, dim=1), dim=1)
+    nll = -torch.logsumexp(torch.stack(ends, dim=1), dim=1)
+    if free_end is None:
+        return nll
+    # every path has exactly one last label move: from (t, U-1), landing at t + d <= T
+    last = (target_lens - 1).clamp(min=0)
+    from_last = alpha[rows, :, last] + label_lp[rows, :, last]  # [B,T]
+    frames = torch.arange(t_max, device=alpha.device)[None, :]
+    inside = frames < frame_lens[:, None]
+    label_ends = [torch.where(inside & (frames + d <= frame_lens[:, None]), from_last + dur_lp[rows, :, last, k], NEG)
+                  for k, d in enumerate(durations)]
+    free_nll = -torch.logsumexp(torch.cat(label_ends, dim=1), dim=1)
+    return torch.where(free_end, free_nll, nll)
 
 
 def tdt_loss(
@@ -98,8 +114,9 @@ def tdt_loss(
     target_lens: torch.Tensor,
     blank: int,
     durations: tuple[int, ...] = (0, 1, 2, 3, 4),
+    free_end: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """NLL per utterance [B] from full joint logits [B,T,U+1,V+K] (V tokens including blank)."""
     n_tokens = logits.shape[-1] - len(durations)
     terms = gather_terms(logits, targets, blank, n_tokens)
-    return tdt_nll(*terms, frame_lens, target_lens, durations)
+    return tdt_nll(*terms, frame_lens, target_lens, durations, free_end)

@@ -2,9 +2,9 @@
 
     python -m demo.train --out demo/model [--minutes 60] [--seed 0]
 
-1. Synthesizes bilingual sentences (demo.text, demo.synth) with the training voices (every espeak-ng
-   variant but the held-out +m3 and +f2), random speaking rates and pitches; espeak-ng mostly waits,
-   so many processes share the 2 cores. The audio is cached under demo/.work/.
+1. Synthesizes bilingual sentences (demo.corpus: demo.text spoken by demo.synth) with the training
+   voices (every variant but the held-out +m3 and +f2), random speaking rates and pitches; espeak-ng
+   mostly waits, so many processes share the 2 cores. The audio is cached under demo/.work/.
 2. Trains with torch (2 threads, or a GPU when one is present) on features from onnx-asr's own
    NumPy nemo128 preprocessor (stages.features.features, the one inference uses): batches of single
    sentences, and batches of long concatenations (sentences with pauses, 15-50 s) featurized as a
@@ -16,6 +16,8 @@
    (demo.outliers) and makes the stock int8 files with onnxruntime's quantize_dynamic defaults.
 
 `--resume CKPT` continues from a checkpoint's weights with fresh data (`--seed`) and a new schedule.
+`--segment-long` scores each long concatenation sentence by sentence (same encoder pass, about 3x
+cheaper steps on long batches; `python -m demo.loss_bench` compares).
 How the committed model was made is in demo/model/CARD.md.
 """
 
@@ -25,43 +27,21 @@ import argparse
 import json
 import logging
 import math
-import multiprocessing
-import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from demo.corpus import WORK, Cut, bucketed_batches, concatenation, make_batch, training_corpus, vocab_tokens
 from demo.fastconformer import TINY, ModelConfig
 from demo.model_torch import FrozenBatchNorm1d, TdtModel, freeze_batch_norms, import_weights
 from demo.tdt_loss import gather_terms, tdt_nll
 from demo.text import ALPHABET, sentences
-from stages.features import features
 
 log = logging.getLogger("demo.train")
-WORK = Path("demo/.work")
-BLANK_TOKEN = "<blk>"
-TRAIN_VOICES = {
-    "en": ("en-us", "en-gb"),
-    "fr": ("fr", "fr-be"),
-}
-TRAIN_VARIANTS = ("", "+m1", "+m2", "+m4", "+m5", "+m6", "+m7", "+m8", "+f1", "+f3", "+f4", "+f5")
-SR = 16_000
-SYNTH_PROCESSES = max(16, 2 * (os.cpu_count() or 2))
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU is optional
-
-
-def vocab_tokens() -> list[str]:
-    """Characters of ALPHABET (space written as SentencePiece's '▁'), then <blk> last."""
-    return [("▁" if ch == " " else ch) for ch in ALPHABET] + [BLANK_TOKEN]
-
-
-def encode_text(text: str) -> list[int]:
-    index = {ch: i for i, ch in enumerate(ALPHABET)}
-    return [index[ch] for ch in text]
 
 
 def model_config() -> ModelConfig:
@@ -70,139 +50,27 @@ def model_config() -> ModelConfig:
     return TINY
 
 
-# ------------------------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Utterance:
-    text: str
-    audio: np.ndarray  # int16, 16 kHz
-
-
-def _speak(spec: tuple[str, str, int, int]) -> np.ndarray:
-    from demo.synth import synthesize
-
-    text, voice, rate, pitch = spec
-    audio = synthesize(text, voice, rate_wpm=rate, pitch=pitch)
-    return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
-
-
-def synth_specs(n_per_lang: int, seed: int, n_french: int | None = None) -> list[tuple[str, str, int, int]]:
-    """(text, voice, rate, pitch) per training sentence; `n_french` overrides French's count."""
-    rng = random.Random(f"train-voices:{seed}")
-    specs = []
-    for lang in ("en", "fr"):
-        n = n_french if lang == "fr" and n_french is not None else n_per_lang
-        for text in sentences(lang, n, seed=1000 + seed):
-            voice = rng.choice(TRAIN_VOICES[lang]) + rng.choice(TRAIN_VARIANTS)
-            specs.append((text, voice, rng.randint(125, 205), rng.randint(32, 68)))
-    rng.shuffle(specs)
-    return specs
-
-
-def training_corpus(n_per_lang: int, seed: int, n_french: int | None = None) -> list[Utterance]:
-    cache = WORK / f"corpus-{n_per_lang}-{seed}{'' if n_french is None else f'-fr{n_french}'}.npz"
-    specs = synth_specs(n_per_lang, seed, n_french)
-    if cache.exists():
-        data = np.load(cache)
-        audio, offsets = data["audio"], data["offsets"]
-    else:
-        t0 = time.time()
-        # espeak-ng spends most of each call waiting, not computing: 8 processes keep 2 cores busy
-        with multiprocessing.get_context("fork").Pool(SYNTH_PROCESSES) as pool:
-            clips = []
-            for clip in pool.imap(_speak, specs, chunksize=32):
-                clips.append(clip)
-                if len(clips) % 2000 == 0:
-                    log.info("synthesized %d/%d clips", len(clips), len(specs))
-        offsets = np.cumsum([0] + [len(c) for c in clips])
-        audio = np.concatenate(clips)
-        WORK.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(cache.name + ".partial")
-        with partial.open("wb") as f:  # a file object: np.savez would append ".npz" to the name
-            np.savez(f, audio=audio, offsets=offsets)
-        partial.replace(cache)
-        log.info("synthesized %d clips (%.1f h) in %.0f s", len(specs), len(audio) / SR / 3600, time.time() - t0)
-    return [Utterance(s[0], audio[offsets[i] : offsets[i + 1]]) for i, s in enumerate(specs)]
-
-
-def concatenation(utts: list[Utterance], rng: random.Random, seconds: float) -> tuple[np.ndarray, str]:
-    """Sentences with 0.2-0.8 s pauses (as demo.synth.make_speech) until about `seconds` long."""
-    parts: list[np.ndarray] = [np.zeros(int(rng.uniform(0.1, 0.8) * SR), np.int16)]
-    texts: list[str] = []
-    total = len(parts[0])
-    while total < seconds * SR:
-        u = rng.choice(utts)
-        pause = np.zeros(int(rng.uniform(0.2, 0.8) * SR), np.int16)
-        parts += [u.audio, pause]
-        texts.append(u.text)
-        total += len(u.audio) + len(pause)
-    return np.concatenate(parts), " ".join(texts)
-
-
-def bucketed_batches(
-    utts: list[Utterance], rng: random.Random, audio_budget: float, pool_batches: int = 16
-) -> list[list[tuple[np.ndarray, str]]]:
-    """Batches of single sentences of similar length (little padding), ~audio_budget seconds each."""
-    pool = rng.sample(utts, k=min(len(utts), int(pool_batches * audio_budget / 2.5)))
-    pool.sort(key=lambda u: len(u.audio))
-    batches: list[list[tuple[np.ndarray, str]]] = [[]]
-    total = 0.0
-    for u in pool:
-        if total >= audio_budget:
-            batches.append([])
-            total = 0.0
-        batches[-1].append((u.audio, u.text))
-        total += len(u.audio) / SR
-    rng.shuffle(batches)
-    return batches
-
-
-def spec_augment(feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Two frequency masks (<= 15 bins) and one time mask (<= 20 frames) per 5 s; zero = the mean."""
-    feats = feats.copy()
-    n_mels, t = feats.shape
-    for _ in range(2):
-        w = int(rng.integers(0, 16))
-        f0 = int(rng.integers(0, n_mels - w))
-        feats[f0 : f0 + w] = 0.0
-    for _ in range(max(1, t // 500)):
-        w = int(rng.integers(0, 21))
-        t0 = int(rng.integers(0, max(1, t - w)))
-        feats[:, t0 : t0 + w] = 0.0
-    return feats
-
-
-def make_batch(
-    items: list[tuple[np.ndarray, str]], rng: np.random.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    feats, lens, targets = [], [], []
-    for audio, text in items:
-        f, n = features(audio.astype(np.float32) / 32768.0)
-        f = f[0, :, : int(n[0])]
-        feats.append(spec_augment(f, rng) if rng is not None else f)
-        lens.append(f.shape[1])
-        targets.append(encode_text(text))
-    t_max, u_max = max(lens), max(len(t) for t in targets)
-    x = np.zeros((len(items), feats[0].shape[0], t_max), np.float32)
-    y = np.zeros((len(items), u_max), np.int64)
-    for i, (f, tgt) in enumerate(zip(feats, targets, strict=True)):
-        x[i, :, : f.shape[1]] = f
-        y[i, : len(tgt)] = tgt
-    return (torch.from_numpy(x), torch.tensor(lens), torch.from_numpy(y), torch.tensor([len(t) for t in targets]))
-
-
 # ------------------------------------------------------------------------------------------- loss
 def _chunk_terms(dec, enc_chunk, pred, targets):  # type: ignore[no-untyped-def]
     logits = dec.out(dec.joint_hidden(enc_chunk, pred))
     return gather_terms(logits, targets, dec.cfg.vocab_size - 1, dec.cfg.vocab_size)
 
 
-def batch_loss(model: TdtModel, x, x_lens, y, y_lens) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Mean TDT NLL per target token; the joint runs in time chunks (recomputed in backward)."""
+def batch_loss(model: TdtModel, x, x_lens, y, y_lens, cuts: list[list[Cut]] | None = None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Mean TDT NLL per target token; the joint runs in time chunks (recomputed in backward).
+
+    With `cuts` (long concatenations), the encoder and the prediction network still run over each
+    whole clip, but the loss is summed over its sentences, each aligned within its own frames (cut in
+    the middle of the pauses; all but the clip's last end with their last label). The joint then costs
+    sum(T_k * U_k) instead of T * U, about 15x less on 40 s clips."""
     enc, enc_lens = model.encoder(x, x_lens)
     dec = model.decoder
     blank = dec.cfg.vocab_size - 1
     sos = torch.full((y.shape[0], 1), blank, dtype=y.dtype, device=y.device)
     pred, _ = dec.predict(torch.cat([sos, y], dim=1))
+    free_end, n_tokens = None, y_lens.sum()
+    if cuts is not None:
+        enc, pred, y, enc_lens, y_lens, free_end = _segments(enc, enc_lens, pred, y, y_lens, cuts)
     cells = enc.shape[0] * enc.shape[1] * pred.shape[1] * dec.cfg.joint_hidden
     limit = 40e6 if enc.device.type == "cpu" else 2e9
     chunk = enc.shape[1] if cells < limit else max(1, int(enc.shape[1] * limit / 2 / cells))
@@ -211,8 +79,31 @@ def batch_loss(model: TdtModel, x, x_lens, y, y_lens) -> torch.Tensor:  # type: 
         fn = torch.utils.checkpoint.checkpoint if chunk < enc.shape[1] else (lambda f, *a, **k: f(*a))
         parts.append(fn(_chunk_terms, dec, enc[:, s : s + chunk], pred, y, use_reentrant=False))
     blank_lp, label_lp, dur_lp = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
-    nll = tdt_nll(blank_lp, label_lp, dur_lp, enc_lens, y_lens, dec.cfg.durations)
-    return nll.sum() / y_lens.sum()
+    nll = tdt_nll(blank_lp, label_lp, dur_lp, enc_lens, y_lens, dec.cfg.durations, free_end)
+    return nll.sum() / n_tokens
+
+
+def _segments(enc, enc_lens, pred, y, y_lens, cuts):  # type: ignore[no-untyped-def]
+    """Each clip's sentences as a batch of their own: encoder frames, prediction rows (the state after
+    every earlier character of the clip, as at inference), targets, lengths, and which end freely."""
+    samples_per_frame = 160 * 8  # 10 ms feature hop, 8x subsampling
+    pieces, free = [], []
+    for b, clip_cuts in enumerate(cuts):
+        n_frames, n_chars = int(enc_lens[b]), int(y_lens[b])
+        frames = [0] + [min(max(1, round(s / samples_per_frame)), n_frames - 1) for s, _ in clip_cuts] + [n_frames]
+        chars = [0] + [c for _, c in clip_cuts] + [n_chars]
+        for k in range(len(frames) - 1):
+            if frames[k + 1] <= frames[k] or chars[k + 1] <= chars[k]:
+                raise ValueError(f"clip {b}: cut {k} leaves an empty segment (frames {frames}, characters {chars})")
+            pieces.append((enc[b, frames[k] : frames[k + 1]], pred[b, chars[k] : chars[k + 1] + 1], y[b, chars[k] : chars[k + 1]]))
+            free.append(k < len(frames) - 2)
+    t_max, u_max = max(p[0].shape[0] for p in pieces), max(p[2].shape[0] for p in pieces)
+    pad = torch.nn.functional.pad
+    seg_enc = torch.stack([pad(e, (0, 0, 0, t_max - e.shape[0])) for e, _, _ in pieces])
+    seg_pred = torch.stack([pad(p, (0, 0, 0, u_max + 1 - p.shape[0])) for _, p, _ in pieces])
+    seg_y = torch.stack([pad(t, (0, u_max - t.shape[0])) for _, _, t in pieces])
+    lens = [torch.tensor([p[i].shape[0] for p in pieces], device=enc.device) for i in (0, 2)]
+    return seg_enc, seg_pred, seg_y, lens[0], lens[1], torch.tensor(free, device=enc.device)
 
 
 # ------------------------------------------------------------------------------------------- decode
@@ -287,9 +178,11 @@ def train(
     peak_lr: float = 1.5e-3,
     max_steps: int | None = None,
     n_french: int | None = None,
+    segment_long: bool = False,
 ) -> Path:
     """Train for `minutes` of wall clock (cosine schedule over that budget); returns the checkpoint.
-    `resume` continues from a checkpoint's weights (fresh optimizer, short warmup)."""
+    `resume` continues from a checkpoint's weights (fresh optimizer, short warmup); `segment_long`
+    scores long concatenations sentence by sentence (batch_loss's `cuts`)."""
     torch.manual_seed(seed)
     if DEVICE.type == "cpu":
         torch.set_num_threads(2)
@@ -319,14 +212,17 @@ def train(
         lr = peak_lr * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
+        cuts = None
         if rng.random() < long_prob:
-            items = [concatenation(utts, rng, rng.uniform(15.0, 50.0)) for _ in range(long_count)]
+            clips = [concatenation(utts, rng, rng.uniform(15.0, 50.0)) for _ in range(long_count)]
+            items = [(audio, text) for audio, text, _ in clips]
+            cuts = [clip_cuts for _, _, clip_cuts in clips] if segment_long else None
         else:
             if not short_batches:
                 short_batches = bucketed_batches(utts, rng, audio_budget)
             items = short_batches.pop()
         x, xl, y, yl = (t.to(DEVICE) for t in make_batch(items, np_rng))
-        loss = batch_loss(model, x, xl, y, yl)
+        loss = batch_loss(model, x, xl, y, yl, cuts)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -436,6 +332,8 @@ def main() -> None:
     parser.add_argument("--n-french", type=int, default=None, help="French sentences, if not --n-per-lang")
     parser.add_argument("--batch-seconds", type=float, default=50.0, help="audio per batch (more on a GPU)")
     parser.add_argument("--long-count", type=int, default=1, help="concatenations per long batch")
+    parser.add_argument("--segment-long", action="store_true",
+                        help="score long concatenations sentence by sentence (faster steps)")
     parser.add_argument("--checkpoint", type=Path, default=WORK / "checkpoint.pt")
     parser.add_argument("--skip-export", action="store_true")
     args = parser.parse_args()
@@ -447,7 +345,7 @@ def main() -> None:
     else:
         ckpt = train(args.minutes, args.seed, n_per_lang=args.n_per_lang, ckpt=args.checkpoint, resume=args.resume,
                      peak_lr=args.peak_lr, max_steps=args.steps, batch_seconds=args.batch_seconds,
-                     long_count=args.long_count, n_french=args.n_french)
+                     long_count=args.long_count, n_french=args.n_french, segment_long=args.segment_long)
     if args.skip_export:
         return
     export(ckpt, args.out, add_outliers=not args.no_outliers)

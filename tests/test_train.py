@@ -18,8 +18,9 @@ from demo.tdt_loss import tdt_loss  # noqa: E402
 DURATIONS = (0, 1, 2, 3, 4)
 
 
-def brute_force_nll(logits: torch.Tensor, labels: list[int], frames: int, blank: int) -> float:
-    """-log of the sum over every TDT alignment, enumerated recursively (tiny cases only)."""
+def brute_force_nll(logits: torch.Tensor, labels: list[int], frames: int, blank: int, free_end: bool = False) -> float:
+    """-log of the sum over every TDT alignment, enumerated recursively (tiny cases only). With
+    `free_end` an alignment ends with its last label, landing anywhere up to `frames`."""
     n_tok = logits.shape[-1] - len(DURATIONS)
     tok = torch.log_softmax(logits[..., :n_tok].double(), -1)
     dur = torch.log_softmax(logits[..., n_tok:].double(), -1)
@@ -27,11 +28,14 @@ def brute_force_nll(logits: torch.Tensor, labels: list[int], frames: int, blank:
 
     def walk(t: int, u: int, logp: torch.Tensor) -> None:
         for k, d in enumerate(DURATIONS):
-            if u < len(labels) and t + d < frames:
-                walk(t + d, u + 1, logp + tok[t, u, labels[u]] + dur[t, u, k])
+            label_step = logp + tok[t, u, labels[u]] + dur[t, u, k] if u < len(labels) else None
+            if free_end and u == len(labels) - 1 and t + d <= frames:
+                finals.append(label_step)
+            elif u < len(labels) and t + d < frames:
+                walk(t + d, u + 1, label_step)
             if d > 0:
                 step = logp + tok[t, u, blank] + dur[t, u, k]
-                if t + d == frames and u == len(labels):
+                if t + d == frames and u == len(labels) and not free_end:
                     finals.append(step)
                 elif t + d < frames:
                     walk(t + d, u, step)
@@ -40,8 +44,9 @@ def brute_force_nll(logits: torch.Tensor, labels: list[int], frames: int, blank:
     return float(-torch.logsumexp(torch.stack(finals), 0))
 
 
+@pytest.mark.parametrize("free_end", [False, True])
 @pytest.mark.parametrize(("frames", "labels"), [(1, 1), (2, 1), (3, 2), (5, 3), (6, 4), (7, 2)])
-def test_tdt_loss_matches_brute_force(frames: int, labels: int) -> None:
+def test_tdt_loss_matches_brute_force(frames: int, labels: int, free_end: bool) -> None:
     gen = torch.Generator().manual_seed(frames * 10 + labels)
     vocab, blank = 5, 4
     logits = torch.randn(2, frames + 1, labels + 1, vocab + len(DURATIONS), generator=gen)
@@ -49,9 +54,9 @@ def test_tdt_loss_matches_brute_force(frames: int, labels: int) -> None:
     # second utterance shorter in both axes: padding must not leak into the result
     lens_t = torch.tensor([frames, max(1, frames - 1)])
     lens_u = torch.tensor([labels, max(1, labels - 1)])
-    got = tdt_loss(logits, targets, lens_t, lens_u, blank, DURATIONS)
+    got = tdt_loss(logits, targets, lens_t, lens_u, blank, DURATIONS, torch.tensor([free_end, free_end]))
     for b in range(2):
-        want = brute_force_nll(logits[b], targets[b, : lens_u[b]].tolist(), int(lens_t[b]), blank)
+        want = brute_force_nll(logits[b], targets[b, : lens_u[b]].tolist(), int(lens_t[b]), blank, free_end)
         assert got[b].item() == pytest.approx(want, rel=1e-5)
 
 
@@ -145,7 +150,8 @@ def test_the_committed_model_imports_back_to_torch(tmp_path) -> None:  # type: i
 def test_a_few_training_steps_reduce_the_loss() -> None:
     from demo.synth import synthesize
     from demo.text import sentences
-    from demo.train import batch_loss, make_batch
+    from demo.corpus import make_batch
+    from demo.train import batch_loss
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -174,7 +180,7 @@ def test_training_voices_exist_and_leave_the_test_voices_out() -> None:
     import espeakng_loader
 
     from demo.synth import HELD_OUT_VARIANTS
-    from demo.train import TRAIN_VARIANTS, synth_specs
+    from demo.corpus import TRAIN_VARIANTS, synth_specs
 
     shipped = set(os.listdir(Path(espeakng_loader.get_data_path()) / "voices" / "!v"))
     assert {v.removeprefix("+") for v in TRAIN_VARIANTS if v} <= shipped  # a renamed variant must fail here
@@ -183,3 +189,33 @@ def test_training_voices_exist_and_leave_the_test_voices_out() -> None:
     voices = {voice for _, voice, _, _ in specs}
     assert not {v for v in voices if v.split("+")[-1] in HELD_OUT_VARIANTS}
     assert len({v.split("+")[-1] for v in voices if "+" in v}) == len(TRAIN_VARIANTS) - 1  # every variant drawn
+
+
+def test_long_clips_scored_by_sentence_match_the_whole_clip_loss(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    from demo.synth import synthesize
+    from demo.text import sentences
+    from demo.corpus import Utterance, concatenation, make_batch
+    from demo.train import batch_loss, checkpoint_from_onnx, load_checkpoint
+
+    torch.set_num_threads(2)
+    model = load_checkpoint(checkpoint_from_onnx(Path("demo/model"), tmp_path / "imported.pt"))
+    texts = sentences("en", 4, seed=5) + sentences("fr", 4, seed=5)
+    utts = [Utterance(t, np.round(synthesize(t, "en-gb+m1" if i < 4 else "fr+f3") * 32767).astype(np.int16))
+            for i, t in enumerate(texts)]
+    clips = [concatenation(utts, random.Random(seed), 15.0) for seed in (0, 1)]
+    for audio, text, cuts in clips:
+        assert len(cuts) >= 3
+        assert all(text[c] == " " and audio[s] == 0 for s, c in cuts)  # a space, in a pause
+    x, xl, y, yl = make_batch([(audio, text) for audio, text, _ in clips], None)
+    losses, grads = [], []
+    for cuts in (None, [c for _, _, c in clips]):
+        model.zero_grad()
+        loss = batch_loss(model, x, xl, y, yl, cuts)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    # the whole-clip alignments hardly ever cross a cut, so both losses and gradients agree
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+    assert float(grads[0] @ grads[1] / (grads[0].norm() * grads[1].norm())) > 0.99
