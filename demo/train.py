@@ -1,6 +1,7 @@
 """Train the demo FastConformer-TDT on synthesized speech and export it in Parakeet's layout.
 
-    python -m demo.train --out demo/model [--minutes 60] [--seed 0]
+    python -m demo.train --out demo/model [--minutes 60] [--seed 0] [--segment-long]
+    (`make train-demo` runs the from-scratch recipe in demo/model/CARD.md)
 
 1. Synthesizes bilingual sentences (demo.corpus: demo.text spoken by demo.synth) with the training
    voices (every variant but the held-out +m3 and +f2), random speaking rates and pitches; espeak-ng
