@@ -40,9 +40,11 @@ def vocab_tokens() -> list[str]:
     return [("▁" if ch == " " else ch) for ch in ALPHABET] + [BLANK_TOKEN]
 
 
+_CHAR_INDEX = {ch: i for i, ch in enumerate(ALPHABET)}
+
+
 def encode_text(text: str) -> list[int]:
-    index = {ch: i for i, ch in enumerate(ALPHABET)}
-    return [index[ch] for ch in text]
+    return [_CHAR_INDEX[ch] for ch in text]
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,16 @@ class Utterance:
     audio: np.ndarray  # int16, 16 kHz
 
 
-def _speak(spec: tuple[str, str, int, int]) -> np.ndarray:
+def speak(text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
+    """demo.synth.synthesize as int16 (how the corpus stores its audio)."""
     from demo.synth import synthesize
 
-    text, voice, rate, pitch = spec
-    audio = synthesize(text, voice, rate_wpm=rate, pitch=pitch)
+    audio = synthesize(text, voice, rate_wpm=rate_wpm, pitch=pitch)
     return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def _speak_spec(spec: tuple[str, str, int, int]) -> np.ndarray:
+    return speak(*spec)
 
 
 def synth_specs(n_per_lang: int, seed: int, n_french: int | None = None) -> list[tuple[str, str, int, int]]:
@@ -80,10 +86,10 @@ def training_corpus(n_per_lang: int, seed: int, n_french: int | None = None) -> 
         audio, offsets = data["audio"], data["offsets"]
     else:
         t0 = time.time()
-        # espeak-ng spends most of each call waiting, not computing: 8 processes keep 2 cores busy
+        # espeak-ng spends most of each call waiting, not computing: SYNTH_PROCESSES keep the cores busy
         with multiprocessing.get_context("fork").Pool(SYNTH_PROCESSES) as pool:
             clips = []
-            for clip in pool.imap(_speak, specs, chunksize=32):
+            for clip in pool.imap(_speak_spec, specs, chunksize=32):
                 clips.append(clip)
                 if len(clips) % 2000 == 0:
                     log.info("synthesized %d/%d clips", len(clips), len(specs))

@@ -17,7 +17,7 @@
    (demo.outliers) and makes the stock int8 files with onnxruntime's quantize_dynamic defaults.
 
 `--resume CKPT` continues from a checkpoint's weights with fresh data (`--seed`) and a new schedule.
-`--segment-long` scores each long concatenation sentence by sentence (same encoder pass, about 3x
+`--segment-long` scores each long concatenation sentence by sentence (same encoder pass, about 5x
 cheaper steps on long batches; `python -m demo.loss_bench` compares).
 How the committed model was made is in demo/model/CARD.md.
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demo.corpus import WORK, Cut, bucketed_batches, concatenation, make_batch, training_corpus, vocab_tokens
+from demo.corpus import WORK, Cut, bucketed_batches, concatenation, make_batch, speak, training_corpus, vocab_tokens
 from demo.fastconformer import TINY, ModelConfig
 from demo.model_torch import FrozenBatchNorm1d, TdtModel, freeze_batch_norms, import_weights
 from demo.tdt_loss import gather_terms, tdt_nll
@@ -143,14 +143,11 @@ def char_error_rate(refs: list[str], hyps: list[str]) -> tuple[float, float]:
 
 
 def dev_set(seed: int, n_per_lang: int = 20) -> list[tuple[np.ndarray, str]]:
-    from demo.synth import synthesize
-
     rng = random.Random(f"dev:{seed}")
     out = []
     for lang, voice in (("en", "en-us+m3"), ("fr", "fr+f2")):
         for text in sentences(lang, n_per_lang, seed=500 + seed):
-            audio = synthesize(text, voice, rate_wpm=rng.randint(140, 190), pitch=50 + rng.randint(-8, 8))
-            out.append((np.round(audio * 32767).astype(np.int16), text))
+            out.append((speak(text, voice, rng.randint(140, 190), 50 + rng.randint(-8, 8)), text))
     return out
 
 
