@@ -8,19 +8,27 @@ Layout (names, dtypes) follows istupakov/parakeet-tdt-0.6b-v3-onnx so that onnx-
       output_states_1/2 f32 [L,B,H]
 Every Linear is a MatMul with a constant [in,out] weight (+ Add bias), the form SmoothQuant and
 onnxruntime's quantizers work on.
+
+The encoder mirrors NeMo's TorchScript export node for node (../shared/FACTS.md, "The real export"):
+exporter names (`/layers.0/self_attn/linear_q/MatMul`, weights `onnx::MatMul_<id>`), bias-free block
+linears (cfg.linear_bias), encoded lengths computed in float (Cast, (Add, Div, Add, Floor) x3, Cast),
+`Where` masks around the softmax and in the conv module, scores divided by sqrt(d_k), the positional
+table sliced from M - T, a Pad before each depthwise conv, and Shape readers of the attention LayerNorm.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,9 @@ class ModelConfig:
     ff_dim: int = 576
     conv_kernel: int = 9
     att_context: int | None = 64  # +-frames of local attention; None = global attention
+    linear_bias: bool = True  # the demo was trained with biases; Parakeet v3's block linears have none
+    pos_max_len: int = 5000  # positional table rows 2M-1: one pass holds at most M encoder frames (400 s)
+    pos_table: str = "computed"  # "constant": a stored [1,2M-1,D] buffer as upstream; "computed": folded at load
     pred_hidden: int = 160
     pred_layers: int = 1
     joint_hidden: int = 160
@@ -60,6 +71,8 @@ PARAKEET = ModelConfig(
     ff_dim=4096,
     conv_kernel=9,
     att_context=None,
+    linear_bias=False,
+    pos_table="constant",
     pred_hidden=640,
     pred_layers=2,
     joint_hidden=640,
@@ -86,22 +99,27 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "sub.pw2.weight": (c, c, 1, 1), "sub.pw2.bias": (c,),
         "sub.out.weight": (c * subsampled_freq(cfg), d), "sub.out.bias": (d,),
     }
+    biases: dict[str, tuple[int, ...]] = {}  # block linears and pointwise convs: only with cfg.linear_bias
     for i in range(cfg.n_layers):
         p = f"layers.{i}"
         for ff in ("ff1", "ff2"):
             shapes |= {f"{p}.{ff}.norm.gamma": (d,), f"{p}.{ff}.norm.beta": (d,),
-                       f"{p}.{ff}.linear1.weight": (d, cfg.ff_dim), f"{p}.{ff}.linear1.bias": (cfg.ff_dim,),
-                       f"{p}.{ff}.linear2.weight": (cfg.ff_dim, d), f"{p}.{ff}.linear2.bias": (d,)}
+                       f"{p}.{ff}.linear1.weight": (d, cfg.ff_dim), f"{p}.{ff}.linear2.weight": (cfg.ff_dim, d)}
+            biases |= {f"{p}.{ff}.linear1.bias": (cfg.ff_dim,), f"{p}.{ff}.linear2.bias": (d,)}
         shapes |= {f"{p}.att.norm.gamma": (d,), f"{p}.att.norm.beta": (d,)}
         for name in ("linear_q", "linear_k", "linear_v", "linear_out"):
-            shapes |= {f"{p}.att.{name}.weight": (d, d), f"{p}.att.{name}.bias": (d,)}
+            shapes[f"{p}.att.{name}.weight"] = (d, d)
+            biases[f"{p}.att.{name}.bias"] = (d,)
         shapes |= {f"{p}.att.linear_pos.weight": (d, d),
                    f"{p}.att.pos_bias_u": (cfg.n_heads, dk), f"{p}.att.pos_bias_v": (cfg.n_heads, dk),
                    f"{p}.conv.norm.gamma": (d,), f"{p}.conv.norm.beta": (d,),
-                   f"{p}.conv.pointwise1.weight": (2 * d, d, 1), f"{p}.conv.pointwise1.bias": (2 * d,),
+                   f"{p}.conv.pointwise1.weight": (2 * d, d, 1),
                    f"{p}.conv.depthwise.weight": (d, 1, k), f"{p}.conv.depthwise.bias": (d,),
-                   f"{p}.conv.pointwise2.weight": (d, d, 1), f"{p}.conv.pointwise2.bias": (d,),
+                   f"{p}.conv.pointwise2.weight": (d, d, 1),
                    f"{p}.norm_out.gamma": (d,), f"{p}.norm_out.beta": (d,)}
+        biases |= {f"{p}.conv.pointwise1.bias": (2 * d,), f"{p}.conv.pointwise2.bias": (d,)}
+    if cfg.linear_bias:
+        shapes |= biases
     h = cfg.pred_hidden
     shapes["dec.embedding"] = (cfg.vocab_size, h)
     for layer in range(cfg.pred_layers):
@@ -146,48 +164,108 @@ class RandomWeights(Mapping[str, np.ndarray]):
 OPSET = 17
 IR_VERSION = 9
 NEG_MASK = -10000.0
+FIRST_EXPORT_ID = {"encoder": 5000, "decoder_joint": 9000}  # exporter-style ids of unnamed weights
+
+# builder key -> NeMo module path (the names torch.onnx.export keeps for named parameters)
+_NEMO_NAMES = (("sub.conv0", "pre_encode.conv.0"), ("sub.dw1", "pre_encode.conv.2"), ("sub.pw1", "pre_encode.conv.3"),
+               ("sub.dw2", "pre_encode.conv.5"), ("sub.pw2", "pre_encode.conv.6"), ("sub.out", "pre_encode.out"),
+               (".ff1.norm.", ".norm_feed_forward1."), (".ff2.norm.", ".norm_feed_forward2."),
+               (".att.norm.", ".norm_self_att."), (".conv.norm.", ".norm_conv."), (".ff1.", ".feed_forward1."),
+               (".ff2.", ".feed_forward2."), (".att.", ".self_attn."), (".pointwise1.", ".pointwise_conv1."),
+               (".pointwise2.", ".pointwise_conv2."), (".depthwise.", ".depthwise_conv."))
+
+
+def nemo_name(key: str) -> str:
+    """'layers.0.att.norm.gamma' -> 'layers.0.norm_self_att.weight' (NeMo's parameter path)."""
+    for old, new in _NEMO_NAMES:
+        key = key.replace(old, new)
+    return re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))
+
+
+def node_scope(module: str) -> str:
+    """'layers.0.self_attn.linear_q' -> '/layers.0/self_attn/linear_q', as the exporter scopes nodes."""
+    parts = re.sub(r"\.(\d+)", r"#\1", module).split(".")
+    return "/" + "/".join(p.replace("#", ".") if p.startswith("layers#") else
+                          p.replace("#", "/" + p.split("#")[0] + ".") for p in parts)
+
+
+def _scope(key: str) -> str:
+    return node_scope(nemo_name(key + ".")[:-1])
+
+
+def sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
+    """NeMo's RelPositionalEncoding buffer: positions max_len-1 .. -(max_len-1), sin/cos interleaved."""
+    pos = np.arange(max_len - 1, -max_len, -1, dtype=np.float32)[:, None]
+    inv_freq = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * (-np.log(10000.0) / d_model))
+    angles = (pos * inv_freq[None].astype(np.float32)).astype(np.float32)
+    return np.stack([np.sin(angles), np.cos(angles)], axis=2).reshape(1, -1, d_model).astype(np.float32)
 
 
 class _GraphBuilder:
-    """Nodes plus initializers written straight into a GraphProto (one copy of the weights)."""
+    """Nodes plus initializers written straight into a GraphProto (one copy of the weights), with the
+    exporter's naming: nodes `/scope/Op`, `/scope/Op_1`, ..., outputs `<node>_output_0`, linear and
+    folded-conv weights `onnx::MatMul_<id>` / `onnx::Conv_<id>`, other parameters by their NeMo path.
+    With weights=None only the names are recorded (weight_names() for a 2.4 GB twin costs nothing)."""
 
-    def __init__(self, name: str, weights: Mapping[str, np.ndarray]):
+    def __init__(self, name: str, weights: Mapping[str, np.ndarray] | None):
         # the graph lives inside its ModelProto from the start: no copy of the weights later
-        self.proto = onnx.ModelProto(ir_version=IR_VERSION, producer_name="parakeet-requant-demo")
+        self.proto = onnx.ModelProto(ir_version=IR_VERSION, producer_name="pytorch")
         self.proto.opset_import.add(domain="", version=OPSET)
         self.graph = self.proto.graph
-        self.graph.name = name
+        self.graph.name = "main_graph"
         self.weights = weights
-        self._count = 0
+        self.names: dict[str, str] = {}  # builder key -> initializer name
+        self._next_id = FIRST_EXPORT_ID[name]
+        self._node_count: dict[str, int] = {}
 
-    def weight(self, name: str, array: np.ndarray | None = None) -> str:
-        arr = np.ascontiguousarray(self.weights[name] if array is None else array)
+    def _tensor(self, name: str, array: np.ndarray | None) -> str:
         t = self.graph.initializer.add()
         t.name = name
-        t.data_type = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
-        t.dims.extend(arr.shape)
-        t.raw_data = arr.tobytes()
+        if array is not None:
+            arr = np.ascontiguousarray(array)
+            t.data_type = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+            t.dims.extend(arr.shape)
+            t.raw_data = arr.tobytes()
         return name
 
-    def const(self, value: object, dtype: type = np.int64) -> str:
-        self._count += 1
-        return self.weight(f"const_{self._count}", np.asarray(value, dtype=dtype))
+    def weight(self, key: str, export_as: str = "") -> str:
+        """A learned weight; export_as 'MatMul' or 'Conv' gives it an unnamed exporter id."""
+        if export_as:
+            name = f"onnx::{export_as}_{self._next_id}"
+            self._next_id += 1
+        else:
+            name = nemo_name(key)
+        self.names[key] = name
+        return self._tensor(name, None if self.weights is None else self.weights[key])
 
-    def op(self, op_type: str, inputs: list[str], name: str, n_out: int = 1, **attrs: object) -> str | list[str]:
-        outputs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
+    def const(self, value: object, dtype: type = np.int64) -> str:
+        """A Constant node, as the exporter emits for Python scalars and shape lists."""
+        return self.op("Constant", [], "", value=numpy_helper.from_array(np.asarray(value, dtype=dtype)))
+
+    def buffer(self, name: str, make: Callable[[], np.ndarray]) -> str:
+        """A constant module buffer (the positional table), computed only when weights are built."""
+        return self._tensor(name, None if self.weights is None else make())
+
+    def op(self, op_type: str, inputs: list[str], scope: str, n_out: int = 1, **attrs: object) -> str | list[str]:
+        key = f"{scope}/{op_type}"
+        count = self._node_count.get(key, 0)
+        self._node_count[key] = count + 1
+        name = key if count == 0 else f"{key}_{count}"
+        outputs = [f"{name}_output_{i}" for i in range(n_out)]
         self.graph.node.append(onnx.helper.make_node(op_type, inputs, outputs, name=name, **attrs))
         return outputs if n_out > 1 else outputs[0]
 
-    def linear(self, x: str, prefix: str, bias: bool = True) -> str:
-        y = self.op("MatMul", [x, self.weight(f"{prefix}.weight")], f"{prefix}/MatMul")
-        return self.op("Add", [y, self.weight(f"{prefix}.bias")], f"{prefix}/Add") if bias else y
+    def linear(self, x: str, key: str, bias: bool = True) -> str:
+        scope = _scope(key)
+        y = self.op("MatMul", [x, self.weight(f"{key}.weight", "MatMul")], scope)
+        return self.op("Add", [y, self.weight(f"{key}.bias")], scope) if bias else y
 
-    def layer_norm(self, x: str, prefix: str) -> str:
-        return self.op("LayerNormalization", [x, self.weight(f"{prefix}.gamma"), self.weight(f"{prefix}.beta")],
-                       f"{prefix}/LayerNormalization", axis=-1, epsilon=1e-5)
+    def layer_norm(self, x: str, key: str) -> str:
+        return self.op("LayerNormalization", [x, self.weight(f"{key}.gamma"), self.weight(f"{key}.beta")],
+                       _scope(key), axis=-1, epsilon=1e-5)
 
-    def swish(self, x: str, name: str) -> str:
-        return self.op("Mul", [x, self.op("Sigmoid", [x], f"{name}/Sigmoid")], f"{name}/Mul")
+    def swish(self, x: str, scope: str) -> str:
+        return self.op("Mul", [x, self.op("Sigmoid", [x], scope)], scope)
 
     def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
         self.graph.input.extend(inputs)
@@ -196,171 +274,193 @@ class _GraphBuilder:
 
 
 def _subsampling(g: _GraphBuilder, cfg: ModelConfig) -> str:
-    x = g.op("Transpose", ["audio_signal"], "sub/Transpose", perm=[0, 2, 1])
-    x = g.op("Unsqueeze", [x, g.const([1])], "sub/Unsqueeze")  # [B,1,T,F]
+    x = g.op("Transpose", ["audio_signal"], "/pre_encode", perm=[0, 2, 1])
+    x = g.op("Unsqueeze", [x, g.const([1])], "/pre_encode")  # [B,1,T,F]
     c = cfg.subsampling_channels
     for name, group, k in (("conv0", 1, 3), ("dw1", c, 3), ("pw1", 1, 1), ("dw2", c, 3), ("pw2", 1, 1)):
         pad = k // 2
-        x = g.op("Conv", [x, g.weight(f"sub.{name}.weight"), g.weight(f"sub.{name}.bias")], f"sub.{name}/Conv",
+        scope = _scope(f"sub.{name}")
+        x = g.op("Conv", [x, g.weight(f"sub.{name}.weight"), g.weight(f"sub.{name}.bias")], scope,
                  kernel_shape=[k, k], strides=[2, 2] if k == 3 else [1, 1], pads=[pad] * 4, group=group)
         if name in ("conv0", "pw1", "pw2"):
-            x = g.op("Relu", [x], f"sub.{name}/Relu")
-    x = g.op("Transpose", [x], "sub/Transpose_1", perm=[0, 2, 1, 3])  # [B,T',C,F']
-    x = g.op("Reshape", [x, g.const([0, 0, c * subsampled_freq(cfg)])], "sub/Reshape")
-    return g.linear(x, "sub.out")
+            x = g.op("Relu", [x], scope)
+    x = g.op("Transpose", [x], "/pre_encode", perm=[0, 2, 1, 3])  # [B,T',C,F']
+    x = g.op("Reshape", [x, g.const([0, 0, c * subsampled_freq(cfg)])], "/pre_encode")
+    return g.linear(x, "sub.out")  # the one linear with a bias in Parakeet v3
 
 
 def _lengths(g: _GraphBuilder) -> str:
-    n = "length"
-    for i in range(3):
-        n = g.op("Add", [g.op("Div", [g.op("Sub", [n, g.const(1)], f"len/Sub_{i}"), g.const(2)], f"len/Div_{i}"),
-                         g.const(1)], f"len/Add_{i}")
-    return g.op("Identity", [n], "len/Identity")
+    """NeMo's calc_length, traced: in float, (L + 2 paddings - kernel 3) / stride 2 + 1, floored, x3."""
+    n = g.op("Cast", ["length"], "/pre_encode", to=onnx.TensorProto.FLOAT)
+    for _ in range(3):
+        n = g.op("Add", [n, g.const(-1.0, np.float32)], "/pre_encode")
+        n = g.op("Div", [n, g.const(2.0, np.float32)], "/pre_encode")
+        n = g.op("Add", [n, g.const(1.0, np.float32)], "/pre_encode")
+        n = g.op("Floor", [n], "/pre_encode")
+    return g.op("Cast", [n], "/pre_encode", to=onnx.TensorProto.INT64)
 
 
 def _positions(g: _GraphBuilder, cfg: ModelConfig, t: str) -> str:
-    """Sinusoidal table for relative positions T-1 .. -(T-1): [2T-1, D] (computed, no size cap)."""
-    t_f = g.op("Cast", [t], "pos/Cast", to=onnx.TensorProto.FLOAT)
-    start = g.op("Sub", [t_f, g.const(1.0, np.float32)], "pos/Sub")
-    limit = g.op("Neg", [t_f], "pos/Neg")
-    pos = g.op("Range", [start, limit, g.const(-1.0, np.float32)], "pos/Range")
-    pos = g.op("Unsqueeze", [pos, g.const([1])], "pos/Unsqueeze")
-    inv_freq = np.exp(np.arange(0, cfg.d_model, 2, dtype=np.float32) * (-np.log(10000.0) / cfg.d_model))
-    angles = g.op("Mul", [pos, g.const(inv_freq[None].astype(np.float32), np.float32)], "pos/Mul")
-    sin = g.op("Unsqueeze", [g.op("Sin", [angles], "pos/Sin"), g.const([2])], "pos/Unsqueeze_sin")
-    cos = g.op("Unsqueeze", [g.op("Cos", [angles], "pos/Cos"), g.const([2])], "pos/Unsqueeze_cos")
-    table = g.op("Concat", [sin, cos], "pos/Concat", axis=2)
-    return g.op("Reshape", [table, g.const([-1, cfg.d_model])], "pos/Reshape")
+    """pos_enc.pe[:, M-T : M+T-1]: relative positions T-1 .. -(T-1), [1, 2T-1, D]. The table holds
+    2M-1 rows (M = pos_max_len), so past M frames the start goes negative and the pass fails, as
+    Parakeet's does past 5000 frames (400 s)."""
+    m = cfg.pos_max_len
+    if cfg.pos_table == "constant":
+        table = g.buffer("pos_enc.pe", lambda: sinusoid_table(m, cfg.d_model))
+    else:  # the same table computed from constants (onnxruntime folds it at load): no 2M x D bytes on disk
+        pos = g.op("Range", [g.const(m - 1.0, np.float32), g.const(-float(m), np.float32),
+                             g.const(-1.0, np.float32)], "/pos_enc")
+        inv_freq = np.exp(np.arange(0, cfg.d_model, 2, dtype=np.float32) * (-np.log(10000.0) / cfg.d_model))
+        angles = g.op("Mul", [g.op("Unsqueeze", [pos, g.const([1])], "/pos_enc"),
+                              g.const(inv_freq[None].astype(np.float32), np.float32)], "/pos_enc")
+        sin = g.op("Unsqueeze", [g.op("Sin", [angles], "/pos_enc"), g.const([2])], "/pos_enc")
+        cos = g.op("Unsqueeze", [g.op("Cos", [angles], "/pos_enc"), g.const([2])], "/pos_enc")
+        table = g.op("Reshape", [g.op("Concat", [sin, cos], "/pos_enc", axis=2), g.const([1, -1, cfg.d_model])],
+                     "/pos_enc")
+    start = g.op("Sub", [g.const([m]), t], "/pos_enc")
+    end = g.op("Sub", [g.op("Add", [g.const([m]), t], "/pos_enc"), g.const([1])], "/pos_enc")
+    return g.op("Slice", [table, start, end, g.const([1])], "/pos_enc")
 
 
 def _masks(g: _GraphBuilder, cfg: ModelConfig, t: str, lengths: str) -> tuple[str, str]:
-    """(additive attention bias [B,1,T,T], keep [B,1,T] float) from the encoded lengths."""
-    idx = g.op("Range", [g.const(0), t, g.const(1)], "mask/Range")
-    valid = g.op("Less", [g.op("Unsqueeze", [idx, g.const([0])], "mask/Unsqueeze_idx"),
-                          g.op("Unsqueeze", [lengths, g.const([1])], "mask/Unsqueeze_len")], "mask/Less")  # [B,T]
-    keep = g.op("Unsqueeze", [g.op("Cast", [valid], "mask/Cast_keep", to=onnx.TensorProto.FLOAT), g.const([1])],
-                "mask/keep")
-    bad = g.op("Not", [g.op("Unsqueeze", [valid, g.const([1, 2])], "mask/Unsqueeze_keys")], "mask/Not")  # [B,1,1,T]
+    """(attention mask [B,1,T,T], padding mask [B,1,T]), both True where masked (NeMo's _create_masks:
+    Less -> Tile -> And with its transpose [-> And with the context band] -> Not)."""
+    idx = g.op("Range", [g.const(0), g.op("Squeeze", [t, g.const([0])], "/mask"), g.const(1)], "/mask")
+    valid = g.op("Less", [g.op("Unsqueeze", [idx, g.const([0])], "/mask"),
+                          g.op("Unsqueeze", [lengths, g.const([1])], "/mask")], "/mask")  # [B,T]
+    tiled = g.op("Tile", [g.op("Unsqueeze", [valid, g.const([1])], "/mask"),
+                          g.op("Concat", [g.const([1]), t, g.const([1])], "/mask", axis=0)], "/mask")  # [B,T,T]
+    att_ok = g.op("And", [tiled, g.op("Transpose", [tiled], "/mask", perm=[0, 2, 1])], "/mask")
     if cfg.att_context is not None:
-        rows = g.op("Unsqueeze", [idx, g.const([1])], "mask/Unsqueeze_rows")
-        cols = g.op("Unsqueeze", [idx, g.const([0])], "mask/Unsqueeze_cols")
-        dist = g.op("Abs", [g.op("Sub", [rows, cols], "mask/Sub")], "mask/Abs")
-        band = g.op("Greater", [dist, g.const(cfg.att_context)], "mask/Greater")  # [T,T]
-        bad = g.op("Or", [bad, band], "mask/Or")  # [B,1,T,T]
-    bias = g.op("Mul", [g.op("Cast", [bad], "mask/Cast_bias", to=onnx.TensorProto.FLOAT),
-                        g.const(NEG_MASK, np.float32)], "mask/bias")
-    return bias, keep
+        dist = g.op("Abs", [g.op("Sub", [g.op("Unsqueeze", [idx, g.const([1])], "/mask"),
+                                         g.op("Unsqueeze", [idx, g.const([0])], "/mask")], "/mask")], "/mask")
+        band = g.op("Not", [g.op("Greater", [dist, g.const(cfg.att_context)], "/mask")], "/mask")  # [T,T]
+        att_ok = g.op("And", [att_ok, band], "/mask")
+    att_mask = g.op("Unsqueeze", [g.op("Not", [att_ok], "/mask"), g.const([1])], "/mask")
+    pad_mask = g.op("Unsqueeze", [g.op("Not", [valid], "/mask"), g.const([1])], "/mask")
+    return att_mask, pad_mask
 
 
-def _attention(g: _GraphBuilder, cfg: ModelConfig, x: str, p: str, pos: str, bias: str, t: str) -> str:
+def _attention(g: _GraphBuilder, cfg: ModelConfig, x: str, key: str, pos: str, mask: str, t: str) -> str:
     h, dk = cfg.n_heads, cfg.d_model // cfg.n_heads
-    y = g.layer_norm(x, f"{p}.norm")
-    heads = g.const([0, 0, h, dk])
-    q = g.op("Reshape", [g.linear(y, f"{p}.linear_q"), heads], f"{p}/Reshape_q")
-    k = g.op("Transpose", [g.op("Reshape", [g.linear(y, f"{p}.linear_k"), heads], f"{p}/Reshape_k")],
-             f"{p}/Transpose_k", perm=[0, 2, 3, 1])  # [B,H,dk,T]
-    v = g.op("Transpose", [g.op("Reshape", [g.linear(y, f"{p}.linear_v"), heads], f"{p}/Reshape_v")],
-             f"{p}/Transpose_v", perm=[0, 2, 1, 3])  # [B,H,T,dk]
-    pe = g.op("Reshape", [g.linear(pos, f"{p}.linear_pos", bias=False), g.const([1, -1, h, dk])], f"{p}/Reshape_p")
-    pe = g.op("Transpose", [pe], f"{p}/Transpose_p", perm=[0, 2, 3, 1])  # [1,H,dk,2T-1]
-    qu = g.op("Transpose", [g.op("Add", [q, g.weight(f"{p}.pos_bias_u")], f"{p}/Add_u")], f"{p}/Transpose_u",
-              perm=[0, 2, 1, 3])
-    qv = g.op("Transpose", [g.op("Add", [q, g.weight(f"{p}.pos_bias_v")], f"{p}/Add_v")], f"{p}/Transpose_v2",
-              perm=[0, 2, 1, 3])
-    ac = g.op("MatMul", [qu, k], f"{p}/MatMul_qk")
-    bd = g.op("MatMul", [qv, pe], f"{p}/MatMul_qp")  # [B,H,T,2T-1]
+    scope = _scope(key)
+    y = g.layer_norm(x, f"{key}.norm")
+    # n_batch = query.size(0): the exporter reads the LayerNorm output's shape for every head reshape
+    batch = g.op("Gather", [g.op("Shape", [y], scope), g.const(0)], scope, axis=0)
+    heads = g.op("Concat", [g.op("Unsqueeze", [batch, g.const([0])], scope), g.const([-1, h, dk])], scope, axis=0)
+    bias = cfg.linear_bias
+    q = g.op("Reshape", [g.linear(y, f"{key}.linear_q", bias), heads], scope)
+    k = g.op("Transpose", [g.op("Reshape", [g.linear(y, f"{key}.linear_k", bias), heads], scope)], scope,
+             perm=[0, 2, 3, 1])  # [B,H,dk,T]
+    v = g.op("Transpose", [g.op("Reshape", [g.linear(y, f"{key}.linear_v", bias), heads], scope)], scope,
+             perm=[0, 2, 1, 3])  # [B,H,T,dk]
+    pe = g.op("Reshape", [g.linear(pos, f"{key}.linear_pos", bias=False), g.const([1, -1, h, dk])], scope)
+    pe = g.op("Transpose", [pe], scope, perm=[0, 2, 3, 1])  # [1,H,dk,2T-1]
+    qu = g.op("Transpose", [g.op("Add", [q, g.weight(f"{key}.pos_bias_u")], scope)], scope, perm=[0, 2, 1, 3])
+    qv = g.op("Transpose", [g.op("Add", [q, g.weight(f"{key}.pos_bias_v")], scope)], scope, perm=[0, 2, 1, 3])
+    ac = g.op("MatMul", [qu, k], scope)
+    bd = g.op("MatMul", [qv, pe], scope)  # [B,H,T,2T-1]
     # Transformer-XL relative shift: pad one column left, fold, drop the first row, unfold, crop
-    bd = g.op("Pad", [bd, g.const([0, 0, 0, 1, 0, 0, 0, 0])], f"{p}/Pad")
-    bd = g.op("Reshape", [bd, g.op("Concat", [g.const([0, 0, -1]), t], f"{p}/Concat_fold", axis=0)], f"{p}/Fold")
-    bd = g.op("Slice", [bd, g.const([1]), g.const([2**62]), g.const([2])], f"{p}/Slice_row")
-    bd = g.op("Reshape", [bd, g.op("Concat", [g.const([0, 0]), t, g.const([-1])], f"{p}/Concat_unfold", axis=0)],
-              f"{p}/Unfold")
-    bd = g.op("Slice", [bd, g.const([0]), t, g.const([3])], f"{p}/Slice_col")
-    scores = g.op("Add", [ac, bd], f"{p}/Add_scores")
-    scores = g.op("Mul", [scores, g.const(1.0 / np.sqrt(dk), np.float32)], f"{p}/Mul_scale")
-    attn = g.op("Softmax", [g.op("Add", [scores, bias], f"{p}/Add_mask")], f"{p}/Softmax", axis=-1)
-    ctx = g.op("Transpose", [g.op("MatMul", [attn, v], f"{p}/MatMul_av")], f"{p}/Transpose_ctx", perm=[0, 2, 1, 3])
-    ctx = g.op("Reshape", [ctx, g.const([0, 0, cfg.d_model])], f"{p}/Reshape_ctx")
-    return g.linear(ctx, f"{p}.linear_out")
+    bd = g.op("Pad", [bd, g.const([0, 0, 0, 1, 0, 0, 0, 0])], scope)
+    bd = g.op("Reshape", [bd, g.op("Concat", [g.const([0, 0, -1]), t], scope, axis=0)], scope)
+    bd = g.op("Slice", [bd, g.const([1]), g.const([2**62]), g.const([2])], scope)
+    bd = g.op("Reshape", [bd, g.op("Concat", [g.const([0, 0]), t, g.const([-1])], scope, axis=0)], scope)
+    bd = g.op("Slice", [bd, g.const([0]), t, g.const([3])], scope)
+    scores = g.op("Div", [g.op("Add", [ac, bd], scope), g.const(np.sqrt(dk), np.float32)], scope)
+    scores = g.op("Where", [mask, g.const(NEG_MASK, np.float32), scores], scope)
+    attn = g.op("Where", [mask, g.const(0.0, np.float32), g.op("Softmax", [scores], scope, axis=-1)], scope)
+    ctx = g.op("Transpose", [g.op("MatMul", [attn, v], scope)], scope, perm=[0, 2, 1, 3])
+    ctx = g.op("Reshape", [ctx, g.op("Concat", [g.op("Unsqueeze", [batch, g.const([0])], scope),
+                                                 g.const([-1, cfg.d_model])], scope, axis=0)], scope)
+    return g.linear(ctx, f"{key}.linear_out", bias)
 
 
-def _conv_module(g: _GraphBuilder, cfg: ModelConfig, x: str, p: str, keep: str) -> str:
-    y = g.op("Transpose", [g.layer_norm(x, f"{p}.norm")], f"{p}/Transpose_in", perm=[0, 2, 1])
-    y = g.op("Conv", [y, g.weight(f"{p}.pointwise1.weight"), g.weight(f"{p}.pointwise1.bias")],
-             f"{p}.pointwise1/Conv", kernel_shape=[1])
-    a, b = g.op("Split", [y, g.const([cfg.d_model, cfg.d_model])], f"{p}/Split", n_out=2, axis=1)
-    y = g.op("Mul", [a, g.op("Sigmoid", [b], f"{p}/GLU_Sigmoid")], f"{p}/GLU")
-    y = g.op("Mul", [y, keep], f"{p}/Mul_keep")
+def _conv_module(g: _GraphBuilder, cfg: ModelConfig, x: str, key: str, pad_mask: str) -> str:
+    scope = _scope(key)
+    y = g.op("Transpose", [g.layer_norm(x, f"{key}.norm")], scope, perm=[0, 2, 1])
+    pw1 = [g.weight(f"{key}.pointwise1.weight")] + ([g.weight(f"{key}.pointwise1.bias")] if cfg.linear_bias else [])
+    y = g.op("Conv", [y, *pw1], _scope(f"{key}.pointwise1"), kernel_shape=[1])
+    a, b = g.op("Split", [y, g.const([cfg.d_model, cfg.d_model])], scope, n_out=2, axis=1)
+    y = g.op("Mul", [a, g.op("Sigmoid", [b], scope)], scope)  # GLU
+    y = g.op("Where", [pad_mask, g.const(0.0, np.float32), y], scope)
     k = cfg.conv_kernel
-    y = g.op("Conv", [y, g.weight(f"{p}.depthwise.weight"), g.weight(f"{p}.depthwise.bias")], f"{p}.depthwise/Conv",
-             kernel_shape=[k], pads=[k // 2, k // 2], group=cfg.d_model)  # BatchNorm folded in
-    y = g.swish(y, f"{p}/Swish")
-    y = g.op("Conv", [y, g.weight(f"{p}.pointwise2.weight"), g.weight(f"{p}.pointwise2.bias")],
-             f"{p}.pointwise2/Conv", kernel_shape=[1])
-    return g.op("Transpose", [y], f"{p}/Transpose_out", perm=[0, 2, 1])
+    y = g.op("Pad", [y, g.const([0, 0, k // 2, 0, 0, k // 2])], scope)
+    dw_scope = _scope(f"{key}.depthwise")
+    y = g.op("Conv", [y, g.weight(f"{key}.depthwise.weight", "Conv"), g.weight(f"{key}.depthwise.bias", "Conv")],
+             dw_scope, kernel_shape=[k], group=cfg.d_model)  # BatchNorm folded in, hence the unnamed weights
+    y = g.swish(y, scope)
+    pw2 = [g.weight(f"{key}.pointwise2.weight")] + ([g.weight(f"{key}.pointwise2.bias")] if cfg.linear_bias else [])
+    y = g.op("Conv", [y, *pw2], _scope(f"{key}.pointwise2"), kernel_shape=[1])
+    return g.op("Transpose", [y], scope, perm=[0, 2, 1])
 
 
-def _feed_forward(g: _GraphBuilder, x: str, p: str) -> str:
-    y = g.linear(g.swish(g.linear(g.layer_norm(x, f"{p}.norm"), f"{p}.linear1"), f"{p}/Swish"), f"{p}.linear2")
-    return g.op("Mul", [y, g.const(0.5, np.float32)], f"{p}/Mul_half")
+def _feed_forward(g: _GraphBuilder, cfg: ModelConfig, x: str, key: str) -> str:
+    scope = _scope(key)
+    hidden = g.swish(g.linear(g.layer_norm(x, f"{key}.norm"), f"{key}.linear1", cfg.linear_bias), scope)
+    return g.op("Mul", [g.linear(hidden, f"{key}.linear2", cfg.linear_bias), g.const(0.5, np.float32)], scope)
 
 
-def build_encoder(weights: Mapping[str, np.ndarray], cfg: ModelConfig) -> onnx.ModelProto:
-    """audio_signal [B,n_mels,T], length [B] -> outputs [B,D,T'], encoded_lengths [B]."""
+def _encoder(weights: Mapping[str, np.ndarray] | None, cfg: ModelConfig) -> _GraphBuilder:
     g = _GraphBuilder("encoder", weights)
     x = _subsampling(g, cfg)
     lengths = _lengths(g)
-    t = g.op("Slice", [g.op("Shape", [x], "enc/Shape"), g.const([1]), g.const([2])], "enc/T")  # [1] int64
+    t = g.op("Slice", [g.op("Shape", [x], "/pos_enc"), g.const([1]), g.const([2])], "/pos_enc")  # [1] int64
     pos = _positions(g, cfg, t)
-    bias, keep = _masks(g, cfg, t, lengths)
+    att_mask, pad_mask = _masks(g, cfg, t, lengths)
     for i in range(cfg.n_layers):
-        p = f"layers.{i}"
-        x = g.op("Add", [x, _feed_forward(g, x, f"{p}.ff1")], f"{p}/Add_ff1")
-        x = g.op("Add", [x, _attention(g, cfg, x, f"{p}.att", pos, bias, t)], f"{p}/Add_att")
-        x = g.op("Add", [x, _conv_module(g, cfg, x, f"{p}.conv", keep)], f"{p}/Add_conv")
-        x = g.op("Add", [x, _feed_forward(g, x, f"{p}.ff2")], f"{p}/Add_ff2")
-        x = g.layer_norm(x, f"{p}.norm_out")
-    g.graph.node.append(onnx.helper.make_node("Transpose", [x], ["outputs"], name="enc/Transpose_out", perm=[0, 2, 1]))
-    g.graph.node.append(onnx.helper.make_node("Identity", [lengths], ["encoded_lengths"], name="enc/lengths"))
+        key, scope = f"layers.{i}", f"/layers.{i}"
+        x = g.op("Add", [x, _feed_forward(g, cfg, x, f"{key}.ff1")], scope)
+        x = g.op("Add", [x, _attention(g, cfg, x, f"{key}.att", pos, att_mask, t)], scope)
+        x = g.op("Add", [x, _conv_module(g, cfg, x, f"{key}.conv", pad_mask)], scope)
+        x = g.op("Add", [x, _feed_forward(g, cfg, x, f"{key}.ff2")], scope)
+        x = g.layer_norm(x, f"{key}.norm_out")
+    g.graph.node.append(onnx.helper.make_node("Transpose", [x], ["outputs"], name="/Transpose", perm=[0, 2, 1]))
+    g.graph.node.append(onnx.helper.make_node("Identity", [lengths], ["encoded_lengths"], name="/Identity"))
     f32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
-    return g.model(
+    g.model(
         [onnx.helper.make_tensor_value_info("audio_signal", f32, ["batch", cfg.n_mels, "time"]),
          onnx.helper.make_tensor_value_info("length", i64, ["batch"])],
         [onnx.helper.make_tensor_value_info("outputs", f32, ["batch", cfg.d_model, "frames"]),
          onnx.helper.make_tensor_value_info("encoded_lengths", i64, ["batch"])],
     )
+    return g
 
 
-def build_decoder_joint(weights: Mapping[str, np.ndarray], cfg: ModelConfig) -> onnx.ModelProto:
-    """LSTM prediction network on `targets` plus the joint over every (frame, target) pair."""
+def build_encoder(weights: Mapping[str, np.ndarray], cfg: ModelConfig) -> onnx.ModelProto:
+    """audio_signal [B,n_mels,T], length [B] -> outputs [B,D,T'], encoded_lengths [B]."""
+    return _encoder(weights, cfg).proto
+
+
+def _decoder_joint(weights: Mapping[str, np.ndarray] | None, cfg: ModelConfig) -> _GraphBuilder:
     g = _GraphBuilder("decoder_joint", weights)
     h, n_layers = cfg.pred_hidden, cfg.pred_layers
-    emb = g.op("Gather", [g.weight("dec.embedding"), "targets"], "dec.embedding/Gather", axis=0)  # [B,U,H]
-    x = g.op("Transpose", [emb], "dec/Transpose_in", perm=[1, 0, 2])  # [U,B,H]
+    emb = g.op("Gather", [g.weight("dec.embedding"), "targets"], "/decoder/prediction/embed", axis=0)  # [B,U,H]
+    x = g.op("Transpose", [emb], "/decoder", perm=[1, 0, 2])  # [U,B,H]
     finals_h, finals_c = [], []
     for layer in range(n_layers):
+        scope = f"/decoder/prediction/dec_rnn/lstm.{layer}"
         sl = [g.const([layer]), g.const([layer + 1]), g.const([0])]
-        h0 = g.op("Slice", ["input_states_1", *sl], f"dec.lstm.{layer}/Slice_h")
-        c0 = g.op("Slice", ["input_states_2", *sl], f"dec.lstm.{layer}/Slice_c")
+        h0 = g.op("Slice", ["input_states_1", *sl], scope)
+        c0 = g.op("Slice", ["input_states_2", *sl], scope)
         y, yh, yc = g.op("LSTM", [x, g.weight(f"dec.lstm.{layer}.W"), g.weight(f"dec.lstm.{layer}.R"),
-                                  g.weight(f"dec.lstm.{layer}.B"), "", h0, c0],
-                         f"dec.lstm.{layer}/LSTM", n_out=3, hidden_size=h)
-        x = g.op("Squeeze", [y, g.const([1])], f"dec.lstm.{layer}/Squeeze")
+                                  g.weight(f"dec.lstm.{layer}.B"), "", h0, c0], scope, n_out=3, hidden_size=h)
+        x = g.op("Squeeze", [y, g.const([1])], scope)
         finals_h.append(yh)
         finals_c.append(yc)
-    pred = g.op("Transpose", [x], "dec/Transpose_out", perm=[1, 0, 2])  # [B,U,H]
-    enc = g.op("Transpose", ["encoder_outputs"], "joint/Transpose_enc", perm=[0, 2, 1])  # [B,T,D]
-    enc = g.op("Unsqueeze", [g.linear(enc, "joint.enc_proj"), g.const([2])], "joint/Unsqueeze_enc")
-    pred = g.op("Unsqueeze", [g.linear(pred, "joint.pred_proj"), g.const([1])], "joint/Unsqueeze_pred")
-    hidden = g.op("Relu", [g.op("Add", [enc, pred], "joint/Add")], "joint/Relu")
+    pred = g.op("Transpose", [x], "/decoder", perm=[1, 0, 2])  # [B,U,H]
+    enc = g.op("Transpose", ["encoder_outputs"], "/joint", perm=[0, 2, 1])  # [B,T,D]
+    enc = g.op("Unsqueeze", [g.linear(enc, "joint.enc_proj"), g.const([2])], "/joint")
+    pred = g.op("Unsqueeze", [g.linear(pred, "joint.pred_proj"), g.const([1])], "/joint")
+    hidden = g.op("Relu", [g.op("Add", [enc, pred], "/joint")], "/joint")
     logits = g.linear(hidden, "joint.out")
-    g.graph.node.append(onnx.helper.make_node("Identity", [logits], ["outputs"], name="joint/outputs"))
-    g.graph.node.append(onnx.helper.make_node("Identity", ["target_length"], ["prednet_lengths"], name="dec/lengths"))
+    g.graph.node.append(onnx.helper.make_node("Identity", [logits], ["outputs"], name="/joint/Identity"))
+    g.graph.node.append(onnx.helper.make_node("Identity", ["target_length"], ["prednet_lengths"],
+                                              name="/decoder/Identity"))
     for name, finals in (("output_states_1", finals_h), ("output_states_2", finals_c)):
-        g.graph.node.append(onnx.helper.make_node("Concat", finals, [name], name=f"dec/{name}", axis=0))
+        g.graph.node.append(onnx.helper.make_node("Concat", finals, [name], name=f"/decoder/Concat_{name}", axis=0))
     f32, i32 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
     n_out = cfg.vocab_size + cfg.n_durations
-    return g.model(
+    g.model(
         [onnx.helper.make_tensor_value_info("encoder_outputs", f32, ["batch", cfg.d_model, "frames"]),
          onnx.helper.make_tensor_value_info("targets", i32, ["batch", "targets_len"]),
          onnx.helper.make_tensor_value_info("target_length", i32, ["batch"]),
@@ -371,6 +471,27 @@ def build_decoder_joint(weights: Mapping[str, np.ndarray], cfg: ModelConfig) -> 
          onnx.helper.make_tensor_value_info("output_states_1", f32, [n_layers, "batch", h]),
          onnx.helper.make_tensor_value_info("output_states_2", f32, [n_layers, "batch", h])],
     )
+    return g
+
+
+def build_decoder_joint(weights: Mapping[str, np.ndarray], cfg: ModelConfig) -> onnx.ModelProto:
+    """LSTM prediction network on `targets` plus the joint over every (frame, target) pair."""
+    return _decoder_joint(weights, cfg).proto
+
+
+def weight_names(cfg: ModelConfig) -> dict[str, dict[str, str]]:
+    """File -> {builder key: initializer name} (the exporter's names are not the builder's keys)."""
+    return {ENCODER_FILE: _encoder(None, cfg).names, DECODER_FILE: _decoder_joint(None, cfg).names}
+
+
+def read_weights(model_dir: Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The builder's weights back from a model directory it wrote (the inverse of write_model_dir)."""
+    weights: dict[str, np.ndarray] = {}
+    for file, names in weight_names(cfg).items():
+        model = onnx.load(str(Path(model_dir) / file))
+        stored = {t.name: t for t in model.graph.initializer}
+        weights |= {key: numpy_helper.to_array(stored[name]).copy() for key, name in names.items()}
+    return weights
 
 
 # ----------------------------------------------------------------------------------------- files

@@ -80,8 +80,8 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.linear1 = nn.Linear(cfg.d_model, cfg.ff_dim)
-        self.linear2 = nn.Linear(cfg.ff_dim, cfg.d_model)
+        self.linear1 = nn.Linear(cfg.d_model, cfg.ff_dim, bias=cfg.linear_bias)
+        self.linear2 = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.linear_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear2(F.silu(self.linear1(self.norm(x))))
@@ -93,7 +93,7 @@ class RelPosAttention(nn.Module):
         d, self.h = cfg.d_model, cfg.n_heads
         self.dk = d // self.h
         self.norm = nn.LayerNorm(d)
-        self.linear_q, self.linear_k, self.linear_v, self.linear_out = (nn.Linear(d, d) for _ in range(4))
+        self.linear_q, self.linear_k, self.linear_v, self.linear_out = (nn.Linear(d, d, bias=cfg.linear_bias) for _ in range(4))
         self.linear_pos = nn.Linear(d, d, bias=False)
         self.pos_bias_u = nn.Parameter(torch.zeros(self.h, self.dk))
         self.pos_bias_v = nn.Parameter(torch.zeros(self.h, self.dk))
@@ -119,10 +119,10 @@ class ConvModule(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm = nn.LayerNorm(d)
-        self.pointwise1 = nn.Conv1d(d, 2 * d, 1)
+        self.pointwise1 = nn.Conv1d(d, 2 * d, 1, bias=cfg.linear_bias)
         self.depthwise = nn.Conv1d(d, d, cfg.conv_kernel, padding=cfg.conv_kernel // 2, groups=d)
         self.batch_norm = nn.BatchNorm1d(d)
-        self.pointwise2 = nn.Conv1d(d, d, 1)
+        self.pointwise2 = nn.Conv1d(d, d, 1, bias=cfg.linear_bias)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:  # keep [B,1,T]
         y = F.glu(self.pointwise1(self.norm(x).transpose(1, 2)), dim=1) * keep
@@ -239,7 +239,9 @@ def export_weights(model: TdtModel) -> dict[str, np.ndarray]:
         norm(f"{p}.conv.norm", conv.norm)
         for name in ("pointwise1", "pointwise2"):
             pw = getattr(conv, name)
-            w[f"{p}.conv.{name}.weight"], w[f"{p}.conv.{name}.bias"] = _np(pw.weight), _np(pw.bias)
+            w[f"{p}.conv.{name}.weight"] = _np(pw.weight)
+            if pw.bias is not None:
+                w[f"{p}.conv.{name}.bias"] = _np(pw.bias)
         bn = conv.batch_norm
         scale = _np(bn.weight) / np.sqrt(_np(bn.running_var) + bn.eps)
         w[f"{p}.conv.depthwise.weight"] = _np(conv.depthwise.weight) * scale[:, None, None]
@@ -314,7 +316,8 @@ def import_weights(w: dict[str, np.ndarray], cfg: ModelConfig) -> TdtModel:
         norm(f"{p}.conv.norm", conv.norm)
         for name in ("pointwise1", "pointwise2", "depthwise"):
             put(getattr(conv, name).weight, w[f"{p}.conv.{name}.weight"])
-            put(getattr(conv, name).bias, w[f"{p}.conv.{name}.bias"])
+            if getattr(conv, name).bias is not None:
+                put(getattr(conv, name).bias, w[f"{p}.conv.{name}.bias"])
         bn = conv.batch_norm
         with torch.no_grad():  # identity: weight / sqrt(var + eps) == 1, no shift
             bn.running_mean.zero_()

@@ -26,14 +26,15 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def matmul_layernorms(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    """LayerNormalization nodes whose output feeds only MatMuls with a constant weight -> those MatMuls."""
+    """LayerNormalization nodes whose output feeds only MatMuls with a constant weight -> those MatMuls.
+    Shape readers (the exporter's `query.size(0)`) read no values and are ignored."""
     inits = {t.name for t in model.graph.initializer}
     users = _consumers(model.graph)
     found = {}
     for node in model.graph.node:
         if node.op_type != "LayerNormalization":
             continue
-        out = users.get(node.output[0], [])
+        out = [n for n in users.get(node.output[0], []) if n.op_type != "Shape"]
         if out and all(n.op_type == "MatMul" and n.input[0] == node.output[0] and n.input[1] in inits for n in out):
             found[node.name] = out
     return found

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from demo.corpus import WORK, Cut, bucketed_batches, concatenation, make_batch, speak, training_corpus, vocab_tokens
-from demo.fastconformer import TINY, ModelConfig
+from demo.fastconformer import TINY, ModelConfig, weight_names
 from demo.model_torch import FrozenBatchNorm1d, TdtModel, freeze_batch_norms, import_weights
 from demo.tdt_loss import gather_terms, tdt_nll
 from demo.text import ALPHABET, sentences
@@ -298,7 +298,8 @@ def checkpoint_from_onnx(model_dir: Path, ckpt: Path, outlier_above: float = 20.
             w[matmul.input[1]][chans, :] *= factor[:, None]
         log.info("%s: %d outlier channels scaled back (x1/%.0f max)", ln_name, len(chans), factor.max())
     cfg = model_config()
-    model = import_weights(w, cfg)
+    names = weight_names(cfg)
+    model = import_weights({key: w[name] for file in names.values() for key, name in file.items()}, cfg)
     _save({"config": cfg, "model": _cpu_state(model), "step": 0, "frozen_batch_norm": True}, ckpt)
     return ckpt
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import onnx
 
+from stages import onnx_graph as og
+from stages import patterns
 from stages.common import StageError, atomic_path, fail, read_json, run_cli, sha256_file
 from stages.params import ModelParams, load_params
 
@@ -141,10 +143,16 @@ def build_base_model(params_model: ModelParams, is_demo: bool, out_dir: Path = O
             pinned = PINNED_SHA256.get(params_model.hf_revision)
             if pinned is None:
                 log.warning("revision %s is not pinned here: sha256 sums are not checked", params_model.hf_revision)
+        source = Path(params_model.demo_dir) if is_demo else Path(f"{params_model.hf_repo}@{params_model.hf_revision}")
         try:
             verify_model_dir(tmp, pinned)
         except StageError as err:  # name the final folder, not the temporary one
             raise StageError(str(err).replace(str(tmp), str(out_dir))) from None
+        # the census's findings, in its words: stop here rather than deep inside onnxruntime later
+        problems = patterns.findings(og.load_graph(tmp / "encoder-model.onnx"))
+        if problems:
+            fail(f"{source / 'encoder-model.onnx'}: {'; '.join(problems)}; "
+                 "`python -m stages.census <encoder.onnx>` prints the full census")
     log.info("base model ready in %s", out_dir)
 
 

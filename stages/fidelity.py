@@ -3,6 +3,7 @@
 For every variant: cosine similarity and relative L2 error of the encoder `outputs` against fp32,
 per window (min/max and mean), the file size, and the counts of the op types that tell how it was
 quantized (MatMulInteger/ConvInteger for dynamic int8, QuantizeLinear/DequantizeLinear for QDQ).
+`encoded_lengths` must equal fp32's exactly, per window and in a padded batch, or the stage fails.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
 from stages import onnx_graph as og
 from stages.asr import VARIANTS
 from stages.common import fail, run_cli, write_json
+from stages.features import features
 
 log = logging.getLogger(__name__)
 
 WINDOWS = Path("data/windows")
 METRICS = Path("metrics/fidelity.json")
 REFERENCE = "fp32"
+LENGTHS = "encoded_lengths"
 TELLING_OPS = ("Cast", "Conv", "ConvInteger", "DequantizeLinear", "DynamicQuantizeLinear", "MatMul",
                "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear")
 
@@ -31,17 +37,39 @@ def describe(path: Path) -> dict:
     return {"bytes": size, "ops": {op: n for op, n in counts.items() if op in TELLING_OPS}}
 
 
+def encode(path: Path, windows: og.Windows, desc: str) -> tuple[list[np.ndarray], list[list[int]]]:
+    """The encoder's outputs per window, and its encoded_lengths per window and for one padded batch of
+    the windows cut to different lengths (so masks and padding are exercised too)."""
+    session = og.open_session(path)
+    outputs, lengths = [], []
+    for audio in tqdm(windows, desc=desc, unit="win"):
+        out, n = session.run([og.ENCODER_OUTPUT, LENGTHS], og.encoder_feed(session, audio))
+        outputs.append(out)
+        lengths.append(n.tolist())
+    clips = [features(windows[i][: len(windows[i]) * (i + 1) // len(windows)]) for i in range(len(windows))]
+    batch = np.zeros((len(clips), clips[0][0].shape[1], max(c[0].shape[2] for c in clips)), np.float32)
+    for i, (signal, _) in enumerate(clips):
+        batch[i, :, : signal.shape[2]] = signal[0]
+    feed = {"audio_signal": batch, "length": np.concatenate([n for _, n in clips])}
+    lengths.append(session.run([LENGTHS], feed)[0].tolist())
+    return outputs, lengths
+
+
 def measure(reference: Path, variants: dict[str, Path], windows: og.Windows) -> dict:
     """Fidelity of each variant against the reference encoder, one session at a time."""
     missing = [f"{name} ({path})" for name, path in variants.items() if not path.is_file()]
     if missing:
         fail(f"variant files missing: {', '.join(missing)}; run `dvc repro` for their stages first")
-    expected = og.encoder_outputs(reference, windows, REFERENCE)
+    expected, expected_lengths = encode(reference, windows, REFERENCE)
     result = {}
     for name, path in variants.items():
-        scores = og.compare(expected, og.encoder_outputs(path, windows, name))
+        outputs, lengths = encode(path, windows, name)
+        if lengths != expected_lengths:
+            fail(f"{path}: encoded_lengths {lengths} differ from fp32's {expected_lengths} on the held-out windows "
+                 "(and a padded batch of them): the variant computes lengths wrongly; rebuild it")
+        scores = og.compare(expected, outputs)
         log.info("%s vs %s: %s", name, REFERENCE, scores)
-        result[name] = {"file": path.as_posix(), **describe(path), **scores}
+        result[name] = {"file": path.as_posix(), **describe(path), **scores, "encoded_lengths_equal": True}
     return {
         "reference": {"name": REFERENCE, "file": reference.as_posix(), **describe(reference)},
         "heldout_windows": len(windows),

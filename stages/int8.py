@@ -1,8 +1,8 @@
 """Static int8 of the smoothed encoder: QDQ, per-channel int8 MatMul weights (7-bit range), Percentile
 uint8 activations.
 
-Only MatMuls with a constant weight are quantized (two-activation MatMuls and every convolution stay
-fp32), and only their inputs: their outputs stay fp32, so onnxruntime runs each as one
+Only the MatMuls SmoothQuant classes as weighted are quantized (two-activation, tied- and
+transposed-weight MatMuls and every convolution stay fp32), and only their inputs: their outputs stay fp32, so onnxruntime runs each as one
 MatMulIntegerToFloat. Calibration streams one window at a time and ends before quantization starts, so at most
 one copy of the model is in memory. The result must stay within fidelity.min_cosine of
 the fp32 encoder on held-out windows, else the stage fails and leaves nothing behind.
@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -99,19 +100,25 @@ def calibrate(src: Path, work: Path, calib: og.Windows, percentile: float, exclu
     return cache
 
 
+def fp32_matmuls(graph: onnx.GraphProto) -> list[str]:
+    """MatMuls left unquantized: every one SmoothQuant does not class as weighted (two activations,
+    tied or transposed weights), so int8 quantizes exactly what was smoothed."""
+    return [name for name, kind in og.classify_matmuls(graph).items() if kind != "weighted"]
+
+
 def quantize_encoder(src: Path, work: Path, calib: og.Windows, percentile: float,
                      external: bool | None = None, reduce_range: bool = True) -> Path:
     """Quantize src into work/; return the written model path (with external data if `external`)."""
     og.require_single_links(src)
     graph = og.load_graph(src).graph
-    excluded = og.activation_matmuls(graph)
+    excluded = fp32_matmuls(graph)
     if any(not name for name in excluded):
         fail(f"{src}: a MatMul without a name cannot be excluded from quantization; rerun smoothquant")
     if external is None:
         external = og.model_size(src) > og.SELF_CONTAINED_BELOW
     (work / "out").mkdir()
     (work / "tmp").mkdir()
-    log.info("static int8: %d MatMuls, %d with two activations left in fp32, %d calibration windows",
+    log.info("static int8: %d MatMuls, %d without a private constant weight left in fp32, %d calibration windows",
              sum(n.op_type == "MatMul" for n in graph.node), len(excluded), len(calib))
     with og.quantizer_scratch(work / "tmp"):
         ranges = calibrate(src, work / "tmp", calib, percentile, excluded, external)

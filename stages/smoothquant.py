@@ -2,14 +2,15 @@
 
 For y = X W (W [K,N]): s_j = max|X_j|^a / max_n|W_jn|^(1-a), W' = diag(s) W, X' = X diag(1/s).
 One scale per MatMul input (Q, K and V share their LayerNorm's output). 1/s goes into the LayerNorm's
-gamma and beta when every reader of its output is smoothed, else into one inserted Mul. Activation
+gamma and beta when every reader of its output is smoothed (Shape readers aside), else into one
+inserted Mul. Activation
 maxima are streamed window by window through a session that reads the weights where they lie.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from stages import onnx_graph as og
+from stages import patterns
 from stages.common import atomic_path, fail, run_cli, write_json
 from stages.params import load_params
 
@@ -33,12 +35,8 @@ MAX_REL_ERROR = 1e-5  # smoothing is an identity in exact arithmetic; fp32 round
 
 def plan(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]], Counter[str]]:
     """Smoothable MatMuls grouped by their activation input, and the skip reasons of the others."""
-    kinds = og.classify_matmuls(graph)
-    groups: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        if kinds.get(node.name) == "weighted":
-            groups[node.input[0]].append(node)
-    return dict(groups), Counter(kind for kind in kinds.values() if kind != "weighted")
+    groups, kinds = patterns.smoothing_plan(graph)
+    return groups, Counter(kind for kind in kinds.values() if kind != "weighted")
 
 
 def activation_absmax(model: onnx.ModelProto, weights_dir: Path, tensors: list[str],
@@ -65,22 +63,6 @@ def smoothing_scale(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.nd
     scale = np.ones_like(x)
     scale[live] = x[live] ** alpha / w[live] ** (1 - alpha)
     return np.clip(scale, 1e-5, 1e5).astype(np.float32)
-
-
-def _foldable_norm(graph: onnx.GraphProto, tensor: str, readers: list[onnx.NodeProto],
-                   width: int) -> onnx.NodeProto | None:
-    """The LayerNorm producing `tensor` if 1/s can go into its gamma/beta: every reader is smoothed
-    and its parameters are private constants of shape [K]."""
-    norm = og.producers(graph).get(tensor)
-    users = og.consumers(graph)
-    if norm is None or norm.op_type != "LayerNormalization" or norm.output[0] != tensor:
-        return None
-    if len(users[tensor]) != len(readers) or tensor in {o.name for o in graph.output}:
-        return None
-    inits = {t.name: t for t in graph.initializer}
-    params = [name for name in norm.input[1:3] if name]
-    ok = all(p in inits and list(inits[p].dims) == [width] and len(users[p]) == 1 for p in params)
-    return norm if ok else None
 
 
 def smooth(model: onnx.ModelProto, weights_dir: Path, windows: og.Windows, alpha: float
@@ -110,7 +92,7 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: og.Windows, alpha
         scale_range = [min(scale_range[0], float(scale.min())), max(scale_range[1], float(scale.max()))]
         for w in weights:
             replace[w.name] = lambda w=w, s=scale: og.read_tensor(w, weights_dir) * s[:, None]
-        norm = _foldable_norm(graph, tensor, readers, width)
+        norm = patterns.foldable_norm(graph, tensor, readers, width)
         if norm is not None:
             for param in (p for p in norm.input[1:3] if p):
                 _rescale_param(inits[param], weights_dir, scale, replace)

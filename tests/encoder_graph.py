@@ -1,8 +1,10 @@
 """A small random FastConformer-shaped encoder in Parakeet's ONNX layout, for the transform tests.
 
-conv subsampling (2 strided Conv2d) -> per layer: FFN, attention (one LayerNorm shared by Q, K, V;
-Q·Kᵀ and attn·V as two-activation MatMuls), a Conv1d module (pointwise, GLU, depthwise, pointwise),
-FFN, LayerNorm -> a tied-weight pair and a transposed-weight MatMul (patterns SmoothQuant must skip).
+conv subsampling (2 strided Conv2d) -> per layer: FFN, attention (one LayerNorm shared by Q, K, V and a
+Shape reader; Q·Kᵀ and attn·V as two-activation MatMuls; Div scaling, Where masks), a Conv1d module
+(pointwise, GLU, Where mask, Pad, depthwise, pointwise), FFN, LayerNorm -> a tied-weight pair and a
+transposed-weight MatMul (patterns SmoothQuant must skip). Encoded lengths are computed in float, as
+NeMo's export does.
 I/O: audio_signal f32 [B,128,T], length i64 [B] -> outputs f32 [B,D,T'], encoded_lengths i64 [B].
 """
 
@@ -58,22 +60,31 @@ class _Builder:
         f = self.linear(a, f"{tag}.linear2", 4 * d, d)
         return self.op("Add", [h, self.op("Mul", [f, self.const(f"{tag}.half", np.array(0.5, np.float32))])])
 
-    def attention(self, h: str, tag: str, d: int) -> str:
+    def attention(self, h: str, tag: str, d: int, mask: str) -> str:
+        """As NeMo exports it: the LayerNorm's shape read for the head reshape, scores divided by
+        sqrt(d), Where masks before and after the softmax."""
         x = self.norm(h, f"{tag}.norm", d)
-        q, k, v = (self.linear(x, f"{tag}.linear_{n}", d, d) for n in "qkv")
+        batch = self.op("Gather", [self.op("Shape", [x]), self.const("zero", np.array(0, np.int64))], axis=0)
+        shape = self.op("Concat", [self.op("Unsqueeze", [batch, "axes0"]), "minus1_d"], axis=0)
+        q, k, v = (self.op("Reshape", [self.linear(x, f"{tag}.linear_{n}", d, d), shape]) for n in "qkv")
         scores = self.op("MatMul", [q, self.op("Transpose", [k], perm=[0, 2, 1])])
-        scores = self.op("Mul", [scores, self.const(f"{tag}.scale", np.array(d**-0.5, np.float32))])
-        context = self.op("MatMul", [self.op("Softmax", [scores], axis=-1), v])
+        scores = self.op("Div", [scores, self.const(f"{tag}.scale", np.array(d**0.5, np.float32))])
+        scores = self.op("Where", [mask, self.const("fill", np.array(-10000.0, np.float32)), scores])
+        attn = self.op("Where", [mask, self.const("zero_f", np.array(0.0, np.float32)),
+                                 self.op("Softmax", [scores], axis=-1)])
+        context = self.op("MatMul", [attn, v])
         return self.op("Add", [h, self.linear(context, f"{tag}.linear_out", d, d)])
 
-    def conv_module(self, h: str, tag: str, d: int, kernel: int = 5) -> str:
+    def conv_module(self, h: str, tag: str, d: int, mask: str, kernel: int = 5) -> str:
         x = self.op("Transpose", [self.norm(h, f"{tag}.norm", d)], perm=[0, 2, 1])
         pw1 = self.weight(f"{tag}.pw1", (2 * d, d, 1), d)
         pw1_bias = self.const(f"{tag}.pw1b", np.zeros(2 * d, np.float32))
         x = self.op("Conv", [x, pw1, pw1_bias])
         a, b = self.op("Split", [x], n_out=2, axis=1)
         x = self.op("Mul", [a, self.op("Sigmoid", [b])])
-        x = self.op("Conv", [x, self.weight(f"{tag}.dw", (d, 1, kernel), kernel)], group=d, pads=[kernel // 2] * 2)
+        x = self.op("Where", [mask, "zero_f", x])
+        x = self.op("Pad", [x, self.const(f"{tag}.pads", np.array([0, 0, kernel // 2, 0, 0, kernel // 2], np.int64))])
+        x = self.op("Conv", [x, self.weight(f"{tag}.dw", (d, 1, kernel), kernel)], group=d)
         x = self.op("Conv", [self.swish(x), self.weight(f"{tag}.pw2", (d, d, 1), d)])
         return self.op("Add", [h, self.op("Transpose", [x], perm=[0, 2, 1])])
 
@@ -93,10 +104,23 @@ def build_encoder(d_model: int = 64, layers: int = 2, channels: int = 8, seed: i
     x = g.op("Transpose", [x], perm=[0, 2, 1, 3])
     x = g.op("Reshape", [x, g.const("sub.shape", np.array([0, 0, channels * 32], np.int64))])
     h = g.linear(x, "sub.out", channels * 32, d)
+    length = g.op("Cast", ["length"], to=TensorProto.FLOAT)
+    for _ in range(2):  # NeMo's calc_length, in float: floor((L + 2 - 3) / 2 + 1) per stride-2 conv
+        length = g.op("Add", [length, g.const("minus_one", np.array(-1.0, np.float32))])
+        length = g.op("Div", [length, g.const("two", np.array(2.0, np.float32))])
+        length = g.op("Floor", [g.op("Add", [length, g.const("one", np.array(1.0, np.float32))])])
+    length = g.op("Cast", [length], to=TensorProto.INT64)
+    g.const("axes0", np.array([0], np.int64))
+    g.const("minus1_d", np.array([-1, d], np.int64))
+    frames = g.op("Gather", [g.op("Shape", [h]), g.const("one_i", np.array(1, np.int64))], axis=0)
+    steps = g.op("Range", [g.const("zero_i", np.array(0, np.int64)), frames, "one_i"])
+    padded = g.op("Not", [g.op("Less", [g.op("Unsqueeze", [steps, "axes0"]),
+                                         g.op("Unsqueeze", [length, g.const("axes1b", np.array([1], np.int64))])])])
+    mask = g.op("Unsqueeze", [padded, "axes1b"])  # [B,1,T], True on padding
     for layer in range(layers):
         h = g.ffn(h, f"l{layer}.ffn1", d)
-        h = g.attention(h, f"l{layer}.att", d)
-        h = g.conv_module(h, f"l{layer}.conv", d)
+        h = g.attention(h, f"l{layer}.att", d, mask)
+        h = g.conv_module(h, f"l{layer}.conv", d, mask)
         h = g.ffn(h, f"l{layer}.ffn2", d)
         h = g.norm(h, f"l{layer}.out", d)
     tied = g.weight("tied.weight", (d, d), d, gain=0.3)
@@ -104,11 +128,6 @@ def build_encoder(d_model: int = 64, layers: int = 2, channels: int = 8, seed: i
     transposed = g.op("Transpose", [g.weight("transposed.weight", (d, d), d, gain=0.3)], perm=[1, 0])
     h = g.op("Add", [h, g.op("MatMul", [h, transposed])])
     g.nodes.append(helper.make_node("Transpose", [h], ["outputs"], name="out_transpose", perm=[0, 2, 1]))
-    length = "length"
-    for _ in range(2):  # (L - 1) // 2 + 1 per stride-2 conv
-        length = g.op("Sub", [length, g.const("one", np.array(1, np.int64))])
-        length = g.op("Div", [length, g.const("two", np.array(2, np.int64))])
-        length = g.op("Add", [length, "one"])
     g.nodes.append(helper.make_node("Identity", [length], ["encoded_lengths"], name="lengths_out"))
     if outlier_scale != 1.0:
         _inject_outliers(g, layers, outlier_scale, outlier_channels, d)

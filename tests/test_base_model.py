@@ -158,3 +158,14 @@ def test_external_weights_and_pinned_hashes(tmp_path: Path) -> None:
     onnx.save_model(model, str(folder / "encoder-model.onnx"))
     with pytest.raises(StageError, match="weight 'w' lives in 'gone.data', which is missing"):
         verify_model_dir(folder)
+
+
+def test_an_unrecognised_encoder_stops_the_stage_with_the_census_words(tmp_path: Path) -> None:
+    encoder = _encoder()
+    encoder.graph.node.insert(1, helper.make_node("Erf", ["btf"], ["odd"], name="/odd/Erf"))
+    make_model_dir(tmp_path / "demo_model", encoder)
+    with pytest.raises(StageError) as err:
+        build_base_model(_demo(tmp_path), is_demo=True, out_dir=tmp_path / "base")
+    assert str(err.value).startswith(f"{tmp_path / 'demo_model' / 'encoder-model.onnx'}: ")
+    assert "op types the pipeline has never been tested on: Erf" in str(err.value)
+    assert not (tmp_path / "base").exists()

@@ -107,9 +107,9 @@ def test_int8_runs_each_layers_position_projection_in_that_layer(bench_run: tupl
                          providers=["CPUExecutionProvider"])
     nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
     position = {node.name: i for i, node in enumerate(nodes)}
-    kernels = [n.op_type for n in nodes if n.name == "layers.1.att.linear_pos/MatMul"]
+    kernels = [n.op_type for n in nodes if n.name == "/layers.1/self_attn/linear_pos/MatMul"]
     assert kernels == ["MatMulIntegerToFloat"]
-    assert position["layers.0.att/Softmax"] < position["layers.1.att.linear_pos/MatMul"]
+    assert position["/layers.0/self_attn/Softmax"] < position["/layers.1/self_attn/linear_pos/MatMul"]
 
 
 def test_markdown_lists_everything(bench_run: tuple[dict, Path, Path]) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import yaml
@@ -53,7 +54,7 @@ def test_measure_reports_every_variant(tmp_path: Path) -> None:
     build_dynamic_int8(base, tmp_path / "dyn")
     variants = {"int8_dynamic": tmp_path / "dyn" / "encoder-model.int8.onnx", "same": base}
     report = measure(base, variants, og.Windows(windows, "heldout"))
-    assert report["heldout_windows"] == 2 and report["reference"]["ops"] == {"Conv": 8, "MatMul": 24}
+    assert report["heldout_windows"] == 2 and report["reference"]["ops"] == {"Cast": 2, "Conv": 8, "MatMul": 24}
     same, dyn = report["variants"]["same"], report["variants"]["int8_dynamic"]
     assert same["cosine_min"] == 1.0 and same["rel_error_max"] == 0.0
     assert 0.9 < dyn["cosine_min"] < 1.0 and dyn["rel_error_max"] > 0
@@ -61,6 +62,25 @@ def test_measure_reports_every_variant(tmp_path: Path) -> None:
     assert measure(base, variants, og.Windows(windows, "heldout")) == report  # stable
     with pytest.raises(StageError, match="variant files missing: gone"):
         measure(base, {"gone": tmp_path / "nope.onnx"}, og.Windows(windows, "heldout"))
+
+
+def test_a_variant_with_wrong_lengths_fails_the_stage(tmp_path: Path) -> None:
+    """encoded_lengths must match fp32 exactly (an fp16 length chain on an fp16-kernel EP gets them
+    wrong past 2048 frames); here a variant whose lengths are one frame too many."""
+    base = save_encoder(build_encoder(), tmp_path / "base")
+    windows = write_windows(tmp_path / "windows", calib=1, heldout=2)
+    model = build_encoder()
+    for node in model.graph.node:
+        if "encoded_lengths" in node.output:
+            node.output[0] = "lengths_before"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(1, np.int64), "one_frame"))
+    model.graph.node.append(onnx.helper.make_node("Add", ["lengths_before", "one_frame"], ["encoded_lengths"],
+                                                  name="wrong_lengths"))
+    wrong = save_encoder(model, tmp_path / "wrong")
+    report = measure(base, {"same": base}, og.Windows(windows, "heldout"))
+    assert report["variants"]["same"]["encoded_lengths_equal"] is True
+    with pytest.raises(StageError, match=r"wrong/encoder-model.onnx: encoded_lengths \[.*\] differ from fp32's"):
+        measure(base, {"wrong": wrong}, og.Windows(windows, "heldout"))
 
 
 def _stage(root: Path, name: str) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from stages import onnx_graph as og
+from stages import patterns
 from stages.common import StageError
 from stages.fp16 import build_fp16
 from tests.encoder_graph import build_decoder, build_encoder, save_encoder, speechlike
@@ -94,3 +95,34 @@ def test_large_models_keep_weights_in_external_data(fp16: tuple[Path, Path], tmp
     same = og.compare(og.encoder_outputs(out / "encoder-model.fp16.onnx", audio, "one file"),
                       og.encoder_outputs(tmp_path / "big" / "encoder-model.fp16.onnx", audio, "external"))
     assert same["rel_error_max"] == 0
+
+
+def _lengths_in_numpy(model: onnx.ModelProto, lengths: list[int]) -> list[int]:
+    """Run only the encoded-length path with onnx's reference evaluator: NumPy arithmetic in each
+    tensor's own dtype, as an EP with fp16 kernels computes it (the CPU EP upcasts and hides it)."""
+    from onnx.reference import ReferenceEvaluator
+
+    nodes = patterns.length_path(model.graph)
+    sub = onnx.helper.make_graph(nodes, "lengths", [v for v in model.graph.input if v.name == "length"],
+                                 [v for v in model.graph.output if v.name == "encoded_lengths"],
+                                 [t for t in model.graph.initializer if t.name in {i for n in nodes for i in n.input}])
+    evaluator = ReferenceEvaluator(onnx.helper.make_model(sub, opset_imports=model.opset_import))
+    return evaluator.run(None, {"length": np.array(lengths, np.int64)})[0].tolist()
+
+
+def test_length_arithmetic_stays_fp32(fp16: tuple[Path, Path], tmp_path: Path) -> None:
+    """NeMo computes encoded lengths in float; a naive fp16 cast turns that chain into fp16, which
+    cannot count past 2048 exactly (39 001 frames -> 39 008). The stage keeps it fp32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    _, out = fp16
+    converted = onnx.load(str(out / "encoder-model.fp16.onnx"))
+    types = patterns.tensor_types(converted)
+    floats = [t for n in patterns.length_path(converted.graph) if n.op_type != "Constant" for t in n.output
+              if types.get(t) in patterns.FLOATS]
+    assert floats and all(types[t] == onnx.TensorProto.FLOAT for t in floats)
+    lengths = [39_001, 40_000, 2_049, 100, 1]
+    exact = [(((n - 1) // 2 + 1) - 1) // 2 + 1 for n in lengths]  # two stride-2 convs
+    assert _lengths_in_numpy(converted, lengths) == exact
+    naive = convert_float_to_float16(str(save_encoder(build_encoder(), tmp_path)), keep_io_types=True)
+    assert _lengths_in_numpy(naive, lengths) != exact  # the fault this test guards against

@@ -12,7 +12,7 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 
 from stages import onnx_graph as og
 from stages.common import StageError
-from stages.int8 import NAME, build_int8, calibrate
+from stages.int8 import NAME, build_int8, calibrate, fp32_matmuls
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder
 from tests.encoder_graph import build_encoder, save_encoder, write_windows
@@ -50,10 +50,11 @@ def test_int8_graph_is_per_channel_matmul_only(int8: tuple[Path, dict[str, float
     quantize_inputs = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     matmul_inputs = {n.input[0] for n in og.load_graph(setup["smoothed"]).graph.node if n.op_type == "MatMul"}
     assert "MatMulInteger" not in counts and "ConvInteger" not in counts
+    assert {"tied_weight", "transposed_weight", "two_activations"} <= set(kinds.values())
     for node in graph.node:
         if node.op_type == "MatMul":
             weight_dq = makers.get(node.input[1])
-            if kinds[node.name] in ("two_activations", "transposed_weight"):
+            if kinds[node.name] != "weighted":  # two activations, tied or transposed weight: left fp32
                 assert weight_dq is None or weight_dq.op_type != "DequantizeLinear", node.name
                 assert makers[node.input[0]].op_type != "DequantizeLinear", node.name
                 continue
@@ -103,7 +104,7 @@ def test_calibration_covers_the_quantized_matmuls_only(setup: dict[str, Path], t
     """Ranges for every tensor a quantized MatMul reads, none for the fp32 attention products, and no
     augmented model copy left behind."""
     graph = og.load_graph(setup["smoothed"]).graph
-    excluded = og.activation_matmuls(graph)
+    excluded = fp32_matmuls(graph)
     cache = calibrate(setup["smoothed"], tmp_path, og.Windows(setup["windows"], "calib"), 99.999, excluded, False)
     ranges = load_tensors_data(cache)
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]

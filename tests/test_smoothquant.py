@@ -34,7 +34,7 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 
 def test_counts_follow_the_graph(smoothed: tuple[Path, Path, Path, dict]) -> None:
     _, _, _, summary = smoothed
-    # per layer: FFN1 in (LN) + Q,K,V (one LN) + FFN2 in (LN) folded; FFN hidden x2 and attention out behind Muls;
+    # per layer: FFN1 in (LN) + Q,K,V (one LN, also read by a Shape) + FFN2 in (LN) folded; FFN hidden x2 and attention out behind Muls;
     # plus the subsampling projection behind a Mul. Q·Kᵀ and attn·V, tied and transposed weights skipped.
     assert summary["smoothed"] == 1 + 8 * LAYERS
     assert summary["folded_matmuls"] == 5 * LAYERS and summary["folded_norms"] == 3 * LAYERS
