@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # dvc.yaml's stage commands call `python`: the venv's must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test train-demo readme lock clean-venv
+.PHONY: repro test train-demo rehearse readme lock clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(BIN)/.installed $(BIN)/.torch
 # The schedule runs over a fixed 9602 steps (what 98 min gave on an idle machine), not the wall clock.
 train-demo: $(BIN)/.torch
 	$(BIN)/python -m demo.train --out demo/model --minutes 600 --steps 9602 --n-per-lang 5000 --n-french 11000 --seed 0 --segment-long
+
+# The parakeet preset end to end on the Parakeet-size random twin, offline (about 40 min, 8 GB, 20 GB of
+# disk under /tmp): every stage under dvc repro; the summary goes to metrics/rehearsal.json.
+rehearse: $(BIN)/.installed
+	$(BIN)/python -m bench.rehearse
 
 # Paste the report stage's results table (reports/results.md) into README.md's Results section.
 readme: $(BIN)/.installed

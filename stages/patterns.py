@@ -69,6 +69,10 @@ def fp32_islands(model: onnx.ModelProto) -> list[str]:
             continue
         if any(types.get(name) in FLOATS for name in [*node.input, *node.output] if name):
             islands.append(node.name)
+    # the converter rewrites Constant nodes to fp16 even when only kept nodes read them (4999.0 -> 5000.0)
+    kept, users = set(islands), og.consumers(graph)
+    islands += [node.name for node in graph.node if node.op_type == "Constant" and users[node.output[0]]
+                and all(reader.name in kept for reader, _ in users[node.output[0]])]
     return islands
 
 

@@ -126,3 +126,20 @@ def test_length_arithmetic_stays_fp32(fp16: tuple[Path, Path], tmp_path: Path) -
     assert _lengths_in_numpy(converted, lengths) == exact
     naive = convert_float_to_float16(str(save_encoder(build_encoder(), tmp_path)), keep_io_types=True)
     assert _lengths_in_numpy(naive, lengths) != exact  # the fault this test guards against
+
+
+def test_position_arithmetic_and_its_constants_stay_fp32(tmp_path: Path) -> None:
+    """The demo layout computes its positional table from constants (Range 4999 .. -4999): in fp16 the
+    4999.0 becomes 5000.0, every relative position shifts by one, and the output drifts (cosine 0.998)."""
+    from demo.fastconformer import TINY, build_random_model
+
+    build_random_model(tmp_path / "base", TINY.replace(n_layers=1), seed=2)
+    build_fp16(tmp_path / "base", tmp_path / "fp16")
+    converted = onnx.load(str(tmp_path / "fp16" / "encoder-model.fp16.onnx"))
+    makers = og.producers(converted.graph)
+    start = makers[next(n for n in converted.graph.node if n.op_type == "Range" and "pos_enc" in n.name).input[0]]
+    assert start.op_type == "Constant" and start.attribute[0].t.data_type == onnx.TensorProto.FLOAT
+    window = [speechlike(6.0, seed=3)]
+    scores = og.compare(og.encoder_outputs(tmp_path / "base" / "encoder-model.onnx", window, "fp32"),
+                        og.encoder_outputs(tmp_path / "fp16" / "encoder-model.fp16.onnx", window, "fp16"))
+    assert scores["cosine_min"] > 0.99999, scores

@@ -1,0 +1,169 @@
+"""Dress rehearsal of the parakeet preset at full scale, offline: `make rehearse`.
+
+The real parakeet-preset code path, every stage under `dvc repro`, on the Parakeet-size random twin:
+- the twin sits in a Hugging Face cache as istupakov/parakeet-tdt-0.6b-v3-onnx at a revision that is
+  not the pinned one (so base_model logs that sha256 sums are not checked), and HF_HUB_OFFLINE=1 makes
+  huggingface_hub's snapshot_download really resolve it;
+- the eight calibration speeches are local files in calibration_audio/ (synthesized, the preset's
+  lengths), the evaluation clip a local 390 s file with its transcript.
+Each stage runs on its own (`dvc repro --single-item`, in dvc.yaml's order) so that its wall time, the
+peak RSS of its largest process and the disk used after it can be recorded. Per variant, the figures
+of its evaluation (size, session load, 390 s pass, RSS) are copied from metrics/eval/. The summary goes
+to metrics/rehearsal.json. The work folder (a copy of the project) is kept for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import soundfile
+import yaml
+
+from stages.common import fail, read_json, run_cli, sha256_file, write_json
+
+log = logging.getLogger("bench.rehearse")
+ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "istupakov/parakeet-tdt-0.6b-v3-onnx"
+REVISION = "deadbeef" * 5  # a commit hash that is not the pinned one: no sha256 pins apply
+PROJECT = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "stages", "demo", "bench")
+STAGE_TIMEOUT_S = 3600  # a stage of the Parakeet-size twin takes minutes; an hour means it hangs
+GB = 1e9
+# the largest descendant's peak RSS (KiB on Linux), measured around one command by a fresh interpreter
+MEASURE = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
+           "rc = subprocess.run(sys.argv[1:]).returncode; "
+           "print(json.dumps({'rc': rc, 'wall_s': time.perf_counter() - t, "
+           "'peak_rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+
+
+def copy_project(repo: Path) -> None:
+    for name in PROJECT:
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", ".work", "*.pyc"))
+        else:
+            shutil.copyfile(src, dst)
+    (repo / "calibration_audio").mkdir()
+
+
+def place_twin_in_hf_cache(twin: Path, hf_home: Path) -> Path:
+    """The twin's files as a snapshot of REPO_ID@REVISION in a Hugging Face hub cache: content in
+    blobs/<sha256>, the snapshot folder of symlinks to them, refs/main naming the revision."""
+    repo_dir = hf_home / "hub" / f"models--{REPO_ID.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    (repo_dir / "blobs").mkdir()
+    for path in sorted(twin.iterdir()):
+        if path.is_file() and path.name != "twin.json":
+            blob = repo_dir / "blobs" / sha256_file(path)
+            shutil.move(path, blob)
+            (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(REVISION)
+    return snapshot
+
+
+def write_audio(repo: Path, params: dict, seed: int) -> None:
+    """The calibration speeches into calibration_audio/, and a 390 s evaluation clip with its text,
+    all synthesized with demo voices (the eval clip's voice and sentences are not the speeches')."""
+    from demo.synth import SAMPLE_RATE, make_speech
+
+    for i, (name, speech) in enumerate(params["speeches"].items()):
+        audio, _ = make_speech(speech["lang"], speech["demo_voice"], float(speech["crop_s"]), seed + i)
+        soundfile.write(repo / "calibration_audio" / f"{name}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
+    clip = params["eval_clip"]
+    audio, text = make_speech(clip["lang"], clip["demo_voice"], float(clip["crop_s"]), seed + 100,
+                              text_seed_offset=1000)
+    soundfile.write(repo / "eval_clip.wav", audio, SAMPLE_RATE, subtype="PCM_16")
+    (repo / "eval_clip.txt").write_text(text + "\n")
+
+
+def stage_order(repo: Path, env: dict[str, str]) -> list[str]:
+    """Every stage in an order dvc can run one by one (dvc.yaml lists them upstream first)."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def disk_bytes(folder: Path) -> int:
+    """Bytes on disk under folder, each hard-linked file once (du -sb)."""
+    return int(subprocess.run(["du", "-sb", str(folder)], capture_output=True, text=True, timeout=600,
+                              check=True).stdout.split()[0])
+
+
+def run_stage(repo: Path, env: dict[str, str], stage: str) -> tuple[dict, str]:
+    """Run one stage; its wall time, largest process's peak RSS, disk used after it, and its stderr."""
+    cmd = [sys.executable, "-c", MEASURE, sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=STAGE_TIMEOUT_S)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    if figures["rc"] != 0:
+        fail(f"stage {stage} failed in {repo}: " + " | ".join(result.stderr.strip().splitlines()[-3:]))
+    return {"wall_s": round(figures["wall_s"], 1), "peak_rss_gb": round(figures["peak_rss_kb"] * 1024 / GB, 2),
+            "disk_gb": round(disk_bytes(repo.parent) / GB, 2)}, result.stderr
+
+
+def rehearse(work: Path, seed: int, layers: int) -> dict:
+    from bench.twin import build_twin
+    from demo.fastconformer import PARAKEET
+
+    shutil.rmtree(work, ignore_errors=True)
+    repo, hf_home = work / "repo", work / "hf"
+    copy_project(repo)
+    started = time.perf_counter()
+    twin_summary = build_twin(work / "twin", PARAKEET.replace(n_layers=layers), seed, stock_int8=True)
+    place_twin_in_hf_cache(work / "twin", hf_home)
+    shutil.rmtree(work / "twin")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    write_audio(repo, params, seed)
+    params["preset"] = "parakeet"
+    params["model"]["hf_revision"] = REVISION
+    params["eval_clip"].update(source=str(repo / "eval_clip.wav"), transcript=str(repo / "eval_clip.txt"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, timeout=60)
+    stages, notes = {}, []
+    for stage in stage_order(repo, env):
+        stages[stage], stderr = run_stage(repo, env, stage)
+        notes += [line.split(" WARNING ", 1)[1] for line in stderr.splitlines() if " WARNING " in line]
+        log.info("%s: %s", stage, stages[stage])
+    variants = {}
+    for path in sorted((repo / "metrics" / "eval").glob("*.json")):
+        report = read_json(path)
+        variants[path.stem] = {"encoder_mb": report["cost"]["encoder_mb"], "load_s": report["cost"]["load_s"],
+                               "pass_390s_s": report["cost"]["pass_s"],
+                               "peak_rss_gb": round(report["cost"]["peak_rss_mb"] / 1e3, 2),
+                               "overall_wer_pct": report["overall_wer_pct"]}
+    return {
+        "twin": {"layers": layers, "encoder_mb": twin_summary["encoder_mb"], "revision": REVISION},
+        "warnings": notes,
+        "total_s": round(time.perf_counter() - started, 1),
+        "peak_rss_gb": max(s["peak_rss_gb"] for s in stages.values()),
+        "disk_gb": max(s["disk_gb"] for s in stages.values()),
+        "stages": stages,
+        "variants": variants,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.rehearse", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/parakeet-rehearsal"))
+    parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "rehearsal.json")
+    parser.add_argument("--layers", type=int, default=24, help="fewer for a quick smoke run")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    summary = rehearse(args.work, args.seed, args.layers)
+    write_json(args.out, summary)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("stages", "variants")}, indent=2))
+
+
+if __name__ == "__main__":
+    run_cli(main)
