@@ -21,6 +21,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from demo.fastconformer import PARAKEET, ModelConfig, build_random_model
@@ -60,7 +61,9 @@ def build_twin(out_dir: Path, config: ModelConfig, seed: int, stock_int8: bool) 
             shutil.move(Path(scratch) / "decoder.onnx", tmp / "decoder_joint-model.int8.onnx")
         if stock_int8:
             build_dynamic_int8(tmp / ENCODER, tmp / "stock")
-            shutil.move(tmp / "stock" / "encoder-model.int8.onnx", tmp / "encoder-model.int8.onnx")
+            # one self-contained file, as upstream ships it (612 MB, under protobuf's 2 GB)
+            onnx.save_model(onnx.load(str(tmp / "stock" / "encoder-model.int8.onnx")),
+                            str(tmp / "encoder-model.int8.onnx"))
             shutil.rmtree(tmp / "stock")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         summary = {

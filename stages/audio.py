@@ -53,21 +53,23 @@ def _decode_native(path: Path, start_s: float, duration_s: float | None) -> tupl
             to_float = av.AudioResampler(format="fltp")
             first = round(start_s * rate)
             last = None if duration_s is None else first + round(duration_s * rate)
-            pieces, decoded = [], 0
+            pieces, decoded = [], 0  # only samples from `first` on are kept: a late crop costs no memory
             for frame in container.decode(stream):
                 for converted in to_float.resample(frame):
-                    pieces.append(converted.to_ndarray().mean(axis=0, dtype=np.float32))
+                    if decoded + converted.samples > first:
+                        mono = converted.to_ndarray().mean(axis=0, dtype=np.float32)
+                        pieces.append(mono[max(0, first - decoded):])
                     decoded += converted.samples
                 if last is not None and decoded >= last:
                     break
     except av.FFmpegError as err:
         fail(f"{path}: cannot be decoded ({err}); the file is corrupt or not audio")
-    if not pieces:
+    if decoded == 0:
         fail(f"{path}: decodes to no audio samples; the file is empty or corrupt")
-    native = np.concatenate(pieces)
-    if stated is not None and 0 < len(native) - stated <= rate // 10:
-        native = native[:stated]  # encoder padding after the end the container states (AAC in m4a)
-    return np.ascontiguousarray(native[first:last], dtype=np.float32), int(rate)
+    native = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    if stated is not None and 0 < decoded - stated <= rate // 10:
+        native = native[: max(0, stated - first)]  # encoder padding after the end the container states (AAC)
+    return np.ascontiguousarray(native[: None if last is None else last - first], dtype=np.float32), int(rate)
 
 
 def _exact_length(audio: np.ndarray, samples: int) -> np.ndarray:

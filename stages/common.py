@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +23,14 @@ class StageError(RuntimeError):
     """An error the user can act on; printed as one line, without a traceback."""
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT while a child process ran: the child's group is gone, the stage unwinds."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
@@ -28,8 +39,12 @@ def fail(message: str) -> NoReturn:
     raise StageError(message)
 
 
+_writing: list[Path] = []  # final outputs being written now, innermost last (named by disk errors)
+
+
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run a stage entry point: log to stderr, and turn StageError/ParamsError into a one-line exit 1."""
+    """Run a stage entry point: log to stderr, and turn StageError/ParamsError, and OSError from a full
+    or read-only disk, into one line and exit 1."""
     from stages.params import ParamsError
 
     setup_logging()
@@ -38,6 +53,71 @@ def run_cli(main: Callable[[], Any]) -> None:
     except (StageError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except OSError as err:
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        sys.exit(1)
+    except Stopped as stop:
+        print(f"error: stopped by {signal.Signals(stop.signum).name}; nothing was written", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+
+
+def describe_os_error(err: OSError) -> str:
+    """'<path>: <cause>; <what to do>' for an OSError raised anywhere, even deep inside a library."""
+    path = err.filename or (_writing[-1] if _writing else None)
+    cause = err.strerror or str(err) or type(err).__name__
+    advice = {errno.ENOSPC: "free space on that disk (or point the repository elsewhere) and rerun",
+              errno.EDQUOT: "free space within your quota and rerun",
+              errno.EACCES: "make it writable (chmod u+w) or run from a copy you own, then rerun",
+              errno.EPERM: "make it writable (chmod u+w) or run from a copy you own, then rerun",
+              errno.EROFS: "the file system is read-only; run from a writable copy"}.get(err.errno or 0, "then rerun")
+    action = "writing " if err.filename is None and _writing else ""
+    return f"{action}{path}: {cause}; {advice}" if path else f"{cause}; {advice}"
+
+
+def stale_temps(final: Path) -> list[Path]:
+    """Temporary siblings `.<name>.tmp-<pid>` of `final` left by runs that are no longer alive."""
+    stale = []
+    for path in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = path.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            stale.append(path)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+@contextlib.contextmanager
+def child_process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """A child in a process group of its own (its own children included, e.g. ffmpeg under yt-dlp),
+    killed as a group when the block ends and when this process gets SIGTERM or SIGINT: no orphan
+    keeps writing after a stage is stopped."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+    def kill_group() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def on_signal(signum: int, frame: object) -> None:
+        kill_group()
+        raise Stopped(signum)  # unwinds through atomic_path, which removes the half-written output
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield proc
+    finally:
+        kill_group()
+        proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -45,16 +125,29 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `final` only if the block completes.
 
     Works for files and directories. An interrupted or failed block leaves nothing under `final`.
+    Temporary siblings that a killed run left behind are removed first (those of live runs are kept);
+    .dvcignore hides them all from DVC, so none is ever hashed into a neighbouring output.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temps(final):
+        log.info("removing %s, left by an interrupted run", stale)
+        _remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     _remove(tmp)
+    _writing.append(final)
     try:
         yield tmp
-        _remove(final)
-        os.replace(tmp, final)
+        for attempt in range(3):  # another run of the same stage may publish between our remove and rename
+            _remove(final)
+            try:
+                os.replace(tmp, final)
+                break
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 2:
+                    raise
     finally:
+        _writing.remove(final)
         _remove(tmp)
 
 

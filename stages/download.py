@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,10 +17,11 @@ from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 from yt_dlp.utils import DownloadError, download_range_func
 
 from stages.audio import decode_audio
-from stages.common import StageError, fail
+from stages.common import StageError, child_process, fail
 from stages.params import FetchParams
 
 log = logging.getLogger("pipeline.download")
+ROOT = Path(__file__).resolve().parents[1]
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
 # yt-dlp errors that another attempt cannot fix
 PERMANENT = re.compile(
@@ -90,9 +95,11 @@ def _one_line(err: Exception) -> str:
 def download_crop(url: str, dest: Path, start_s: float, crop_s: float, fetch: FetchParams, label: str) -> Path:
     """Download [start_s, start_s + crop_s) of `url` into dest/download.<ext> (dest exists); return the path.
 
-    Each attempt is checked by decoding it: a truncated or broken file counts as a failed attempt.
-    Transient failures are retried `fetch.retries` times with exponential backoff; permanent ones
-    (unknown id, HTTP 404, ...) and a source known to be shorter than the crop fail at once.
+    Each attempt runs in a child process group bounded by fetch.attempt_timeout_s of wall clock (a
+    stalled or trickling server, and the ffmpeg yt-dlp hands the crop to, are killed with it) and is
+    checked by decoding it: a truncated or broken file counts as a failed attempt. Transient failures
+    are retried `fetch.retries` times with exponential backoff; permanent ones (unknown id, HTTP 404,
+    ...) and a source known to be shorter than the crop fail at once.
     """
     problem = ""
     for attempt in range(fetch.retries + 1):
@@ -102,15 +109,13 @@ def download_crop(url: str, dest: Path, start_s: float, crop_s: float, fetch: Fe
             time.sleep(delay)
         for stale in dest.glob("download.*"):
             stale.unlink()
-        try:
-            with YoutubeDL(_options(dest, start_s, crop_s, fetch)) as ydl:
-                info = ydl.extract_info(url, download=True)
-        except DownloadError as err:
-            problem = _one_line(err)
+        result = _attempt(url, dest, start_s, crop_s, fetch)
+        if "error" in result:
+            problem = result["error"]
             if PERMANENT.search(problem):
                 fail(f"{label}: cannot download {url}: {problem}; check the id/URL in params.yaml")
             continue
-        duration = (info or {}).get("duration")
+        duration = result.get("duration")
         if duration and duration < start_s + crop_s - 0.5:
             fail(f"{label}: {url} lasts {duration:.1f} s, shorter than the crop [{start_s}, {start_s + crop_s}) s; "
                  "reduce crop_s/start_s in params.yaml")
@@ -121,8 +126,40 @@ def download_crop(url: str, dest: Path, start_s: float, crop_s: float, fetch: Fe
         try:
             decode_audio(files[0], start_s=0.0, duration_s=crop_s)
         except StageError as err:
-            problem = f"the downloaded file is truncated or broken ({err})"
+            problem = f"the downloaded file is truncated or broken ({str(err).removeprefix(f'{files[0]}: ')})"
             continue
         return files[0]
     fail(f"{label}: could not download {url} after {fetch.retries + 1} attempts ({problem}); check the network "
          "and that the source covers the crop, then re-run")
+
+
+def _attempt(url: str, dest: Path, start_s: float, crop_s: float, fetch: FetchParams) -> dict:
+    """One yt-dlp run in a child process group: {"duration": s} or {"error": one line}."""
+    job = {"url": url, "dest": str(dest), "start_s": start_s, "crop_s": crop_s, "socket_timeout": fetch.timeout_s}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    with child_process([sys.executable, "-m", "stages.download", json.dumps(job)], env=env) as proc:
+        try:
+            out, err = proc.communicate(timeout=fetch.attempt_timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"error": f"no complete download within fetch.attempt_timeout_s={fetch.attempt_timeout_s:g} s "
+                             "(the server stalled or sends too slowly)"}
+    lines = out.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit status {proc.returncode}"
+        return {"error": f"the download process failed ({last})"}
+    return json.loads(lines[-1])
+
+
+def _download(job: dict) -> dict:
+    """The child's side of _attempt: yt-dlp with the crop, in this process."""
+    fetch = FetchParams(retries=0, backoff_s=0.0, timeout_s=job["socket_timeout"], local_dir="")
+    try:
+        with YoutubeDL(_options(Path(job["dest"]), job["start_s"], job["crop_s"], fetch)) as ydl:
+            info = ydl.extract_info(job["url"], download=True)
+    except DownloadError as err:
+        return {"error": _one_line(err)}
+    return {"duration": (info or {}).get("duration")}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_download(json.loads(sys.argv[1]))))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 from importlib.metadata import version
 from pathlib import Path
@@ -36,7 +37,12 @@ def demo_seed(seed: int, name: str) -> int:
 def local_file(name: str, local_dir: str | Path) -> Path | None:
     """The single file `<name>.<ext>` in local_dir, if any."""
     folder = Path(local_dir)
-    matches = sorted(p for p in folder.glob(f"{name}.*") if p.is_file()) if folder.is_dir() else []
+    matches = sorted(folder.glob(f"{name}.*")) if folder.is_dir() else []
+    for path in matches:
+        if path.is_symlink() and not path.exists():
+            fail(f"{path}: a broken symbolic link (to '{os.readlink(path)}'); point it at the audio file or remove it")
+        if not path.is_file():
+            fail(f"{path}: not a regular file; put the speech's audio file there or remove it")
     if len(matches) > 1:
         fail(f"speech '{name}': several files match in {folder} ({', '.join(p.name for p in matches)}); keep one")
     return matches[0] if matches else None
@@ -55,6 +61,9 @@ def fetch(clip: Speech | EvalClip, params: Params, out_dir: Path) -> dict:
         provenance = {"name": clip.name, "preset": params.preset, "start_s": clip.start_s, "crop_s": clip.crop_s}
         url = source_url(clip.source, label)
         if local is not None or url is None:
+            if local is None and "://" in clip.source:
+                fail(f"{label}: source '{clip.source}' has an unsupported scheme; use youtube:<id>, "
+                     "an http(s) URL or a local file path in params.yaml")
             provenance.update(_copy_local(local or Path(clip.source), clip, tmp, label))
         elif params.is_demo:
             provenance.update(_synthesize(clip, params, tmp))
@@ -66,8 +75,9 @@ def fetch(clip: Speech | EvalClip, params: Params, out_dir: Path) -> dict:
         try:
             audio = decode_audio(audio_path, SAMPLE_RATE, provenance["offset_s"], clip.crop_s)
             check_audio(audio, str(audio_path))
-        except StageError as err:  # name the speech and its source, not our temporary copy
-            fail(f"{label}: source '{provenance['source']}' {str(err).removeprefix(f'{audio_path}: ')}")
+        except StageError as err:  # name the speech and its source, never our temporary copy
+            reason = str(err).removeprefix(f"{audio_path}: ").replace(str(audio_path), provenance["source"])
+            fail(f"{label}: source '{provenance['source']}' {reason.replace(str(tmp), str(out_dir))}")
         provenance.update(sha256=sha256_file(audio_path), decoded_s=len(audio) / SAMPLE_RATE)
         if isinstance(clip, EvalClip) and clip.transcript:
             _copy_transcript(Path(clip.transcript), tmp)

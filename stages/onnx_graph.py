@@ -322,6 +322,10 @@ def compare(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> d
     for ref, out in zip(reference, outputs, strict=True):
         if ref.shape != out.shape:
             fail(f"encoder output shape {out.shape} differs from the reference's {ref.shape}")
+        for name, values in (("reference", ref), ("compared", out)):
+            if not np.isfinite(values).all():
+                fail(f"the {name} encoder's output holds NaN or infinite values: its weights or the graph are "
+                     "broken; rebuild it (dvc repro) and check models/base")
         a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
         norm = np.linalg.norm(a) * np.linalg.norm(b)
         cosines.append(float(a @ b / norm) if norm else float(np.array_equal(a, b)))

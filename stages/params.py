@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+import math
+import re
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,9 @@ class ModelParams:
 class FetchParams:
     retries: int
     backoff_s: float
-    timeout_s: float
+    timeout_s: float  # a socket read that waits longer fails the attempt
     local_dir: str
+    attempt_timeout_s: float = 900.0  # wall clock of one download attempt, ffmpeg included (stalls, trickles)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class FidelityParams:
 @dataclass(frozen=True)
 class ShardParams:
     budget_mb: float
+    allow_oversize: bool = False  # a tensor larger than the budget gets a shard of its own instead of an error
 
 
 @dataclass(frozen=True)
@@ -116,15 +120,47 @@ class Params:
         return self.preset == "demo"
 
 
-def _group(cls: type, raw: dict[str, Any], group: str) -> Any:
+GROUPS = {"model": ModelParams, "eval_clip": EvalClip, "fetch": FetchParams, "audio": AudioParams,
+          "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "fidelity": FidelityParams,
+          "shard": ShardParams, "eval": EvalParams}
+
+
+KEY = re.compile(r"[A-Za-z0-9_-]+")
+_EXPECTED = {"float": "a finite number", "int": "an integer", "bool": "true or false", "str": "a non-empty string"}
+
+
+def _value(value: Any, annotation: str, where: str) -> Any:
+    """value checked (and ints widened to float) against a field's annotation: 'float', 'str | None', ..."""
+    kinds = [kind.strip() for kind in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    kind = next(k for k in kinds if k != "None")
+    ok = {"float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "bool": isinstance(value, bool), "str": isinstance(value, str) and value != ""}[kind]
+    if not ok:
+        raise ParamsError(f"params.yaml: {where} is {value!r}; it must be {_EXPECTED[kind]}")
+    return float(value) if kind == "float" else value
+
+
+def _group(cls: type, raw: Any, group: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: '{group}' must be a mapping of keys to values, found {raw!r}")
     names = {f.name for f in fields(cls)}
     unknown = set(raw) - names
     if unknown:
         raise ParamsError(f"params.yaml: unknown key(s) {sorted(unknown)} in '{group}'; expected {sorted(names)}")
-    try:
-        return cls(**raw)
-    except TypeError as err:
-        raise ParamsError(f"params.yaml: group '{group}' is incomplete ({err})") from None
+    missing = sorted(f.name for f in fields(cls) if f.name not in raw and f.default is MISSING)
+    if missing:
+        raise ParamsError(f"params.yaml: group '{group}' lacks {', '.join(missing)}")
+    return cls(**{name: _value(value, next(f.type for f in fields(cls) if f.name == name), f"{group}.{name}")
+                  for name, value in raw.items()})
+
+
+def _section(raw: dict[str, Any], name: str) -> Any:
+    if name not in raw:
+        raise ParamsError(f"params.yaml: the '{name}' group is missing; restore it from git (git checkout params.yaml)")
+    return raw[name]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -145,37 +181,58 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 def parse_params(raw: dict[str, Any]) -> Params:
     """Validate the raw params.yaml mapping and apply the active preset's overrides."""
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml: expected a mapping of groups at the top level; restore it from git")
     preset = raw.get("preset", "demo")
     if preset not in PRESETS:
         raise ParamsError(f"params.yaml: preset '{preset}' is unknown; use one of {', '.join(PRESETS)}")
     raw = apply_overrides(raw, (raw.get("presets") or {}).get(preset, {}))
-    speeches = {
-        name: _group(Speech, {"name": name, **spec}, f"speeches.{name}") for name, spec in raw["speeches"].items()
-    }
-    if not speeches:
+    speeches_raw = _section(raw, "speeches")
+    if not isinstance(speeches_raw, dict) or not speeches_raw:
         raise ParamsError("params.yaml: 'speeches' is empty; calibration needs at least one speech")
-    params = Params(
-        preset=preset,
-        seed=int(raw.get("seed", 0)),
-        model=_group(ModelParams, raw["model"], "model"),
-        speeches=speeches,
-        eval_clip=_group(EvalClip, raw["eval_clip"], "eval_clip"),
-        fetch=_group(FetchParams, raw["fetch"], "fetch"),
-        audio=_group(AudioParams, raw["audio"], "audio"),
-        windows=_group(WindowsParams, raw["windows"], "windows"),
-        smooth=_group(SmoothParams, raw["smooth"], "smooth"),
-        quant=_group(QuantParams, raw["quant"], "quant"),
-        fidelity=_group(FidelityParams, raw["fidelity"], "fidelity"),
-        shard=_group(ShardParams, raw["shard"], "shard"),
-        eval=_group(EvalParams, raw["eval"], "eval"),
-    )
+    bad = [str(name) for name in speeches_raw if not KEY.fullmatch(str(name))]
+    if bad:
+        raise ParamsError(f"params.yaml: speech key(s) {bad} may only hold letters, digits, '_' and '-' "
+                          "(each names a DVC stage and a file); rename them")
+    speeches = {name: _group(Speech, {"name": name, **(spec if isinstance(spec, dict) else {"?": spec})},
+                             f"speeches.{name}") for name, spec in speeches_raw.items()}
+    groups = {name: _group(cls, _section(raw, name), name) for name, cls in GROUPS.items()}
+    params = Params(preset=preset, seed=_value(raw.get("seed", 0), "int", "seed"), speeches=speeches, **groups)
     _check(params)
     return params
 
 
+# (group.key, lowest, highest, lowest allowed itself): every number the stages divide by, loop over or
+# hand to a library, checked here so that a stage run alone fails with the same line as under dvc repro
+RANGES = (
+    ("fetch.retries", 0, 100, True), ("fetch.backoff_s", 0, 3600, True), ("fetch.timeout_s", 0, 3600, False),
+    ("fetch.attempt_timeout_s", 0, 86400, False), ("audio.sample_rate", 16000, 16000, True),
+    ("windows.window_s", 0, 400, False), ("windows.count", 1, 100000, True),
+    ("windows.heldout_per_speaker", 0, 1000, True), ("smooth.alpha", 0, 1, True),
+    ("quant.percentile", 0, 100, False), ("quant.calib_windows", 0, 100000, True),
+    ("fidelity.min_cosine", -1, 1, True), ("shard.budget_mb", 0, 1e9, False),
+    ("eval.section_s", 0, 400, False), ("eval.max_s", 0, 400, False),
+)
+
+
+def _check_ranges(p: Params) -> None:
+    for dotted, low, high, low_ok in RANGES:
+        group, key = dotted.split(".")
+        value = getattr(getattr(p, group), key)
+        if not ((value >= low if low_ok else value > low) and value <= high):
+            raise ParamsError(f"params.yaml: {dotted}={value} must be {'>=' if low_ok else '>'} {low:g} "
+                              f"and <= {high:g}")
+    for clip in [*p.speeches.values(), p.eval_clip]:
+        where = f"speeches.{clip.name}" if isinstance(clip, Speech) else "eval_clip"
+        if clip.start_s < 0 or clip.crop_s <= 0:
+            raise ParamsError(f"params.yaml: {where} needs start_s >= 0 and crop_s > 0 "
+                              f"(found {clip.start_s:g} and {clip.crop_s:g})")
+
+
 def _check(p: Params) -> None:
-    if not 0.0 <= p.smooth.alpha <= 1.0:
-        raise ParamsError(f"params.yaml: smooth.alpha={p.smooth.alpha} is outside [0, 1]")
+    _check_ranges(p)
+    if p.eval.decoder not in ("fp32", "int8", "fp16"):
+        raise ParamsError(f"params.yaml: eval.decoder='{p.eval.decoder}'; use fp32, int8 or fp16")
     if p.eval_clip.crop_s > p.eval.max_s:
         raise ParamsError(
             f"params.yaml: eval_clip.crop_s={p.eval_clip.crop_s} exceeds eval.max_s={p.eval.max_s} "
@@ -187,8 +244,6 @@ def _check(p: Params) -> None:
             f"params.yaml: the evaluation clip '{p.eval_clip.source}' is also a calibration speech; "
             "the evaluation must stay held out, so pick another clip or drop that speech"
         )
-    if p.windows.count < 1:
-        raise ParamsError("params.yaml: windows.count must be at least 1 (the calibration set is empty)")
     if p.eval.normalize not in ("raw", "lower_nopunct"):
         raise ParamsError(f"params.yaml: eval.normalize='{p.eval.normalize}'; use raw or lower_nopunct")
 
@@ -198,6 +253,11 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path} not found; run from the repository root")
-    with path.open() as f:
-        raw = yaml.safe_load(f)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err}); "
+                          "fix it or restore it from git") from None
     return parse_params(raw)

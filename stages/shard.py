@@ -24,11 +24,17 @@ OUT_DIR = Path("models/variants/fp32_sharded")
 MB = 1_000_000  # decimal megabytes: a shard under budget_mb MB is under budget_mb MiB too
 
 
-def shard_encoder(src: Path, dst_dir: Path, budget_bytes: int, check_audio: np.ndarray) -> list[Path]:
+def shard_encoder(src: Path, dst_dir: Path, budget_bytes: int, check_audio: np.ndarray,
+                  allow_oversize: bool = False) -> list[Path]:
     """Write dst_dir/<src name> + <src name>.data.000, ... atomically; return the shard files."""
     if budget_bytes < 1:
         fail(f"shard budget {budget_bytes} bytes must be positive (shard.budget_mb)")
     model = og.load_graph(src)
+    largest = max((t for t in model.graph.initializer if og.is_external(t)), key=og.tensor_nbytes, default=None)
+    if largest is not None and og.tensor_nbytes(largest) > budget_bytes and not allow_oversize:
+        fail(f"shard.budget_mb={budget_bytes / MB:g} is below the largest tensor ({largest.name}, "
+             f"{og.tensor_nbytes(largest) / MB:.2f} MB): raise the budget, or set shard.allow_oversize: true "
+             "to give such tensors a shard of their own (over the budget)")
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         shards = og.write_model(model, src.parent, tmp / src.name, shard_budget=budget_bytes)
@@ -50,7 +56,7 @@ def _run_all_outputs(path: Path, audio: np.ndarray) -> list[np.ndarray]:
 def main() -> None:
     params = load_params()
     check_audio = og.Windows(WINDOWS, "heldout")[0]
-    shard_encoder(SOURCE, OUT_DIR, int(params.shard.budget_mb * MB), check_audio)
+    shard_encoder(SOURCE, OUT_DIR, int(params.shard.budget_mb * MB), check_audio, params.shard.allow_oversize)
 
 
 if __name__ == "__main__":

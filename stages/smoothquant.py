@@ -79,6 +79,10 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: og.Windows, alpha
              "expected MatMuls with constant [K,N] weights as in a FastConformer encoder")
     inits = {t.name: t for t in graph.initializer}
     absmax = activation_absmax(model, weights_dir, list(groups), windows)
+    broken = [name for name, peak in absmax.items() if not np.isfinite(peak).all()]
+    if broken:
+        fail(f"the encoder's activations hold NaN or infinite values ({broken[0]}, {len(broken)} tensors in all): "
+             "its weights are corrupt; rebuild models/base (dvc repro base_model) from a good download")
     replace: dict[str, Callable[[], np.ndarray]] = {}
     counts = Counter(folded_matmuls=0, folded_norms=0, mul_inserted=0, mul_matmuls=0)
     scale_range = [np.inf, 0.0]
@@ -147,7 +151,7 @@ def smooth_encoder(src: Path, dst_dir: Path, windows_dir: Path, alpha: float) ->
         tmp.mkdir()
         og.write_model(model, src.parent, tmp / src.name, replace=replace)
         check = og.compare(reference, og.encoder_outputs(tmp / src.name, heldout, "smoothed heldout"))
-        if check["rel_error_max"] > MAX_REL_ERROR:
+        if not check["rel_error_max"] <= MAX_REL_ERROR:  # written so that NaN fails too
             fail(f"the smoothed encoder differs from the original by {check['rel_error_max']:.3g} (relative) on "
                  f"held-out windows, above {MAX_REL_ERROR:g}: the graph rewrite is wrong; nothing written")
     log.info("smoothed fp32 vs original on %d held-out windows: %s", len(heldout), check)

@@ -39,7 +39,7 @@ def _without_locations(model: onnx.ModelProto) -> bytes:
 def test_shards_under_budget_and_identical(base: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     audio = speechlike(3.0, seed=7)
     with caplog.at_level(logging.WARNING):
-        shards = shard_encoder(base, tmp_path / "sharded", BUDGET, audio)
+        shards = shard_encoder(base, tmp_path / "sharded", BUDGET, audio, allow_oversize=True)
     assert len(shards) >= 2
     assert [p.name for p in shards] == [f"encoder-model.onnx.data.{i:03d}" for i in range(len(shards))]
     assert "gets a file of its own" in caplog.text
@@ -65,8 +65,8 @@ def test_shards_under_budget_and_identical(base: Path, tmp_path: Path, caplog: p
 
 def test_rerun_is_byte_identical(base: Path, tmp_path: Path) -> None:
     audio = speechlike(2.0, seed=1)
-    first = shard_encoder(base, tmp_path / "a", BUDGET, audio)
-    second = shard_encoder(base, tmp_path / "b", BUDGET, audio)
+    first = shard_encoder(base, tmp_path / "a", BUDGET, audio, allow_oversize=True)
+    second = shard_encoder(base, tmp_path / "b", BUDGET, audio, allow_oversize=True)
     for a, b in zip([*first, tmp_path / "a/encoder-model.onnx"], [*second, tmp_path / "b/encoder-model.onnx"]):
         assert a.read_bytes() == b.read_bytes()
 
@@ -101,7 +101,7 @@ def test_mismatch_fails_and_leaves_nothing(base: Path, tmp_path: Path, monkeypat
 
     monkeypatch.setattr(shard_stage.og, "write_model", corrupting_write)
     with pytest.raises(StageError, match="not bit-identical"):
-        shard_encoder(base, tmp_path / "bad", BUDGET, speechlike(1.0, seed=4))
+        shard_encoder(base, tmp_path / "bad", BUDGET, speechlike(1.0, seed=4), allow_oversize=True)
     assert not (tmp_path / "bad").exists()
     assert not list(tmp_path.iterdir())  # no temporary left either
 
@@ -111,17 +111,24 @@ def test_bad_budget(base: Path, tmp_path: Path) -> None:
         shard_encoder(base, tmp_path / "x", 0, speechlike(1.0, seed=5))
 
 
+def test_budget_below_the_largest_tensor_is_an_error_unless_allowed(base: Path, tmp_path: Path) -> None:
+    with pytest.raises(StageError, match=r"shard.budget_mb=0.04 is below the largest tensor \(.*set "
+                                         r"shard.allow_oversize: true"):
+        shard_encoder(base, tmp_path / "x", BUDGET, speechlike(1.0, seed=5))
+    assert not (tmp_path / "x").exists()
+
+
 def test_without_copy_file_range_the_bytes_are_the_same(base: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Filesystems or kernels that refuse copy_file_range get plain reads, with the same files."""
     audio = speechlike(1.0, seed=3)
-    fast = shard_encoder(base, tmp_path / "fast", BUDGET, audio)
+    fast = shard_encoder(base, tmp_path / "fast", BUDGET, audio, allow_oversize=True)
 
     def refuse(*args: object) -> int:
         raise OSError(18, "Invalid cross-device link")
 
     monkeypatch.setattr(og.os, "copy_file_range", refuse)
-    plain = shard_encoder(base, tmp_path / "plain", BUDGET, audio)
+    plain = shard_encoder(base, tmp_path / "plain", BUDGET, audio, allow_oversize=True)
     assert [p.read_bytes() for p in fast] == [p.read_bytes() for p in plain]
 
 
@@ -133,5 +140,5 @@ def test_truncated_source_data_is_a_clear_error(base: Path, tmp_path: Path) -> N
     data = copy / f"{base.name}.data"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(StageError, match="ends before tensor"):
-        shard_encoder(copy / base.name, tmp_path / "out", BUDGET, speechlike(1.0, seed=4))
+        shard_encoder(copy / base.name, tmp_path / "out", BUDGET, speechlike(1.0, seed=4), allow_oversize=True)
     assert not (tmp_path / "out").exists()
