@@ -39,17 +39,18 @@ def fail(message: str) -> NoReturn:
     raise StageError(message)
 
 
-_writing: list[Path] = []  # final outputs being written now, innermost last (named by disk errors)
-
-
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a stage entry point: log to stderr, and turn StageError/ParamsError, and OSError from a full
     or read-only disk, into one line and exit 1."""
     from stages.params import ParamsError
 
     setup_logging()
+    signal.signal(signal.SIGTERM, _stop)  # unwind (removing temporary outputs) instead of dying mid-write
     try:
         main()
+    except KeyboardInterrupt:
+        print("error: stopped by SIGINT; nothing was written", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except (StageError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
@@ -61,17 +62,21 @@ def run_cli(main: Callable[[], Any]) -> None:
         sys.exit(128 + stop.signum)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
 def describe_os_error(err: OSError) -> str:
-    """'<path>: <cause>; <what to do>' for an OSError raised anywhere, even deep inside a library."""
-    path = err.filename or (_writing[-1] if _writing else None)
+    """'<path>: <cause>; <what to do>' for an OSError raised anywhere, even deep inside a library
+    (atomic_path puts the output's name on errors that carry none)."""
+    path = err.filename
     cause = err.strerror or str(err) or type(err).__name__
     advice = {errno.ENOSPC: "free space on that disk (or point the repository elsewhere) and rerun",
               errno.EDQUOT: "free space within your quota and rerun",
               errno.EACCES: "make it writable (chmod u+w) or run from a copy you own, then rerun",
               errno.EPERM: "make it writable (chmod u+w) or run from a copy you own, then rerun",
               errno.EROFS: "the file system is read-only; run from a writable copy"}.get(err.errno or 0, "then rerun")
-    action = "writing " if err.filename is None and _writing else ""
-    return f"{action}{path}: {cause}; {advice}" if path else f"{cause}; {advice}"
+    return f"{path}: {cause}; {advice}" if path else f"{cause}; {advice}"
 
 
 def stale_temps(final: Path) -> list[Path]:
@@ -135,7 +140,6 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         _remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     _remove(tmp)
-    _writing.append(final)
     try:
         yield tmp
         for attempt in range(3):  # another run of the same stage may publish between our remove and rename
@@ -146,8 +150,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             except OSError as err:
                 if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 2:
                     raise
+    except OSError as err:  # a full or read-only disk: name the output, not a library's scratch or our temp
+        if not err.filename or ".tmp-" in str(err.filename):
+            err.filename = str(final)
+        raise
     finally:
-        _writing.remove(final)
         _remove(tmp)
 
 
