@@ -45,6 +45,8 @@ VARIANT_FILES = {  # variant -> (folder under the work dir, or None for the twin
     "fp32_sharded": ("fp32_sharded", ENCODER),
     "int8_dynamic": ("int8_dynamic", "encoder-model.int8.onnx"),
     "int8_smoothquant": ("int8_smoothquant", "encoder-model.int8.onnx"),
+    "nbits_w8": ("nbits_w8", "encoder-model.w8.onnx"),
+    "nbits_w4": ("nbits_w4", "encoder-model.w4.onnx"),
 }
 VOICES = [("en", "en-us+m2"), ("fr", "fr+m1"), ("en", "en-gb+m4"), ("fr", "fr-be+m5")]
 
@@ -237,6 +239,10 @@ def _stages(model_dir: Path, work: Path, windows: list[int], params: Params) -> 
             shutil.rmtree(int8_dir)
     yield stage("int8_dynamic", None, "int8_dynamic", {"src": str(src), "dst_dir": str(work / "int8_dynamic")},
                 "int8_dynamic")
+    for recipe, spec in params.nbits.items():
+        yield stage(f"nbits_{recipe}", None, "nbits",
+                    {"src": str(src), "dst_dir": str(work / f"nbits_{recipe}"), "name": f"encoder-model.{recipe}.onnx",
+                     "recipe": dataclasses.asdict(spec)}, f"nbits_{recipe}")
     yield stage("fp16", None, "fp16", {"base_dir": str(model_dir), "dst_dir": str(work / "fp16")}, "fp16")
     yield stage("shard", None, "shard", {"src": str(src), "dst_dir": str(work / "fp32_sharded"),
                                          "budget_bytes": int(params.shard.budget_mb * 1_000_000),

@@ -28,6 +28,8 @@ from stages.features import SAMPLE_RATE, features
 from stages.fp16 import build_fp16
 from stages.int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
+from stages.nbits import build_nbits
+from stages.params import NbitsRecipe
 from stages.shard import shard_encoder
 from stages.smoothquant import smooth_encoder
 
@@ -94,6 +96,14 @@ def int8_dynamic(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 
 
 @task
+def nbits(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
+    recipe = NbitsRecipe(**args["recipe"])
+    with instrumented(meter, {"quantize": "onnxruntime.quantization.matmul_nbits_quantizer:MatMulNBitsQuantizer.process"}):
+        ops = build_nbits(Path(args["src"]), Path(args["dst_dir"]), args["name"], recipe)
+    return {"op_types": ops, "files": folder_bytes(Path(args["dst_dir"]))}
+
+
+@task
 def fp16(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     with instrumented(meter, {"convert": "stages.fp16:convert_float_to_float16"}):
         build_fp16(Path(args["base_dir"]), Path(args["dst_dir"]))
@@ -104,7 +114,7 @@ def fp16(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 def shard(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     audio = np.load(args["check_audio"])
     with instrumented(meter, {"write": "stages.onnx_graph:write_model", "bit_identity_check": "stages.shard:_run_all_outputs"}):
-        shards = shard_encoder(Path(args["src"]), Path(args["dst_dir"]), int(args["budget_bytes"]), audio)
+        shards = shard_encoder(Path(args["src"]), Path(args["dst_dir"]), int(args["budget_bytes"]), audio, allow_oversize=True)
     with meter.phase("fsync"):
         _sync(shards)
     return {"shards": len(shards), "files": folder_bytes(Path(args["dst_dir"]))}

@@ -38,6 +38,10 @@ VARIANTS: dict[str, ModelFile] = {
     "int8_dynamic": ModelFile(Path("models/variants/int8_dynamic"), "encoder-model.int8.onnx", "int8_dynamic"),
     "int8_smoothquant": ModelFile(Path("models/variants/int8_smoothquant"), "encoder-model.int8.onnx", "int8"),
     "int8_stock": ModelFile(BASE_DIR, "encoder-model.int8.onnx", "base_model"),
+    # weight-only MatMulNBits recipes, one per params.yaml nbits entry (tests keep the three lists equal)
+    "nbits_w8": ModelFile(Path("models/variants/nbits_w8"), "encoder-model.w8.onnx", "nbits@w8"),
+    "nbits_w4": ModelFile(Path("models/variants/nbits_w4"), "encoder-model.w4.onnx", "nbits@w4"),
+    "int8_mixed": ModelFile(Path("models/variants/int8_mixed"), "encoder-model.int8.onnx", "int8_mixed"),
 }
 
 # Decoder/joint per eval.decoder precision; the same one is paired with every encoder.

@@ -27,7 +27,7 @@ REFERENCE = "fp32"
 LENGTHS = "encoded_lengths"
 BATCH = 3
 TELLING_OPS = ("Cast", "Conv", "ConvInteger", "DequantizeLinear", "DynamicQuantizeLinear", "MatMul",
-               "MatMulInteger", "QLinearConv", "QLinearMatMul", "QuantizeLinear")
+               "MatMulInteger", "MatMulNBits", "QLinearConv", "QLinearMatMul", "QuantizeLinear")
 
 
 def describe(path: Path) -> dict:

@@ -14,10 +14,10 @@ import gc
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -29,6 +29,7 @@ from onnxruntime.quantization.calibrate import PercentileCalibrater, save_tensor
 from tqdm import tqdm
 
 from stages import onnx_graph as og
+from stages import patterns
 from stages.features import features
 from stages.common import atomic_path, fail, run_cli
 from stages.params import load_params
@@ -100,18 +101,12 @@ def calibrate(src: Path, work: Path, calib: og.Windows, percentile: float, exclu
     return cache
 
 
-def fp32_matmuls(graph: onnx.GraphProto) -> list[str]:
-    """MatMuls left unquantized: every one SmoothQuant does not class as weighted (two activations,
-    tied or transposed weights), so int8 quantizes exactly what was smoothed."""
-    return [name for name, kind in og.classify_matmuls(graph).items() if kind != "weighted"]
-
-
 def quantize_encoder(src: Path, work: Path, calib: og.Windows, percentile: float,
-                     external: bool | None = None, reduce_range: bool = True) -> Path:
+                     external: bool | None = None, reduce_range: bool = True, keep_fp32: Sequence[str] = ()) -> Path:
     """Quantize src into work/; return the written model path (with external data if `external`)."""
     og.require_single_links(src)
     graph = og.load_graph(src).graph
-    excluded = fp32_matmuls(graph)
+    excluded = [*patterns.fp32_matmuls(graph), *keep_fp32]
     if any(not name for name in excluded):
         fail(f"{src}: a MatMul without a name cannot be excluded from quantization; rerun smoothquant")
     if external is None:
@@ -148,7 +143,8 @@ def quantize_encoder(src: Path, work: Path, calib: og.Windows, percentile: float
 
 
 def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, calib_windows: int,
-               min_cosine: float, external: bool | None = None, reduce_range: bool = True) -> dict[str, float]:
+               min_cosine: float, external: bool | None = None, reduce_range: bool = True,
+               keep_fp32: Sequence[str] = ()) -> dict[str, float]:
     """Quantize, gate on fidelity against the fp32 input, and publish dst_dir/NAME atomically."""
     if not 0 < percentile <= 100:
         fail(f"quant.percentile={percentile} must be in (0, 100]")
@@ -160,7 +156,7 @@ def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, c
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))
-        written = quantize_encoder(src, work, calib, percentile, external, reduce_range)
+        written = quantize_encoder(src, work, calib, percentile, external, reduce_range, keep_fp32)
         og.save_self_contained_if_small(written, tmp / NAME)
         shutil.rmtree(work)
         fidelity = og.compare(reference, og.encoder_outputs(tmp / NAME, heldout, "int8 heldout"))

@@ -16,6 +16,9 @@ LABELS = {
     "int8_dynamic": "int8 dynamic (stock recipe)",
     "int8_smoothquant": "int8 SmoothQuant (this)",
     "int8_stock": "int8 stock (shipped with the base model)",
+    "nbits_w8": "w8 weight-only (MatMulNBits 8-bit)",
+    "nbits_w4": "w4 weight-only (MatMulNBits 4-bit)",
+    "int8_mixed": "int8 SmoothQuant, worst MatMuls fp32 (mixed)",
 }
 FILES = [
     ("encoder-model.onnx (+ .data)", "fp32 encoder, unchanged"),
@@ -23,6 +26,9 @@ FILES = [
      "int8 encoder rebuilt with SmoothQuant + static per-channel int8 (MatMul only)"),
     ("encoder-model.fp16.onnx (+ .data above 256 MB)", "fp16 encoder, a plain cast keeping fp32 inputs and outputs"),
     ("sharded/encoder-model.onnx (+ .data.000, ...)", "the fp32 encoder repacked into shards under the budget"),
+    ("encoder-model.w8.onnx, encoder-model.w4.onnx",
+     "weight-only 8- and 4-bit encoders (MatMulNBits, block 32, no calibration); their decoder_joint files "
+     "are the int8 decoder, named to pair with them (onnx-asr: quantization=\"w8\")"),
     ("decoder_joint-model.onnx / .int8.onnx / .fp16.onnx", "decoder and joint network per precision"),
     ("nemo128.onnx, vocab.txt, config.json", "preprocessor, tokenizer and config, unchanged"),
 ]

@@ -291,11 +291,14 @@ def quantizer_scratch(folder: Path) -> Iterator[None]:
 # --- sessions and encoder runs ------------------------------------------------------------------
 
 
-def open_session(model: Path | onnx.ModelProto, weights_dir: Path | None = None) -> ort.InferenceSession:
+def open_session(model: Path | onnx.ModelProto, weights_dir: Path | None = None,
+                 arena: bool = True) -> ort.InferenceSession:
     """A CPU session from a path, or from an in-memory graph whose external weights lie in weights_dir
-    (read there by onnxruntime: no copy of the weights is made)."""
+    (read there by onnxruntime: no copy of the weights is made). arena=False returns each run's memory
+    to the system (for sessions kept open side by side)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
     if isinstance(model, onnx.ModelProto):
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(Path(weights_dir or ".").resolve()))
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

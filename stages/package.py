@@ -43,6 +43,10 @@ def release_plan(root: Path) -> dict[str, Path]:
     add(VARIANTS["fp16"], "fp16 encoder")
     add(DECODERS["fp16"], "fp16 decoder")
     add(VARIANTS["fp32_sharded"], "sharded fp32 encoder", subdir="sharded/")
+    for variant in (v for v in VARIANTS if v.startswith("nbits_")):
+        add(VARIANTS[variant], f"{variant} encoder")
+        suffix = VARIANTS[variant].name.removeprefix("encoder-model.")  # "w8.onnx": onnx-asr pairs by suffix
+        plan[f"decoder_joint-model.{suffix}"] = root / DECODERS["int8"].folder / DECODERS["int8"].name
     for name in PLAIN_FILES:
         plan[name] = root / BASE_DIR / name
     plan["README.md"] = root / CARD_FILE

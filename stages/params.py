@@ -81,6 +81,27 @@ class QuantParams:
 
 
 @dataclass(frozen=True)
+class NbitsRecipe:
+    """One weight-only MatMulNBits recipe (stage nbits@<name>)."""
+
+    bits: int
+    block_size: int
+    symmetric: bool
+    accuracy_level: int  # 0: the kernel's default (fp32 compute); 4: int8 activations at run time
+
+
+@dataclass(frozen=True)
+class DiagnoseParams:
+    lengths_s: list[float]  # pass lengths cut from the longest calibration speech
+    break_rel_error: float  # a MatMul "breaks" where its output's relative error exceeds this
+
+
+@dataclass(frozen=True)
+class MixedParams:
+    keep_fp32: int  # the K MatMuls the diagnosis ranks worst for SmoothQuant int8 stay fp32
+
+
+@dataclass(frozen=True)
 class FidelityParams:
     min_cosine: float
 
@@ -111,6 +132,9 @@ class Params:
     windows: WindowsParams
     smooth: SmoothParams
     quant: QuantParams
+    nbits: dict[str, NbitsRecipe]
+    diagnose: DiagnoseParams
+    mixed: MixedParams
     fidelity: FidelityParams
     shard: ShardParams
     eval: EvalParams
@@ -121,7 +145,8 @@ class Params:
 
 
 GROUPS = {"model": ModelParams, "eval_clip": EvalClip, "fetch": FetchParams, "audio": AudioParams,
-          "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "fidelity": FidelityParams,
+          "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "diagnose": DiagnoseParams,
+          "mixed": MixedParams, "fidelity": FidelityParams,
           "shard": ShardParams, "eval": EvalParams}
 
 
@@ -131,6 +156,10 @@ _EXPECTED = {"float": "a finite number", "int": "an integer", "bool": "true or f
 
 def _value(value: Any, annotation: str, where: str) -> Any:
     """value checked (and ints widened to float) against a field's annotation: 'float', 'str | None', ..."""
+    if annotation.startswith("list["):
+        if not isinstance(value, list) or not value:
+            raise ParamsError(f"params.yaml: {where} is {value!r}; it must be a non-empty list")
+        return [_value(item, annotation[5:-1], f"{where}[{i}]") for i, item in enumerate(value)]
     kinds = [kind.strip() for kind in annotation.split("|")]
     if value is None and "None" in kinds:
         return None
@@ -197,7 +226,12 @@ def parse_params(raw: dict[str, Any]) -> Params:
     speeches = {name: _group(Speech, {"name": name, **(spec if isinstance(spec, dict) else {"?": spec})},
                              f"speeches.{name}") for name, spec in speeches_raw.items()}
     groups = {name: _group(cls, _section(raw, name), name) for name, cls in GROUPS.items()}
-    params = Params(preset=preset, seed=_value(raw.get("seed", 0), "int", "seed"), speeches=speeches, **groups)
+    nbits_raw = _section(raw, "nbits")
+    if not isinstance(nbits_raw, dict) or any(not KEY.fullmatch(str(name)) for name in nbits_raw):
+        raise ParamsError("params.yaml: 'nbits' must map recipe names (letters, digits, '_', '-') to recipes")
+    nbits = {name: _group(NbitsRecipe, spec, f"nbits.{name}") for name, spec in nbits_raw.items()}
+    params = Params(preset=preset, seed=_value(raw.get("seed", 0), "int", "seed"), speeches=speeches, nbits=nbits,
+                    **groups)
     _check(params)
     return params
 
@@ -210,7 +244,8 @@ RANGES = (
     ("windows.window_s", 0, 400, False), ("windows.count", 1, 100000, True),
     ("windows.heldout_per_speaker", 0, 1000, True), ("smooth.alpha", 0, 1, True),
     ("quant.percentile", 0, 100, False), ("quant.calib_windows", 0, 100000, True),
-    ("fidelity.min_cosine", -1, 1, True), ("shard.budget_mb", 0, 1e9, False),
+    ("fidelity.min_cosine", -1, 1, True), ("diagnose.break_rel_error", 0, 10, False),
+    ("mixed.keep_fp32", 0, 100000, True), ("shard.budget_mb", 0, 1e9, False),
     ("eval.section_s", 0, 400, False), ("eval.max_s", 0, 400, False),
 )
 
@@ -222,6 +257,14 @@ def _check_ranges(p: Params) -> None:
         if not ((value >= low if low_ok else value > low) and value <= high):
             raise ParamsError(f"params.yaml: {dotted}={value} must be {'>=' if low_ok else '>'} {low:g} "
                               f"and <= {high:g}")
+    if any(not 0 < s <= 400 for s in p.diagnose.lengths_s):
+        raise ParamsError(f"params.yaml: diagnose.lengths_s={p.diagnose.lengths_s} must lie in (0, 400] s")
+    for name, recipe in p.nbits.items():
+        if recipe.bits not in (4, 8) or recipe.block_size < 16 or recipe.block_size & (recipe.block_size - 1):
+            raise ParamsError(f"params.yaml: nbits.{name} needs bits 4 or 8 and a block_size that is a power of "
+                              f"two >= 16 (found {recipe.bits} and {recipe.block_size})")
+        if recipe.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ParamsError(f"params.yaml: nbits.{name}.accuracy_level={recipe.accuracy_level}; use 0 to 4")
     for clip in [*p.speeches.values(), p.eval_clip]:
         where = f"speeches.{clip.name}" if isinstance(clip, Speech) else "eval_clip"
         if clip.start_s < 0 or clip.crop_s <= 0:

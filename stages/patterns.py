@@ -133,6 +133,12 @@ def _evaluate_constant(model: onnx.ModelProto, tensor: str) -> np.ndarray:
     return ReferenceEvaluator(helper.make_model(sub, opset_imports=model.opset_import)).run(None, {})[0]
 
 
+def fp32_matmuls(graph: onnx.GraphProto) -> list[str]:
+    """MatMuls every recipe leaves unquantized: those SmoothQuant does not class as weighted (two
+    activations, tied or transposed weights), so each recipe quantizes exactly what was smoothed."""
+    return [name for name, kind in og.classify_matmuls(graph).items() if kind != "weighted"]
+
+
 def smoothing_plan(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]], dict[str, str]]:
     """Smoothable MatMuls grouped by their activation input, and every MatMul's class."""
     kinds = og.classify_matmuls(graph)

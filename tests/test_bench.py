@@ -19,7 +19,7 @@ import pytest
 from bench.cost import VARIANT_FILES
 from bench.report import markdown
 
-STAGES = {("smoothquant", 2), ("int8_static", 2), ("int8_dynamic", None), ("fp16", None), ("shard", None),
+STAGES = {("smoothquant", 2), ("int8_static", 2), ("int8_dynamic", None), ("nbits_w8", None), ("nbits_w4", None), ("fp16", None), ("shard", None),
           ("disk_copy", None)}
 
 

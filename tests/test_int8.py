@@ -12,7 +12,8 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 
 from stages import onnx_graph as og
 from stages.common import StageError
-from stages.int8 import NAME, build_int8, calibrate, fp32_matmuls
+from stages.int8 import NAME, build_int8, calibrate
+from stages.patterns import fp32_matmuls
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder
 from tests.encoder_graph import build_encoder, save_encoder, write_windows

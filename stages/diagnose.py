@@ -1,0 +1,178 @@
+"""Stage `diagnose`: which quantized MatMuls break, and from what pass length.
+
+For each quantized variant and each pass length (diagnose.lengths_s, cut from the longest calibration
+speech, never the evaluation clip): the relative error of every quantized MatMul's output against its
+fp32 source (the graph it was quantized from, smoothed for SmoothQuant), each MatMul fed the fp32
+graph's own input so that errors do not compound, and the relative error of the encoder output.
+The quantized MatMul is run as onnxruntime runs it: the subgraph of the variant from that input to that
+output (Q/DQ pairs, DynamicQuantizeLinear + MatMulInteger, or MatMulNBits), cut out of the variant.
+Writes metrics/diagnosis.json and a heatmap (MatMul x length) per variant.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import helper  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from stages import onnx_graph as og  # noqa: E402
+from stages.asr import VARIANTS  # noqa: E402
+from stages.audio import read_wav  # noqa: E402
+from stages.common import atomic_path, fail, run_cli, write_json  # noqa: E402
+from stages.features import SAMPLE_RATE  # noqa: E402
+from stages.params import load_params  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+BASE, SMOOTHED = Path("models/base/encoder-model.onnx"), Path("models/smoothed/encoder-model.onnx")
+SOURCES = {"int8_smoothquant": SMOOTHED}  # every other quantized variant was made from the base encoder
+DIAGNOSED = ("int8_smoothquant", "int8_dynamic", "int8_stock", "nbits_w8", "nbits_w4")
+AUDIO_DIR, METRICS, PLOTS = Path("data/audio"), Path("metrics/diagnosis.json"), Path("metrics/plots")
+
+
+def relative_error(reference: np.ndarray, value: np.ndarray) -> float:
+    ref = reference.astype(np.float64)
+    return float(np.linalg.norm(value.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def quantized_matmuls(source: onnx.ModelProto, variant: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """Source MatMul name -> (input, output) tensor names, for the weighted MatMuls the variant quantized
+    (its output no longer comes from a plain MatMul reading that input)."""
+    kinds = og.classify_matmuls(source.graph)
+    makers = og.producers(variant.graph)
+    found = {}
+    for node in source.graph.node:
+        if kinds.get(node.name) != "weighted":
+            continue
+        maker = makers.get(node.output[0])
+        plain = maker is not None and maker.op_type == "MatMul" and maker.input[1] == node.input[1]
+        if maker is not None and not plain:
+            found[node.name] = (node.input[0], node.output[0])
+    return found
+
+
+def subgraph(model: onnx.ModelProto, source: str, target: str) -> onnx.ModelProto:
+    """The nodes computing `target` from `source` (and constants) as a model of their own: one quantized
+    MatMul as the variant runs it. (onnx's Extractor needs inferred shapes the encoder's Reshapes lack.)"""
+    makers = og.producers(model.graph)
+    needed, stack = {}, [target]
+    while stack:
+        node = makers.get(stack.pop())
+        if node is not None and node.name not in needed:
+            needed[node.name] = node
+            stack.extend(name for name in node.input if name and name != source)
+    read = {name for node in needed.values() for name in node.input}
+    graph = helper.make_graph([n for n in model.graph.node if n.name in needed], "matmul",
+                              [helper.make_tensor_value_info(source, onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None)],
+                              [t for t in model.graph.initializer if t.name in read])
+    return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
+def _probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
+    return probe
+
+
+def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dict[float, np.ndarray]) -> dict:
+    """Per-MatMul and encoder-output relative errors of each variant (name -> (its fp32 source, its file))
+    at each clip length. Lengths are the outer loop so that each source's fp32 run serves every variant
+    made from it, and only one length's activations are in memory at a time."""
+    pairs, kernels, passes = {}, {}, {}
+    for name, (source_path, variant_path) in variants.items():
+        # the fp32 source stays on disk (2.4 GB at Parakeet size); quantized variants are under 2 GB
+        variant = onnx.load(str(variant_path))
+        pairs[name] = quantized_matmuls(og.load_graph(source_path), variant)
+        if not pairs[name]:
+            fail(f"{variant_path}: no quantized MatMul found against {source_path}; is it a quantized variant?")
+        kernels[name] = {m: og.open_session(subgraph(variant, x, y), arena=False) for m, (x, y) in pairs[name].items()}
+        passes[name] = og.open_session(variant_path, arena=False)
+    sources = {path for path, _ in variants.values()} | {reference}
+    probes = {}
+    for path in sources:
+        wanted = {t for name, (src, _) in variants.items() if src == path for pair in pairs[name].values() for t in pair}
+        probes[path] = og.open_session(_probe(og.load_graph(path), ["outputs", *sorted(wanted)]), path.parent,
+                                       arena=False)
+    result = {name: {"source": src.as_posix(), "output_rel_error": {}, "matmuls": {m: {} for m in pairs[name]}}
+              for name, (src, _) in variants.items()}
+    for seconds, audio in tqdm(clips.items(), desc="diagnose", unit="length"):
+        key = f"{seconds:g}"
+        feed = og.encoder_feed(probes[reference], audio)
+        values = {path: dict(zip([o.name for o in probe.get_outputs()], probe.run(None, feed)))
+                  for path, probe in probes.items()}
+        for name, (src, _) in variants.items():
+            for matmul, (x, y) in pairs[name].items():
+                got = kernels[name][matmul].run(None, {x: values[src][x]})[0]
+                result[name]["matmuls"][matmul][key] = og.round_sig(relative_error(values[src][y], got), 4)
+            out = passes[name].run(["outputs"], feed)[0]
+            result[name]["output_rel_error"][key] = og.round_sig(relative_error(values[reference]["outputs"], out), 4)
+        del values
+    return result
+
+
+def summarize(result: dict, threshold: float) -> dict:
+    """MatMuls ranked by their error at the longest length, with the first length where they break."""
+    longest = max(result["output_rel_error"], key=float)
+    ranked = sorted(result["matmuls"], key=lambda m: -result["matmuls"][m][longest])
+    worst = []
+    for matmul in ranked:
+        by_length = result["matmuls"][matmul]
+        breaks = [float(s) for s in sorted(by_length, key=float) if by_length[s] > threshold]
+        worst.append({"matmul": matmul, "rel_error": by_length[longest], "breaks_from_s": breaks[0] if breaks else None})
+    return {"ranking": ranked, "worst": worst[:5],
+            "broken": sum(1 for w in worst if w["breaks_from_s"] is not None)}
+
+
+def heatmap(result: dict, name: str, path: Path) -> None:
+    lengths = sorted(result["output_rel_error"], key=float)
+    names = list(result["matmuls"])
+    grid = np.array([[result["matmuls"][m][s] for s in lengths] for m in names])
+    fig, ax = plt.subplots(figsize=(6, max(4, len(names) * 0.12)))
+    image = ax.imshow(np.log10(np.maximum(grid, 1e-6)), aspect="auto", cmap="magma_r")
+    ax.set_xticks(range(len(lengths)), [f"{float(s):g} s" for s in lengths])
+    ax.set_yticks(range(len(names)), names, fontsize=4)
+    ax.set_title(f"{name}: log10 relative error of each quantized MatMul")
+    fig.colorbar(image, ax=ax, label="log10 relative error")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
+def clips_from(audio: np.ndarray, lengths_s: list[float]) -> dict[float, np.ndarray]:
+    available = len(audio) / SAMPLE_RATE
+    usable = [s for s in lengths_s if s <= available]
+    if not usable:
+        fail(f"the longest calibration speech lasts {available:.0f} s, shorter than every diagnose.lengths_s")
+    return {s: audio[: round(s * SAMPLE_RATE)] for s in usable}
+
+
+def main() -> None:
+    params = load_params()
+    speeches = {name: read_wav(AUDIO_DIR / f"{name}.wav") for name in params.speeches}
+    longest = max(speeches, key=lambda n: len(speeches[n]))
+    clips = clips_from(speeches[longest], params.diagnose.lengths_s)
+    report = {"audio": f"calibration speech '{longest}'", "lengths_s": sorted(clips),
+              "break_rel_error": params.diagnose.break_rel_error, "variants": {}}
+    variants = {name: (SOURCES.get(name, BASE), VARIANTS[name].folder / VARIANTS[name].name) for name in DIAGNOSED}
+    for name, result in diagnose(variants, BASE, clips).items():
+        result |= summarize(result, params.diagnose.break_rel_error)
+        report["variants"][name] = result
+        heatmap(result, name, PLOTS / f"diagnosis_{name}.png")
+        log.info("%s: output error %s; worst %s", name, result["output_rel_error"], result["worst"][:2])
+    write_json(METRICS, report)
+
+
+if __name__ == "__main__":
+    run_cli(main)
