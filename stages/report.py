@@ -105,8 +105,10 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         "fidelity": optional_json(root / "metrics/fidelity.json"),
         "smoothquant": optional_json(root / "metrics/smoothquant.json"),
         "windows": optional_json(root / "data/windows/index.json"),
+        "bench": optional_json(root / "metrics/bench.json"),
     }
-    for path, text in ((CARD_FILE, render_card(p, evals, extras)), (RESULTS_FILE, render_results(p, evals))):
+    for path, text in ((CARD_FILE, render_card(p, evals, extras)),
+                       (RESULTS_FILE, render_results(p, evals, extras["bench"]))):
         with atomic_path(root / path) as tmp:
             tmp.write_text(text)
     log.info("wrote %s, %s, %s, %s, %s", WER_FILE, COST_FILE, PLOT_FILE, CARD_FILE, RESULTS_FILE)
