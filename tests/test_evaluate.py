@@ -28,9 +28,10 @@ from stages.evaluate import evaluate, score_sections
 from stages.fp16 import build_fp16
 from stages.int8_dynamic import build_dynamic_int8
 from stages.package import package
-from stages.params import EvalParams
+from stages.params import EvalParams, NbitsRecipe
 from stages.reference import build_reference
 from stages.scoring import Section, split_by_section
+from stages.nbits import build_nbits
 from stages.shard import shard_encoder
 from tests.random_model import build_full_random_model
 
@@ -50,9 +51,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     verify_model_dir(base)
     variants = root / "models/variants"
     audio = np.concatenate([np.concatenate([synthesize(s, "en-us"), np.zeros(4000, np.float32)]) for s in SENTENCES])
-    shard_encoder(base / "encoder-model.onnx", variants / "fp32_sharded", 200_000, audio[:32_000])
+    shard_encoder(base / "encoder-model.onnx", variants / "fp32_sharded", 200_000, audio[:32_000], allow_oversize=True)
     build_fp16(base, variants / "fp16")
     build_dynamic_int8(base / "encoder-model.onnx", variants / "int8_smoothquant")  # a stand-in int8 file
+    for recipe, bits in (("w8", 8), ("w4", 4)):
+        build_nbits(base / "encoder-model.onnx", variants / f"nbits_{recipe}", f"encoder-model.{recipe}.onnx",
+                    NbitsRecipe(bits, 32, True, 4))
     (root / "data/audio").mkdir(parents=True)
     sf.write(root / "data/audio/eval.wav", audio, 16_000, subtype="FLOAT")
     (root / "data/raw/eval").mkdir(parents=True)
@@ -149,7 +153,7 @@ def test_release_folder_loads_in_every_precision(root: Path):
     release = root / "models/release"
     audio = load_clip(root / "data/audio/eval.wav", 400)
     texts = {}
-    for quantization in (None, "int8", "fp16"):
+    for quantization in (None, "int8", "fp16", "w8", "w4"):  # w8/w4: decoders named to pair with them
         model = onnx_asr.load_model(None, release, quantization=quantization, providers=["CPUExecutionProvider"])
         texts[quantization] = model.recognize(audio, sample_rate=16_000)
     with loaded(root, "fp32", root / "scratch") as asr:

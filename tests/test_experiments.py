@@ -30,6 +30,8 @@ def copy_project(dest: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", ".work", "*.pyc")
     for folder in ("stages", "demo", "calibration_audio"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
+    (dest / "metrics").mkdir(exist_ok=True)
+    shutil.copyfile(ROOT / "metrics" / "bench.json", dest / "metrics" / "bench.json")  # the twin's costs, in git
     demo_model = dest / yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["demo_dir"]
     if not (demo_model / "encoder-model.onnx").is_file():
         from tests.random_model import build_full_random_model

@@ -85,7 +85,9 @@ def test_a_variant_with_wrong_lengths_fails_the_stage(tmp_path: Path) -> None:
 
 def _stage(root: Path, name: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=root, env=env, capture_output=True, text=True)
+    module, *args = name.split()
+    return subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=root, env=env, capture_output=True,
+                          text=True)
 
 
 def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
@@ -101,7 +103,15 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     build_dynamic_int8(base, tmp_path / "stock")  # stands in for upstream's int8
     (tmp_path / "stock" / "encoder-model.int8.onnx").rename(base_dir / "encoder-model.int8.onnx")
 
-    for stage in ("smoothquant", "int8", "int8_dynamic", "fp16", "shard", "fidelity"):
+    assert _stage(tmp_path, "smoothquant").returncode == 0
+    # int8_mixed reads the diagnose stage's ranking (which needs decoded speeches): one is written here
+    kinds = og.classify_matmuls(og.load_graph(tmp_path / "models/smoothed/encoder-model.onnx").graph)
+    ranking = [name for name, kind in kinds.items() if kind == "weighted"]
+    (tmp_path / "metrics").mkdir(exist_ok=True)  # smoothquant wrote metrics/smoothquant.json
+    (tmp_path / "metrics/diagnosis.json").write_text(json.dumps({"variants": {"int8_smoothquant": {"ranking": ranking}}}))
+    params["mixed"]["keep_fp32"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("int8", "int8_mixed", "int8_dynamic", "fp16", "shard", "nbits w8", "nbits w4", "fidelity"):
         done = _stage(tmp_path, stage)
         assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
 
@@ -109,7 +119,10 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     assert smooth["smoothed"] == 17 and smooth["alpha"] == 0.5
     fidelity = json.loads((tmp_path / "metrics" / "fidelity.json").read_text())
     variants = fidelity["variants"]
-    assert set(variants) == {"fp16", "fp32_sharded", "int8_dynamic", "int8_smoothquant", "int8_stock"}
+    assert set(variants) == {"fp16", "fp32_sharded", "int8_dynamic", "int8_smoothquant", "int8_stock", "nbits_w8",
+                             "nbits_w4", "int8_mixed"}
+    assert variants["nbits_w8"]["ops"]["MatMulNBits"] == variants["nbits_w4"]["ops"]["MatMulNBits"] == 17
+    assert variants["int8_mixed"]["ops"]["DequantizeLinear"] < variants["int8_smoothquant"]["ops"]["DequantizeLinear"]
     assert variants["fp32_sharded"]["rel_error_max"] == 0.0
     assert variants["int8_stock"] == {**variants["int8_dynamic"], "file": variants["int8_stock"]["file"]}
     shards = sorted((tmp_path / "models/variants/fp32_sharded").glob("encoder-model.onnx.data.*"))

@@ -24,6 +24,8 @@ SOURCES = {
                                      "encoder-model.onnx.data.001"],
     "models/variants/int8_smoothquant": ["encoder-model.int8.onnx"],
     "models/variants/int8_dynamic": ["encoder-model.int8.onnx"],
+    "models/variants/nbits_w8": ["encoder-model.w8.onnx"],
+    "models/variants/nbits_w4": ["encoder-model.w4.onnx"],
     "reports": ["MODEL_CARD.md"],
 }
 EXPECTED = {
@@ -40,6 +42,10 @@ EXPECTED = {
     "sharded/encoder-model.onnx": "models/variants/fp32_sharded/encoder-model.onnx",
     "sharded/encoder-model.onnx.data.000": "models/variants/fp32_sharded/encoder-model.onnx.data.000",
     "sharded/encoder-model.onnx.data.001": "models/variants/fp32_sharded/encoder-model.onnx.data.001",
+    "encoder-model.w8.onnx": "models/variants/nbits_w8/encoder-model.w8.onnx",
+    "decoder_joint-model.w8.onnx": "models/base/decoder_joint-model.int8.onnx",  # paired by suffix for onnx-asr
+    "encoder-model.w4.onnx": "models/variants/nbits_w4/encoder-model.w4.onnx",
+    "decoder_joint-model.w4.onnx": "models/base/decoder_joint-model.int8.onnx",
     "README.md": "reports/MODEL_CARD.md",
 }
 
