@@ -33,8 +33,8 @@ import yaml
 from bench.meter import MB
 from bench.report import markdown, targets
 from bench.tasks import SAMPLE_RATE
-from stages.common import fail, run_cli, write_json
-from stages.params import PARAMS_FILE, Params, parse_params
+from requant.common import fail, run_cli, write_json
+from requant.params import PARAMS_FILE, Params, parse_params
 
 log = logging.getLogger("bench.cost")
 

@@ -27,13 +27,13 @@ from pathlib import Path
 import soundfile
 import yaml
 
-from stages.common import fail, read_json, run_cli, sha256_file, write_json
+from requant.common import fail, read_json, run_cli, sha256_file, write_json
 
 log = logging.getLogger("bench.rehearse")
 ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "istupakov/parakeet-tdt-0.6b-v3-onnx"
 REVISION = "deadbeef" * 5  # a commit hash that is not the pinned one: no sha256 pins apply
-PROJECT = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "stages", "demo", "bench")
+PROJECT = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "requant", "stages", "demo", "bench")
 STAGE_TIMEOUT_S = 3600  # a stage of the Parakeet-size twin takes minutes; an hour means it hangs
 GB = 1e9
 # the largest descendant's peak RSS (KiB on Linux), measured around one command by a fresh interpreter

@@ -22,14 +22,14 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.meter import MB, Meter, cpu_seconds, instrumented
-from stages import onnx_graph as og
-from stages.common import setup_logging
-from stages.features import SAMPLE_RATE, features
+from requant import encoder_runs as runs
+from requant.common import setup_logging
+from requant.features import SAMPLE_RATE, features
 from stages.fp16 import build_fp16
 from stages.int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
 from stages.nbits import build_nbits
-from stages.params import NbitsRecipe
+from requant.params import NbitsRecipe
 from stages.shard import shard_encoder
 from stages.smoothquant import smooth_encoder
 
@@ -58,8 +58,8 @@ def _sync(paths: list[Path]) -> None:
 def smoothquant(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     phases = {
         "statistics": "stages.smoothquant:activation_absmax",
-        "write": "stages.onnx_graph:write_model",
-        "fp32_checks": "stages.onnx_graph:encoder_outputs",
+        "write": "requant.onnx_graph:write_model",
+        "fp32_checks": "requant.onnx_graph:encoder_outputs",
     }
     with instrumented(meter, phases):
         summary = smooth_encoder(Path(args["src"]), Path(args["dst_dir"]), Path(args["windows_dir"]), args["alpha"])
@@ -74,8 +74,8 @@ def int8_static(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
         "calibration_passes": "onnxruntime.quantization.calibrate:HistogramCalibrater.collect_data",
         "ort_load_shape_inference": "onnxruntime.quantization.quantize:load_model_with_shape_infer",
         "ort_quantize_rewrite": "onnxruntime.quantization.qdq_quantizer:QDQQuantizer.quantize_model",
-        "save": "stages.onnx_graph:save_self_contained_if_small",
-        "checks": "stages.onnx_graph:encoder_outputs",
+        "save": "requant.onnx_graph:save_self_contained_if_small",
+        "checks": "requant.onnx_graph:encoder_outputs",
     }
     with instrumented(meter, phases):
         fidelity = build_int8(Path(args["src"]), Path(args["dst_dir"]), Path(args["windows_dir"]), args["percentile"],
@@ -88,7 +88,7 @@ def int8_dynamic(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     phases = {
         "ort_load_shape_inference": "onnxruntime.quantization.quantize:load_model_with_shape_infer",
         "ort_quantize_rewrite": "onnxruntime.quantization.onnx_quantizer:ONNXQuantizer.quantize_model",
-        "save": "stages.onnx_graph:save_self_contained_if_small",
+        "save": "requant.onnx_graph:save_self_contained_if_small",
     }
     with instrumented(meter, phases):
         ops = build_dynamic_int8(Path(args["src"]), Path(args["dst_dir"]))
@@ -113,7 +113,7 @@ def fp16(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 @task
 def shard(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     audio = np.load(args["check_audio"])
-    with instrumented(meter, {"write": "stages.onnx_graph:write_model", "bit_identity_check": "stages.shard:_run_all_outputs"}):
+    with instrumented(meter, {"write": "requant.onnx_graph:write_model", "bit_identity_check": "stages.shard:_run_all_outputs"}):
         shards = shard_encoder(Path(args["src"]), Path(args["dst_dir"]), int(args["budget_bytes"]), audio, allow_oversize=True)
     with meter.phase("fsync"):
         _sync(shards)
@@ -152,7 +152,7 @@ def encoder_pass(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 def _session(model: Path, profile_dir: str | None) -> ort.InferenceSession:
     """The stages' own session, or the same with onnxruntime's per-node profiler on."""
     if not profile_dir:
-        return og.open_session(model)
+        return runs.open_session(model)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_profiling = True

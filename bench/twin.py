@@ -25,7 +25,7 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from demo.fastconformer import PARAKEET, ModelConfig, build_random_model
-from stages.common import atomic_path, fail, run_cli, write_json
+from requant.common import atomic_path, fail, run_cli, write_json
 from stages.int8_dynamic import build_dynamic_int8
 
 log = logging.getLogger("bench.twin")

@@ -2,7 +2,7 @@
 
 Sentences come from demo.text and are spoken by espeak-ng (demo.synth) with the training voices:
 every variant but the held-out +m3 and +f2, random speaking rates and pitches. A corpus is cached
-under demo/.work/ per (count, seed). Features are onnx-asr's own NumPy nemo128 (stages.features),
+under demo/.work/ per (count, seed). Features are onnx-asr's own NumPy nemo128 (requant.features),
 the ones inference uses.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from demo.text import ALPHABET, sentences
-from stages.features import features
+from requant.features import features
 
 log = logging.getLogger("demo.corpus")
 

@@ -18,8 +18,8 @@ from onnxruntime.quantization import quantize_dynamic
 
 from demo.fastconformer import DECODER_FILE, ENCODER_FILE, ModelConfig, save_encoder, write_model_dir
 from demo.outliers import add_outlier_channels, channel_absmax, matmul_layernorms
-from stages.features import features
-from stages.common import atomic_path
+from requant.features import features
+from requant.common import atomic_path
 
 log = logging.getLogger("demo.export")
 MAX_RELATIVE_CHANGE = 1e-5

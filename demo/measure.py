@@ -25,7 +25,7 @@ import onnxruntime as ort
 from demo.outliers import channel_absmax, matmul_inputs, outlier_ratio
 from demo.synth import make_speech, synthesize
 from demo.text import sentences
-from stages.features import features
+from requant.features import features
 
 log = logging.getLogger("demo.measure")
 TEST_VOICES = {"en": ("en-us+m3", "en-gb+m3", "en-us+f2", "en-gb+f2"), "fr": ("fr+f2", "fr+m3", "fr-be+f2", "fr-be+m3")}

@@ -7,7 +7,7 @@
    voices (every variant but the held-out +m3 and +f2), random speaking rates and pitches; espeak-ng
    mostly waits, so many processes share the 2 cores. The audio is cached under demo/.work/.
 2. Trains with torch (2 threads, or a GPU when one is present) on features from onnx-asr's own
-   NumPy nemo128 preprocessor (stages.features.features, the one inference uses): batches of single
+   NumPy nemo128 preprocessor (requant.features.features, the one inference uses): batches of single
    sentences, and batches of long concatenations (sentences with pauses, 15-50 s) featurized as a
    whole, as a long pass is at inference. Local attention (+-64 frames) with relative positions keeps
    the context the same at any length. The learning-rate schedule follows the wall-clock budget

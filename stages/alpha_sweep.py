@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stages.common import atomic_path, fail, run_cli  # noqa: E402
+from requant.common import atomic_path, fail, run_cli  # noqa: E402
 
 DEFAULT_OUT = Path("metrics/plots/alpha_sweep.png")
 SERIES = ("int8_smoothquant", "int8_dynamic", "fp32")

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from stages import onnx_graph as og
-from stages import patterns
-from stages.common import StageError, atomic_path, fail, read_json, run_cli, sha256_file
-from stages.params import ModelParams, load_params
+from requant import onnx_graph as og
+from requant import patterns
+from requant.common import StageError, atomic_path, fail, read_json, run_cli, sha256_file
+from requant.params import ModelParams, load_params
 
 log = logging.getLogger("pipeline.base_model")
 OUT_DIR = Path("models/base")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import onnx
 
-from stages import onnx_graph as og
-from stages import patterns
-from stages.common import run_cli
+from requant import onnx_graph as og
+from requant import patterns
+from requant.common import run_cli
 
 def census(model: onnx.ModelProto) -> dict:
     """Everything the report prints, as data."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages.audio import check_audio, decode_audio, write_wav
-from stages.common import atomic_path, fail, read_json, run_cli
-from stages.params import load_params
+from requant.audio import check_audio, decode_audio, write_wav
+from requant.common import atomic_path, fail, read_json, run_cli
+from requant.params import load_params
 
 RAW_DIR, AUDIO_DIR = Path("data/raw"), Path("data/audio")
 

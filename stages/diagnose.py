@@ -23,12 +23,13 @@ import onnx  # noqa: E402
 from onnx import helper  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from stages import onnx_graph as og  # noqa: E402
-from stages.asr import VARIANTS  # noqa: E402
-from stages.audio import read_wav  # noqa: E402
-from stages.common import atomic_path, fail, run_cli, write_json  # noqa: E402
-from stages.features import SAMPLE_RATE  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from requant import encoder_runs as runs  # noqa: E402
+from requant import onnx_graph as og  # noqa: E402
+from requant.asr import VARIANTS  # noqa: E402
+from requant.audio import read_wav  # noqa: E402
+from requant.common import atomic_path, fail, run_cli, write_json  # noqa: E402
+from requant.features import SAMPLE_RATE  # noqa: E402
+from requant.params import load_params  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -96,27 +97,27 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
         pairs[name] = quantized_matmuls(og.load_graph(source_path), variant)
         if not pairs[name]:
             fail(f"{variant_path}: no quantized MatMul found against {source_path}; is it a quantized variant?")
-        kernels[name] = {m: og.open_session(subgraph(variant, x, y), arena=False) for m, (x, y) in pairs[name].items()}
-        passes[name] = og.open_session(variant_path, arena=False)
+        kernels[name] = {m: runs.open_session(subgraph(variant, x, y), arena=False) for m, (x, y) in pairs[name].items()}
+        passes[name] = runs.open_session(variant_path, arena=False)
     sources = {path for path, _ in variants.values()} | {reference}
     probes = {}
     for path in sources:
         wanted = {t for name, (src, _) in variants.items() if src == path for pair in pairs[name].values() for t in pair}
-        probes[path] = og.open_session(_probe(og.load_graph(path), ["outputs", *sorted(wanted)]), path.parent,
+        probes[path] = runs.open_session(_probe(og.load_graph(path), ["outputs", *sorted(wanted)]), path.parent,
                                        arena=False)
     result = {name: {"source": src.as_posix(), "output_rel_error": {}, "matmuls": {m: {} for m in pairs[name]}}
               for name, (src, _) in variants.items()}
     for seconds, audio in tqdm(clips.items(), desc="diagnose", unit="length"):
         key = f"{seconds:g}"
-        feed = og.encoder_feed(probes[reference], audio)
+        feed = runs.encoder_feed(probes[reference], audio)
         values = {path: dict(zip([o.name for o in probe.get_outputs()], probe.run(None, feed)))
                   for path, probe in probes.items()}
         for name, (src, _) in variants.items():
             for matmul, (x, y) in pairs[name].items():
                 got = kernels[name][matmul].run(None, {x: values[src][x]})[0]
-                result[name]["matmuls"][matmul][key] = og.round_sig(relative_error(values[src][y], got), 4)
+                result[name]["matmuls"][matmul][key] = runs.round_sig(relative_error(values[src][y], got), 4)
             out = passes[name].run(["outputs"], feed)[0]
-            result[name]["output_rel_error"][key] = og.round_sig(relative_error(values[reference]["outputs"], out), 4)
+            result[name]["output_rel_error"][key] = runs.round_sig(relative_error(values[reference]["outputs"], out), 4)
         del values
     return result
 

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, load_asr, load_clip, transcribe
-from stages.common import fail, read_json, run_cli, write_json
-from stages.params import EvalParams, load_params
+from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, load_asr, load_clip, transcribe
+from requant.common import fail, read_json, run_cli, write_json
+from requant.params import EvalParams, load_params
 from stages.reference import AUDIO, OUT as REFERENCE_DIR, SECTIONS_FILE, TRUTH_FILE
-from stages.scoring import Section, corpus_wer, count_errors, split_by_section, total
+from requant.scoring import Section, corpus_wer, count_errors, split_by_section, total
 
 log = logging.getLogger("pipeline.evaluate")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import soundfile as sf
 
-from stages.audio import SAMPLE_RATE, check_audio, decode_audio
-from stages.common import StageError, atomic_path, fail, run_cli, sha256_file, write_json
-from stages.download import download_crop, source_url
-from stages.params import EvalClip, Params, Speech, load_params
+from requant.audio import SAMPLE_RATE, check_audio, decode_audio
+from requant.common import StageError, atomic_path, fail, run_cli, sha256_file, write_json
+from requant.download import download_crop, source_url
+from requant.params import EvalClip, Params, Speech, load_params
 
 RAW_DIR = Path("data/raw")
 # Demo text seeds: calibration speeches draw from [2^30, 2^30 + 2^29), the evaluation clip from the

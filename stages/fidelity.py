@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages import onnx_graph as og
-from stages.asr import VARIANTS
-from stages.common import fail, run_cli, write_json
-from stages.features import features
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant.asr import VARIANTS
+from requant.common import fail, run_cli, write_json
+from requant.features import features
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,13 @@ def describe(path: Path) -> dict:
     return {"bytes": size, "ops": {op: n for op, n in counts.items() if op in TELLING_OPS}}
 
 
-def encode(path: Path, windows: og.Windows, desc: str) -> tuple[list[np.ndarray], list[list[int]]]:
+def encode(path: Path, windows: runs.Windows, desc: str) -> tuple[list[np.ndarray], list[list[int]]]:
     """The encoder's outputs per window, and its encoded_lengths per window and for one padded batch of
     the first BATCH windows cut to 1/BATCH, 2/BATCH, ... of their length (masks and padding exercised)."""
-    session = og.open_session(path)
+    session = runs.open_session(path)
     outputs, lengths = [], []
     for audio in tqdm(windows, desc=desc, unit="win"):
-        out, n = session.run([og.ENCODER_OUTPUT, LENGTHS], og.encoder_feed(session, audio))
+        out, n = session.run([runs.ENCODER_OUTPUT, LENGTHS], runs.encoder_feed(session, audio))
         outputs.append(out)
         lengths.append(n.tolist())
     n = min(BATCH, len(windows))  # a few suffice to exercise the masks; each adds a window's activations
@@ -57,7 +58,7 @@ def encode(path: Path, windows: og.Windows, desc: str) -> tuple[list[np.ndarray]
     return outputs, lengths
 
 
-def measure(reference: Path, variants: dict[str, Path], windows: og.Windows) -> dict:
+def measure(reference: Path, variants: dict[str, Path], windows: runs.Windows) -> dict:
     """Fidelity of each variant against the reference encoder, one session at a time."""
     missing = [f"{name} ({path})" for name, path in variants.items() if not path.is_file()]
     if missing:
@@ -69,7 +70,7 @@ def measure(reference: Path, variants: dict[str, Path], windows: og.Windows) -> 
         if lengths != expected_lengths:
             fail(f"{path}: encoded_lengths {lengths} differ from fp32's {expected_lengths} on the held-out windows "
                  "(and a padded batch of them): the variant computes lengths wrongly; rebuild it")
-        scores = og.compare(expected, outputs)
+        scores = runs.compare(expected, outputs)
         log.info("%s vs %s: %s", name, REFERENCE, scores)
         result[name] = {"file": path.as_posix(), **describe(path), **scores, "encoded_lengths_equal": True}
     return {
@@ -82,7 +83,7 @@ def measure(reference: Path, variants: dict[str, Path], windows: og.Windows) -> 
 def main() -> None:
     files = {name: spec.folder / spec.name for name, spec in VARIANTS.items()}
     reference = files.pop(REFERENCE)
-    write_json(METRICS, measure(reference, files, og.Windows(WINDOWS, "heldout")))
+    write_json(METRICS, measure(reference, files, runs.Windows(WINDOWS, "heldout")))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 onnxruntime's float16 converter works from the model path (shape inference without the 2 GB proto
 limit). onnx-asr feeds float32 features and int64 lengths, so the I/O types must not change.
-Arithmetic on lengths and positions stays fp32 (stages.patterns.fp32_islands): NeMo's export computes
+Arithmetic on lengths and positions stays fp32 (requant.patterns.fp32_islands): NeMo's export computes
 encoded lengths in float, and fp16 cannot count past 2048 frames exactly. The CPU EP hides that fault
 (it runs those ops in fp32); WebGPU and CUDA, with fp16 kernels, return wrong lengths.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from stages import onnx_graph as og
-from stages import patterns
-from stages.common import atomic_path, fail, run_cli
+from requant import onnx_graph as og
+from requant import patterns
+from requant.common import atomic_path, fail, run_cli
 
 log = logging.getLogger(__name__)
 

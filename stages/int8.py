@@ -28,11 +28,12 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import PercentileCalibrater, save_tensors_data
 from tqdm import tqdm
 
-from stages import onnx_graph as og
-from stages import patterns
-from stages.features import features
-from stages.common import atomic_path, fail, run_cli
-from stages.params import load_params
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant import patterns
+from requant.features import features
+from requant.common import atomic_path, fail, run_cli
+from requant.params import load_params
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ NAME = "encoder-model.int8.onnx"
 class WindowReader(CalibrationDataReader):
     """Encoder inputs for a range of windows, computed on demand (calibrate() sets the range)."""
 
-    def __init__(self, windows: og.Windows) -> None:
+    def __init__(self, windows: runs.Windows) -> None:
         self.windows = windows
         self.position, self.end = 0, len(windows)
 
@@ -77,7 +78,7 @@ class _QuantizedMatMulCalibrater(PercentileCalibrater):
         return tensors & needed, value_infos
 
 
-def calibrate(src: Path, work: Path, calib: og.Windows, percentile: float, excluded: list[str],
+def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, excluded: list[str],
               external: bool) -> Path:
     """Activation ranges of the quantized MatMuls over the calibration windows, saved as onnxruntime's
     calibration cache (JSON). The calibration session is gone when this returns, so quantizing after it
@@ -101,7 +102,7 @@ def calibrate(src: Path, work: Path, calib: og.Windows, percentile: float, exclu
     return cache
 
 
-def quantize_encoder(src: Path, work: Path, calib: og.Windows, percentile: float,
+def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: float,
                      external: bool | None = None, reduce_range: bool = True, keep_fp32: Sequence[str] = ()) -> Path:
     """Quantize src into work/; return the written model path (with external data if `external`)."""
     og.require_single_links(src)
@@ -150,16 +151,16 @@ def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, c
         fail(f"quant.percentile={percentile} must be in (0, 100]")
     if calib_windows < 0:
         fail(f"quant.calib_windows={calib_windows} must be >= 0 (0 = every calibration window)")
-    calib = og.Windows(windows_dir, "calib", limit=calib_windows)
-    heldout = og.Windows(windows_dir, "heldout")
-    reference = og.encoder_outputs(src, heldout, "fp32 heldout")
+    calib = runs.Windows(windows_dir, "calib", limit=calib_windows)
+    heldout = runs.Windows(windows_dir, "heldout")
+    reference = runs.encoder_outputs(src, heldout, "fp32 heldout")
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))
         written = quantize_encoder(src, work, calib, percentile, external, reduce_range, keep_fp32)
         og.save_self_contained_if_small(written, tmp / NAME)
         shutil.rmtree(work)
-        fidelity = og.compare(reference, og.encoder_outputs(tmp / NAME, heldout, "int8 heldout"))
+        fidelity = runs.compare(reference, runs.encoder_outputs(tmp / NAME, heldout, "int8 heldout"))
         log.info("int8 vs fp32 on %d held-out windows: %s", len(heldout), fidelity)
         if fidelity["cosine_min"] < min_cosine:
             shutil.rmtree(dst_dir, ignore_errors=True)  # an older model under the final name would look valid

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from stages import onnx_graph as og
-from stages.common import atomic_path, run_cli
+from requant import onnx_graph as og
+from requant.common import atomic_path, run_cli
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stages.common import fail, read_json, run_cli
-from stages.int8 import NAME, build_int8
-from stages.params import load_params
+from requant.common import fail, read_json, run_cli
+from stages.int8 import build_int8
+from requant.params import load_params
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stages import onnx_graph as og  # noqa: E402
-from stages.common import atomic_path, run_cli, write_json  # noqa: E402
+from requant import onnx_graph as og  # noqa: E402
+from requant.common import atomic_path, run_cli, write_json  # noqa: E402
 from stages.int8 import NAME, build_int8  # noqa: E402
 from stages.int8_mixed import DIAGNOSIS, SOURCE, WINDOWS, most_sensitive  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from requant.params import load_params  # noqa: E402
 
 PLOT, METRICS = Path("metrics/plots/mixed_sweep.png"), Path("metrics/mixed_sweep.json")
 

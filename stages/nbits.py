@@ -4,7 +4,7 @@ Each weighted MatMul's [K, N] weight is stored in `bits` bits per block of `bloc
 (one scale per block and output column) and runs as one MatMulNBits kernel. There is no calibration:
 activations stay float, and `accuracy_level` 4 quantizes them to int8 at run time inside the kernel
 (0 leaves the kernel's choice: fp32 compute on dequantized weights). Two-activation, tied and
-transposed MatMuls stay fp32, as in every other recipe here (stages.patterns.fp32_matmuls).
+transposed MatMuls stay fp32, as in every other recipe here (requant.patterns.fp32_matmuls).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-from stages import onnx_graph as og
-from stages import patterns
-from stages.common import atomic_path, fail, run_cli
-from stages.params import NbitsRecipe, load_params
+from requant import onnx_graph as og
+from requant import patterns
+from requant.common import atomic_path, fail, run_cli
+from requant.params import NbitsRecipe, load_params
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import onnx
 
-from stages.asr import BASE_DIR, DECODERS, VARIANTS, ModelFile, model_files
-from stages.common import atomic_path, fail, run_cli
+from requant.asr import BASE_DIR, DECODERS, VARIANTS, ModelFile, model_files
+from requant.common import atomic_path, fail, run_cli
 from stages.report import CARD_FILE
 
 log = logging.getLogger("pipeline.package")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages.asr import SAMPLE_RATE, assemble_model_dir, load_asr, load_clip, transcribe
-from stages.common import atomic_path, run_cli, write_json
-from stages.params import load_params
-from stages.scoring import make_sections
+from requant.asr import SAMPLE_RATE, assemble_model_dir, load_asr, load_clip, transcribe
+from requant.common import atomic_path, run_cli, write_json
+from requant.params import load_params
+from requant.scoring import make_sections
 
 log = logging.getLogger("pipeline.reference")
 

@@ -16,11 +16,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stages.asr import VARIANTS  # noqa: E402
-from stages.common import atomic_path, fail, read_json, run_cli, write_json  # noqa: E402
+from requant.asr import VARIANTS  # noqa: E402
+from requant.common import atomic_path, fail, read_json, run_cli, write_json  # noqa: E402
 from stages.evaluate import METRICS_DIR  # noqa: E402
-from stages.model_card import render_card, render_results  # noqa: E402
-from stages.params import Params, load_params  # noqa: E402
+from requant.model_card import render_card, render_results  # noqa: E402
+from requant.params import Params, load_params  # noqa: E402
 
 log = logging.getLogger("pipeline.report")
 

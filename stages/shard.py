@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import onnx_graph as og
-from stages.common import atomic_path, fail, run_cli
-from stages.params import load_params
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant.common import atomic_path, fail, run_cli
+from requant.params import load_params
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ def shard_encoder(src: Path, dst_dir: Path, budget_bytes: int, check_audio: np.n
 
 
 def _run_all_outputs(path: Path, audio: np.ndarray) -> list[np.ndarray]:
-    session = og.open_session(path)
-    return session.run(None, og.encoder_feed(session, audio))
+    session = runs.open_session(path)
+    return session.run(None, runs.encoder_feed(session, audio))
 
 
 def main() -> None:
     params = load_params()
-    check_audio = og.Windows(WINDOWS, "heldout")[0]
+    check_audio = runs.Windows(WINDOWS, "heldout")[0]
     shard_encoder(SOURCE, OUT_DIR, int(params.shard.budget_mb * MB), check_audio, params.shard.allow_oversize)
 
 

@@ -19,10 +19,11 @@ import onnx
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
-from stages import onnx_graph as og
-from stages import patterns
-from stages.common import atomic_path, fail, run_cli, write_json
-from stages.params import load_params
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant import patterns
+from requant.common import atomic_path, fail, run_cli, write_json
+from requant.params import load_params
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,16 @@ def plan(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]], Count
 
 
 def activation_absmax(model: onnx.ModelProto, weights_dir: Path, tensors: list[str],
-                      windows: og.Windows) -> dict[str, np.ndarray]:
+                      windows: runs.Windows) -> dict[str, np.ndarray]:
     """Per-channel (last axis) max |x| of each tensor over all windows, one window in memory at a time."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
-    session = og.open_session(probe, weights_dir)
+    session = runs.open_session(probe, weights_dir)
     absmax: dict[str, np.ndarray] = {}
     for audio in tqdm(windows, desc="activation ranges", unit="win"):
-        values = session.run(tensors, og.encoder_feed(session, audio))
+        values = session.run(tensors, runs.encoder_feed(session, audio))
         for name, value in zip(tensors, values):
             peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
             absmax[name] = np.maximum(absmax[name], peak) if name in absmax else peak
@@ -65,7 +66,7 @@ def smoothing_scale(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.nd
     return np.clip(scale, 1e-5, 1e5).astype(np.float32)
 
 
-def smooth(model: onnx.ModelProto, weights_dir: Path, windows: og.Windows, alpha: float
+def smooth(model: onnx.ModelProto, weights_dir: Path, windows: runs.Windows, alpha: float
            ) -> tuple[dict[str, Callable[[], np.ndarray]], dict]:
     """Rewrite `model` in place; return the new weight bytes (lazily) and the counts."""
     if not 0.0 <= alpha <= 1.0:
@@ -110,7 +111,7 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: og.Windows, alpha
         "alpha": alpha, "calibration_windows": len(windows), "matmuls": n_matmuls,
         "smoothed": sum(len(r) for r in groups.values()), "smoothed_inputs": len(groups),
         **counts, "skipped": dict(sorted(skipped.items())),
-        "scale_min": og.round_sig(scale_range[0]), "scale_max": og.round_sig(scale_range[1]),
+        "scale_min": runs.round_sig(scale_range[0]), "scale_max": runs.round_sig(scale_range[1]),
     }
     return replace, summary
 
@@ -140,17 +141,17 @@ def _insert_mul(graph: onnx.GraphProto, tensor: str, readers: list[onnx.NodeProt
 def smooth_encoder(src: Path, dst_dir: Path, windows_dir: Path, alpha: float) -> dict:
     """Write the smoothed encoder into dst_dir (atomically) after checking it equals the original."""
     model = og.load_graph(src)
-    calib = og.Windows(windows_dir, "calib")
-    heldout = og.Windows(windows_dir, "heldout")
+    calib = runs.Windows(windows_dir, "calib")
+    heldout = runs.Windows(windows_dir, "heldout")
     replace, summary = smooth(model, src.parent, calib, alpha)
     log.info("smoothed %d of %d MatMuls: %d folded into %d LayerNorms, %d behind %d inserted Muls; skipped %s",
              summary["smoothed"], summary["matmuls"], summary["folded_matmuls"], summary["folded_norms"],
              summary["mul_matmuls"], summary["mul_inserted"], summary["skipped"])
-    reference = og.encoder_outputs(src, heldout, "fp32 heldout")
+    reference = runs.encoder_outputs(src, heldout, "fp32 heldout")
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         og.write_model(model, src.parent, tmp / src.name, replace=replace)
-        check = og.compare(reference, og.encoder_outputs(tmp / src.name, heldout, "smoothed heldout"))
+        check = runs.compare(reference, runs.encoder_outputs(tmp / src.name, heldout, "smoothed heldout"))
         if not check["rel_error_max"] <= MAX_REL_ERROR:  # written so that NaN fails too
             fail(f"the smoothed encoder differs from the original by {check['rel_error_max']:.3g} (relative) on "
                  f"held-out windows, above {MAX_REL_ERROR:g}: the graph rewrite is wrong; nothing written")

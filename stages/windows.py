@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.audio import audio_sha256, read_wav
-from stages.common import atomic_path, fail, run_cli, write_json
-from stages.params import load_params
+from requant.audio import audio_sha256, read_wav
+from requant.common import atomic_path, fail, run_cli, write_json
+from requant.params import load_params
 
 log = logging.getLogger("pipeline.windows")
 AUDIO_DIR, OUT_DIR = Path("data/audio"), Path("data/windows")

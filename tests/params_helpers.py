@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from stages.params import Params, parse_params
+from requant.params import Params, parse_params
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 

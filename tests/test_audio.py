@@ -1,4 +1,4 @@
-"""stages/audio.py: real containers made by ffmpeg, decoded in-process by PyAV and resampled by soxr."""
+"""requant/audio.py: real containers made by ffmpeg, decoded in-process by PyAV and resampled by soxr."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.audio import audio_sha256, check_audio, decode_audio, read_wav, write_wav
-from stages.common import StageError
+from requant.audio import audio_sha256, check_audio, decode_audio, read_wav, write_wav
+from requant.common import StageError
 from tests.audio_helpers import FFMPEG, dominant_hz, make_silence, make_tone
 
 SECONDS = 3.3  # not a whole number of codec frames anywhere

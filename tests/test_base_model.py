@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from stages.base_model import MODEL_FILES, build_base_model, verify_model_dir
-from stages.common import StageError, sha256_file
-from stages.params import ModelParams
+from requant.common import StageError, sha256_file
+from requant.params import ModelParams
 
 D, H = 16, 8  # encoder width, prediction-network state size
 

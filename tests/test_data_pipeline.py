@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.common import read_json
+from requant.common import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
@@ -29,7 +29,7 @@ def _copy_repo(dest: Path) -> None:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", ".work", "model", "*.pyc")
-    for folder in ("stages", "demo", "calibration_audio"):
+    for folder in ("requant", "stages", "demo", "calibration_audio"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
 
 

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from stages import onnx_graph as og
-from stages.common import StageError
+from requant import onnx_graph as og
+from requant.common import StageError
 from stages.diagnose import diagnose, summarize
 from stages.int8 import NAME, build_int8
 from stages.int8_dynamic import build_dynamic_int8

@@ -21,16 +21,16 @@ import pytest
 import soundfile as sf
 
 from demo.synth import synthesize
-from stages.asr import assemble_model_dir, load_asr, load_clip, transcribe
+from requant.asr import assemble_model_dir, load_asr, load_clip, transcribe
 from stages.base_model import demo_model, verify_model_dir
-from stages.common import StageError
+from requant.common import StageError
 from stages.evaluate import evaluate, score_sections
 from stages.fp16 import build_fp16
 from stages.int8_dynamic import build_dynamic_int8
 from stages.package import package
-from stages.params import EvalParams, NbitsRecipe
+from requant.params import EvalParams, NbitsRecipe
 from stages.reference import build_reference
-from stages.scoring import Section, split_by_section
+from requant.scoring import Section, split_by_section
 from stages.nbits import build_nbits
 from stages.shard import shard_encoder
 from tests.random_model import build_full_random_model

@@ -28,7 +28,7 @@ def copy_project(dest: Path) -> None:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", ".work", "*.pyc")
-    for folder in ("stages", "demo", "calibration_audio"):
+    for folder in ("requant", "stages", "demo", "calibration_audio"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
     (dest / "metrics").mkdir(exist_ok=True)
     shutil.copyfile(ROOT / "metrics" / "bench.json", dest / "metrics" / "bench.json")  # the twin's costs, in git

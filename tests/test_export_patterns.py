@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 
 from demo.fastconformer import PARAKEET, TINY, RandomWeights, build_encoder, read_weights, weight_shapes
-from stages import onnx_graph as og
-from stages import patterns
+from requant import onnx_graph as og
+from requant import patterns
 from stages.census import census
 
 # Parakeet's layout (bias-free, global attention, stored positional table) at a size a test can run

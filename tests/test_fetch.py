@@ -1,4 +1,4 @@
-"""stages/fetch.py + stages/download.py: real yt-dlp against a loopback HTTP server, local files, synthesis."""
+"""stages/fetch.py + requant/download.py: real yt-dlp against a loopback HTTP server, local files, synthesis."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.audio import decode_audio, read_wav
-from stages.common import StageError, read_json
+from requant.audio import decode_audio, read_wav
+from requant.common import StageError, read_json
 from stages.decode import decode
 from stages.fetch import fetch
-from stages.params import Params
+from requant.params import Params
 from tests.audio_helpers import make_tone
 from tests.http_fixture import FileServer, file_server
 from tests.params_helpers import make_params

@@ -14,8 +14,9 @@ import onnx
 import pytest
 import yaml
 
-from stages import onnx_graph as og
-from stages.common import StageError
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant.common import StageError
 from stages.fidelity import measure
 from stages.int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
@@ -42,7 +43,7 @@ def test_int8_error_order_with_outlier_channels(tmp_path: Path) -> None:
     build_dynamic_int8(base, tmp_path / "dynamic")
     name = "encoder-model.int8.onnx"
     files = {v: tmp_path / v / name for v in ("sq", "static", "dynamic")}
-    report = measure(base, files, og.Windows(windows, "heldout"))
+    report = measure(base, files, runs.Windows(windows, "heldout"))
     error = {v: report["variants"][v]["rel_error_mean"] for v in ("sq", "static", "dynamic")}
     assert error["sq"] < error["dynamic"] < error["static"], error
     assert error["sq"] < 0.5 * error["dynamic"], error
@@ -53,15 +54,15 @@ def test_measure_reports_every_variant(tmp_path: Path) -> None:
     windows = write_windows(tmp_path / "windows", calib=1, heldout=2)
     build_dynamic_int8(base, tmp_path / "dyn")
     variants = {"int8_dynamic": tmp_path / "dyn" / "encoder-model.int8.onnx", "same": base}
-    report = measure(base, variants, og.Windows(windows, "heldout"))
+    report = measure(base, variants, runs.Windows(windows, "heldout"))
     assert report["heldout_windows"] == 2 and report["reference"]["ops"] == {"Cast": 2, "Conv": 8, "MatMul": 24}
     same, dyn = report["variants"]["same"], report["variants"]["int8_dynamic"]
     assert same["cosine_min"] == 1.0 and same["rel_error_max"] == 0.0
     assert 0.9 < dyn["cosine_min"] < 1.0 and dyn["rel_error_max"] > 0
     assert dyn["ops"]["ConvInteger"] == 8 and dyn["bytes"] < report["reference"]["bytes"]
-    assert measure(base, variants, og.Windows(windows, "heldout")) == report  # stable
+    assert measure(base, variants, runs.Windows(windows, "heldout")) == report  # stable
     with pytest.raises(StageError, match="variant files missing: gone"):
-        measure(base, {"gone": tmp_path / "nope.onnx"}, og.Windows(windows, "heldout"))
+        measure(base, {"gone": tmp_path / "nope.onnx"}, runs.Windows(windows, "heldout"))
 
 
 def test_a_variant_with_wrong_lengths_fails_the_stage(tmp_path: Path) -> None:
@@ -77,10 +78,10 @@ def test_a_variant_with_wrong_lengths_fails_the_stage(tmp_path: Path) -> None:
     model.graph.node.append(onnx.helper.make_node("Add", ["lengths_before", "one_frame"], ["encoded_lengths"],
                                                   name="wrong_lengths"))
     wrong = save_encoder(model, tmp_path / "wrong")
-    report = measure(base, {"same": base}, og.Windows(windows, "heldout"))
+    report = measure(base, {"same": base}, runs.Windows(windows, "heldout"))
     assert report["variants"]["same"]["encoded_lengths_equal"] is True
     with pytest.raises(StageError, match=r"wrong/encoder-model.onnx: encoded_lengths \[.*\] differ from fp32's"):
-        measure(base, {"wrong": wrong}, og.Windows(windows, "heldout"))
+        measure(base, {"wrong": wrong}, runs.Windows(windows, "heldout"))
 
 
 def _stage(root: Path, name: str) -> subprocess.CompletedProcess[str]:

@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from stages import onnx_graph as og
-from stages import patterns
-from stages.common import StageError
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant import patterns
+from requant.common import StageError
 from stages.fp16 import build_fp16
 from tests.encoder_graph import build_decoder, build_encoder, save_encoder, speechlike
 
@@ -36,8 +37,8 @@ def test_io_types_unchanged_weights_halved(fp16: tuple[Path, Path], name: str) -
     src, dst = base / f"{name}.onnx", out / f"{name}.fp16.onnx"
     assert _io(dst) == _io(src)
     assert onnx.TensorProto.INT32 in dict(_io(src)).values() or onnx.TensorProto.INT64 in dict(_io(src)).values()
-    session = og.open_session(dst)
-    assert {i.name: i.type for i in session.get_inputs()} == {i.name: i.type for i in og.open_session(src).get_inputs()}
+    session = runs.open_session(dst)
+    assert {i.name: i.type for i in session.get_inputs()} == {i.name: i.type for i in runs.open_session(src).get_inputs()}
     weights = [t for t in onnx.load(str(dst)).graph.initializer if len(t.dims) == 2]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
 
@@ -45,10 +46,10 @@ def test_io_types_unchanged_weights_halved(fp16: tuple[Path, Path], name: str) -
 def test_encoder_outputs_close_to_fp32(fp16: tuple[Path, Path]) -> None:
     base, out = fp16
     audio = [speechlike(2.0, seed=11)]
-    reference = og.encoder_outputs(base / "encoder-model.onnx", audio, "fp32")
-    got = og.encoder_outputs(out / "encoder-model.fp16.onnx", audio, "fp16")
+    reference = runs.encoder_outputs(base / "encoder-model.onnx", audio, "fp32")
+    got = runs.encoder_outputs(out / "encoder-model.fp16.onnx", audio, "fp16")
     assert got[0].dtype == np.float32
-    scores = og.compare(reference, got)
+    scores = runs.compare(reference, got)
     assert scores["cosine_min"] > 0.9999 and 0 < scores["rel_error_max"] < 1e-2
 
 
@@ -92,8 +93,8 @@ def test_large_models_keep_weights_in_external_data(fp16: tuple[Path, Path], tmp
     assert names == ["decoder_joint-model.fp16.onnx", "decoder_joint-model.fp16.onnx.data",
                      "encoder-model.fp16.onnx", "encoder-model.fp16.onnx.data"]
     audio = [speechlike(2.0, seed=11)]
-    same = og.compare(og.encoder_outputs(out / "encoder-model.fp16.onnx", audio, "one file"),
-                      og.encoder_outputs(tmp_path / "big" / "encoder-model.fp16.onnx", audio, "external"))
+    same = runs.compare(runs.encoder_outputs(out / "encoder-model.fp16.onnx", audio, "one file"),
+                      runs.encoder_outputs(tmp_path / "big" / "encoder-model.fp16.onnx", audio, "external"))
     assert same["rel_error_max"] == 0
 
 
@@ -140,6 +141,6 @@ def test_position_arithmetic_and_its_constants_stay_fp32(tmp_path: Path) -> None
     start = makers[next(n for n in converted.graph.node if n.op_type == "Range" and "pos_enc" in n.name).input[0]]
     assert start.op_type == "Constant" and start.attribute[0].t.data_type == onnx.TensorProto.FLOAT
     window = [speechlike(6.0, seed=3)]
-    scores = og.compare(og.encoder_outputs(tmp_path / "base" / "encoder-model.onnx", window, "fp32"),
-                        og.encoder_outputs(tmp_path / "fp16" / "encoder-model.fp16.onnx", window, "fp16"))
+    scores = runs.compare(runs.encoder_outputs(tmp_path / "base" / "encoder-model.onnx", window, "fp32"),
+                        runs.encoder_outputs(tmp_path / "fp16" / "encoder-model.fp16.onnx", window, "fp16"))
     assert scores["cosine_min"] > 0.99999, scores

@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 from onnxruntime.quantization.calibrate import load_tensors_data
 
-from stages import onnx_graph as og
-from stages.common import StageError
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant.common import StageError
 from stages.int8 import NAME, build_int8, calibrate
-from stages.patterns import fp32_matmuls
+from requant.patterns import fp32_matmuls
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder
 from tests.encoder_graph import build_encoder, save_encoder, write_windows
@@ -106,7 +107,7 @@ def test_calibration_covers_the_quantized_matmuls_only(setup: dict[str, Path], t
     augmented model copy left behind."""
     graph = og.load_graph(setup["smoothed"]).graph
     excluded = fp32_matmuls(graph)
-    cache = calibrate(setup["smoothed"], tmp_path, og.Windows(setup["windows"], "calib"), 99.999, excluded, False)
+    cache = calibrate(setup["smoothed"], tmp_path, runs.Windows(setup["windows"], "calib"), 99.999, excluded, False)
     ranges = load_tensors_data(cache)
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]
     inits = {t.name for t in graph.initializer}
@@ -181,6 +182,6 @@ def test_dynamic_int8_is_the_stock_recipe(setup: dict[str, Path], tmp_path: Path
     again = build_dynamic_int8(setup["base"], tmp_path / "dyn2", external=True)
     assert again == counts
     assert (tmp_path / "dyn2" / NAME).read_bytes() == (tmp_path / "dyn" / NAME).read_bytes()
-    session = og.open_session(tmp_path / "dyn" / NAME)
-    out = session.run(None, og.encoder_feed(session, og.Windows(setup["windows"], "heldout")[0]))
+    session = runs.open_session(tmp_path / "dyn" / NAME)
+    out = session.run(None, runs.encoder_feed(session, runs.Windows(setup["windows"], "heldout")[0]))
     assert np.isfinite(out[0]).all()

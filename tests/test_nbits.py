@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import yaml
 
 from demo.fastconformer import TINY, build_random_model
-from stages import onnx_graph as og
-from stages import patterns
-from stages.asr import VARIANTS
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant import patterns
+from requant.asr import VARIANTS
 from stages.nbits import build_nbits
-from stages.params import NbitsRecipe, load_params
+from requant.params import NbitsRecipe, load_params
 from tests.encoder_graph import speechlike
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +62,9 @@ def test_onnxruntime_runs_matmulnbits_kernels(built: dict[str, Path], name: str,
 
 def test_close_to_fp32_and_rebuilt_byte_identical(built: dict[str, Path], tmp_path: Path) -> None:
     window = [speechlike(6.0, seed=8)]
-    reference = og.encoder_outputs(built["base"], window, "fp32")
-    w8 = og.compare(reference, og.encoder_outputs(built["w8"], window, "w8"))
-    w4 = og.compare(reference, og.encoder_outputs(built["w4"], window, "w4"))
+    reference = runs.encoder_outputs(built["base"], window, "fp32")
+    w8 = runs.compare(reference, runs.encoder_outputs(built["w8"], window, "w8"))
+    w4 = runs.compare(reference, runs.encoder_outputs(built["w4"], window, "w4"))
     assert w8["cosine_min"] > 0.9999 and w4["cosine_min"] > 0.98  # random weights: no outliers, no training
     assert w8["rel_error_max"] < w4["rel_error_max"]  # 8 bits are closer than 4
     build_nbits(built["base"], tmp_path / "again", "encoder-model.w8.onnx", RECIPES["w8"])
@@ -76,4 +76,4 @@ def test_recipes_variants_and_evaluations_agree() -> None:
     variants = {v.removeprefix("nbits_") for v in VARIANTS if v.startswith("nbits_")}
     evaluated = {v.removeprefix("nbits_") for v in yaml.safe_load((ROOT / "dvc.yaml").read_text())
                  ["stages"]["evaluate"]["foreach"] if v.startswith("nbits_")}
-    assert recipes == variants == evaluated, "add a new nbits recipe to stages/asr.py VARIANTS and dvc.yaml too"
+    assert recipes == variants == evaluated, "add a new nbits recipe to requant/asr.py VARIANTS and dvc.yaml too"

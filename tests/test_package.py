@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from stages.common import StageError
+from requant.common import StageError
 from stages.package import OUT, package
 
 SOURCES = {

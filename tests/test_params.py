@@ -1,10 +1,10 @@
-"""stages/params.py: one preset switch, its overrides, and the refusals of unusable params."""
+"""requant/params.py: one preset switch, its overrides, and the refusals of unusable params."""
 
 from __future__ import annotations
 
 import pytest
 
-from stages.params import ParamsError, load_params
+from requant.params import ParamsError, load_params
 from tests.params_helpers import PARAMS_YAML, make_params, raw_params
 
 

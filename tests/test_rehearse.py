@@ -11,13 +11,13 @@ from pathlib import Path
 from bench.rehearse import REPO_ID, REVISION, place_twin_in_hf_cache
 from demo.fastconformer import TINY, build_random_model
 from demo.export import quantize_stock
-from stages.common import sha256_file
+from requant.common import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = f"""
 from pathlib import Path
 from stages.base_model import build_base_model
-from stages.params import ModelParams
+from requant.params import ModelParams
 build_base_model(ModelParams(hf_repo="{REPO_ID}", hf_revision="{REVISION}", demo_dir="unused"), is_demo=False,
                  out_dir=Path("base"))
 """

@@ -4,7 +4,6 @@ The remote is a local folder here; the README shows the same with S3 or SSH."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 

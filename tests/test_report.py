@@ -1,4 +1,4 @@
-"""Metric files, plot and model card from evaluation results (stages/report.py, stages/model_card.py)."""
+"""Metric files, plot and model card from evaluation results (stages/report.py, requant/model_card.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import StageError, write_json
+from requant.common import StageError, write_json
 from stages.evaluate import score_sections
-from stages.params import parse_params
+from requant.params import parse_params
 from stages.report import CARD_FILE, COST_FILE, PLOT_FILE, RESULTS_FILE, WER_FILE, build_report
-from stages.scoring import Section
+from requant.scoring import Section
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = [Section(0, 0.0, 60.0), Section(1, 60.0, 120.0), Section(2, 120.0, 150.0)]

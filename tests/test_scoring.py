@@ -1,11 +1,11 @@
-"""Sections, token-to-section assignment, normalisation and WER arithmetic (stages/scoring.py)."""
+"""Sections, token-to-section assignment, normalisation and WER arithmetic (requant/scoring.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from stages.common import StageError
-from stages.scoring import (
+from requant.common import StageError
+from requant.scoring import (
     Counts,
     Section,
     corpus_wer,

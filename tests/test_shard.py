@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from stages import onnx_graph as og
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
 from stages import shard as shard_stage
-from stages.common import StageError
+from requant.common import StageError
 from stages.shard import shard_encoder
 from tests.encoder_graph import build_encoder, save_encoder, speechlike
 
@@ -24,8 +25,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(path: Path, audio: np.ndarray) -> list[np.ndarray]:
-    session = og.open_session(path)
-    return session.run(None, og.encoder_feed(session, audio))
+    session = runs.open_session(path)
+    return session.run(None, runs.encoder_feed(session, audio))
 
 
 def _without_locations(model: onnx.ModelProto) -> bytes:

@@ -10,8 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from stages import onnx_graph as og
-from stages.common import StageError
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant.common import StageError
 from stages.smoothquant import smooth_encoder, smoothing_scale
 from tests.encoder_graph import build_encoder, save_encoder, write_windows
 
@@ -45,11 +46,11 @@ def test_counts_follow_the_graph(smoothed: tuple[Path, Path, Path, dict]) -> Non
 
 def test_smoothing_is_exact_in_fp32(smoothed: tuple[Path, Path, Path, dict]) -> None:
     base, out, windows, _ = smoothed
-    heldout = og.Windows(windows, "heldout")
-    before, after = og.encoder_outputs(base, heldout, "fp32"), og.encoder_outputs(out, heldout, "smoothed")
+    heldout = runs.Windows(windows, "heldout")
+    before, after = runs.encoder_outputs(base, heldout, "fp32"), runs.encoder_outputs(out, heldout, "smoothed")
     for a, b in zip(before, after):
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-5
-    assert og.compare(before, after)["rel_error_max"] > 0  # the weights did change
+    assert runs.compare(before, after)["rel_error_max"] > 0  # the weights did change
 
 
 def test_fold_went_into_layernorms_and_muls_were_counted(smoothed: tuple[Path, Path, Path, dict]) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.audio import read_wav, write_wav
-from stages.common import StageError, read_json
+from requant.audio import read_wav, write_wav
+from requant.common import StageError, read_json
 from stages.windows import build_windows, select_windows
 
 RATE = 100  # samples per second: selection only needs lengths

@@ -24,7 +24,7 @@ def make_project(dest: Path, **changes: Any) -> Path:
     """stages/, demo/ (with the model), params.yaml (crops of a few seconds) and dvc.yaml in dest."""
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", ".work", "*.pyc")
-    for folder in ("stages", "demo"):
+    for folder in ("requant", "stages", "demo"):
         shutil.copytree(SOURCE / folder, dest / folder, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore", ".dvc/config"):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)

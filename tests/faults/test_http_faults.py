@@ -66,7 +66,7 @@ def _download_processes(marker: str) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if proc.name.isdigit() and "stages.download" in cmdline and marker in cmdline:
+        if proc.name.isdigit() and "requant.download" in cmdline and marker in cmdline:
             found.append(int(proc.name))
     return found
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 import soundfile as sf
 
-from stages.audio import decode_audio
+from requant.audio import decode_audio
 from tests.audio_helpers import make_silence, make_tone
 from tests.faults.helpers import error_line, make_project, nothing_under, read_params, run_stage, succeeds, \
     write_params

@@ -42,7 +42,7 @@ def fail(message: str) -> NoReturn:
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a stage entry point: log to stderr, and turn StageError/ParamsError, and OSError from a full
     or read-only disk, into one line and exit 1."""
-    from stages.params import ParamsError
+    from requant.params import ParamsError
 
     setup_logging()
     signal.signal(signal.SIGTERM, _stop)  # unwind (removing temporary outputs) instead of dying mid-write

@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from stages.common import fail
+from requant.common import fail
 
 SAMPLE_RATE = 16_000
 SILENCE_RMS = 1e-4  # about -80 dBFS: nothing audible in the whole clip

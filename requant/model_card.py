@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.params import Params
+from requant.params import Params
 
 LABELS = {
     "fp32": "fp32 (unchanged)",

@@ -1,5 +1,5 @@
-"""Shared ONNX helpers for the transform stages: graphs without weight bytes, streamed external data,
-sessions that read weights where they lie, and encoder runs over audio windows.
+"""ONNX graphs and their weights for the transform stages: graphs without weight bytes, MatMul classes,
+streamed external data, and models written tensor by tensor (sessions and encoder runs: encoder_runs.py).
 
 Parakeet's fp32 encoder is 2.4 GB, above protobuf's 2 GB limit, so nothing here loads all weights into
 one proto: graphs are read without their external data, tensors are read one at a time, and models are
@@ -9,7 +9,6 @@ written by streaming each tensor's bytes into fresh data files.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -20,20 +19,15 @@ from typing import BinaryIO
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
-from stages.features import features
-from stages.common import fail
+from requant.common import fail
 
 log = logging.getLogger(__name__)
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: the largest single .onnx file protobuf can write or read
 CHUNK = 16 << 20  # bytes per read/write when copying tensor data
-ENCODER_INPUTS = ("audio_signal", "length")
-ENCODER_OUTPUT = "outputs"
-EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 # Bytes: smaller models are written as one .onnx file, larger ones keep their weights in a .data file.
 # onnxruntime parses a one-file model whole, and glibc keeps the freed parse buffers: the Parakeet-size
 # int8 encoder (840 MB) sat at 1.93 GB RSS after loading as one file, 0.71 GB from external data.
@@ -286,93 +280,3 @@ def quantizer_scratch(folder: Path) -> Iterator[None]:
     finally:
         tempfile.tempdir = previous_dir
         root.setLevel(previous_level)
-
-
-# --- sessions and encoder runs ------------------------------------------------------------------
-
-
-def open_session(model: Path | onnx.ModelProto, weights_dir: Path | None = None,
-                 arena: bool = True) -> ort.InferenceSession:
-    """A CPU session from a path, or from an in-memory graph whose external weights lie in weights_dir
-    (read there by onnxruntime: no copy of the weights is made). arena=False returns each run's memory
-    to the system (for sessions kept open side by side)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = arena
-    if isinstance(model, onnx.ModelProto):
-        options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(Path(weights_dir or ".").resolve()))
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-
-
-def encoder_feed(session: ort.InferenceSession, audio: np.ndarray) -> dict[str, np.ndarray]:
-    names = [i.name for i in session.get_inputs()]
-    if sorted(names) != sorted(ENCODER_INPUTS):
-        fail(f"the model's inputs are {names}; expected {list(ENCODER_INPUTS)} (Parakeet's encoder layout)")
-    signal, length = features(audio)
-    return {"audio_signal": signal, "length": length}
-
-
-def encoder_outputs(model: Path, windows: Sequence[np.ndarray], desc: str) -> list[np.ndarray]:
-    """The encoder's `outputs` for each window (one session, released before returning)."""
-    session = open_session(model)
-    return [session.run([ENCODER_OUTPUT], encoder_feed(session, w))[0] for w in tqdm(windows, desc=desc, unit="win")]
-
-
-def compare(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> dict[str, float]:
-    """Cosine similarity and relative L2 error per window against the reference, summarised."""
-    cosines, errors = [], []
-    for ref, out in zip(reference, outputs, strict=True):
-        if ref.shape != out.shape:
-            fail(f"encoder output shape {out.shape} differs from the reference's {ref.shape}")
-        for name, values in (("reference", ref), ("compared", out)):
-            if not np.isfinite(values).all():
-                fail(f"the {name} encoder's output holds NaN or infinite values: its weights or the graph are "
-                     "broken; rebuild it (dvc repro) and check models/base")
-        a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
-        norm = np.linalg.norm(a) * np.linalg.norm(b)
-        cosines.append(float(a @ b / norm) if norm else float(np.array_equal(a, b)))
-        errors.append(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)))
-    return {
-        "cosine_min": round_sig(min(cosines)),
-        "cosine_mean": round_sig(float(np.mean(cosines))),
-        "rel_error_max": round_sig(max(errors)),
-        "rel_error_mean": round_sig(float(np.mean(errors))),
-    }
-
-
-def round_sig(value: float, digits: int = 9) -> float:
-    """Round to significant digits so that JSON figures read well and compare stably."""
-    return float(f"{value:.{digits}g}")
-
-
-# --- audio windows ------------------------------------------------------------------------------
-
-
-class Windows(Sequence[np.ndarray]):
-    """The 30 s windows of one split, read lazily from the memory-mapped windows.npy."""
-
-    def __init__(self, windows_dir: Path, split: str, limit: int = 0) -> None:
-        array_path, index_path = Path(windows_dir) / "windows.npy", Path(windows_dir) / "index.json"
-        for path in (array_path, index_path):
-            if not path.is_file():
-                fail(f"{path} not found; run `dvc repro windows` first")
-        self._array = np.load(array_path, mmap_mode="r")
-        index = json.loads(index_path.read_text())
-        if len(index) != len(self._array):
-            fail(f"{index_path} lists {len(index)} windows but {array_path} holds {len(self._array)}; rerun windows")
-        rows = [i for i, entry in enumerate(index) if entry.get("split") == split]
-        if not rows:
-            fail(f"{windows_dir} has no '{split}' windows; check the windows params (count, heldout_per_speaker)")
-        if 0 < limit < len(rows):  # evenly spread, so every speaker stays represented
-            rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, limit).round().astype(int))]
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return np.asarray(self._array[self.rows[i]], dtype=np.float32)
-

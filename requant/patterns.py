@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from stages import onnx_graph as og
+from requant import onnx_graph as og
 
 LENGTHS_OUTPUT = "encoded_lengths"
 FRAME_SECONDS = 0.08  # 8x subsampling of 10 ms feature frames

@@ -10,8 +10,8 @@ import soundfile as sf
 import onnx_asr
 from onnx_asr.adapters import TimestampedResultsAsrAdapter
 
-from stages.common import fail
-from stages.features import SAMPLE_RATE
+from requant.common import fail
+from requant.features import SAMPLE_RATE
 
 
 # --- Variants and speech recognition through onnx-asr -------------------------------------------

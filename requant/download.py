@@ -16,9 +16,9 @@ from yt_dlp import YoutubeDL
 from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 from yt_dlp.utils import DownloadError, download_range_func
 
-from stages.audio import decode_audio
-from stages.common import StageError, child_process, fail
-from stages.params import FetchParams
+from requant.audio import decode_audio
+from requant.common import StageError, child_process, fail
+from requant.params import FetchParams
 
 log = logging.getLogger("pipeline.download")
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def _attempt(url: str, dest: Path, start_s: float, crop_s: float, fetch: FetchPa
     """One yt-dlp run in a child process group: {"duration": s} or {"error": one line}."""
     job = {"url": url, "dest": str(dest), "start_s": start_s, "crop_s": crop_s, "socket_timeout": fetch.timeout_s}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    with child_process([sys.executable, "-m", "stages.download", json.dumps(job)], env=env) as proc:
+    with child_process([sys.executable, "-m", "requant.download", json.dumps(job)], env=env) as proc:
         try:
             out, err = proc.communicate(timeout=fetch.attempt_timeout_s)
         except subprocess.TimeoutExpired:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import jiwer
 from onnx_asr.asr import _AsrWithDecoding
 
-from stages.common import fail
+from requant.common import fail
 
 NORMALIZATIONS = ("raw", "lower_nopunct")
 MIN_TAIL_S = 1.0  # a last section shorter than this is folded into the one before it

@@ -1,0 +1,1 @@
+"""The pipeline's library: everything the stage entry points in stages/ share."""
