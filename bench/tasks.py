@@ -59,7 +59,7 @@ def smoothquant(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     phases = {
         "statistics": "stages.smoothquant:activation_absmax",
         "write": "requant.onnx_graph:write_model",
-        "fp32_checks": "requant.onnx_graph:encoder_outputs",
+        "fp32_checks": "requant.encoder_runs:encoder_outputs",
     }
     with instrumented(meter, phases):
         summary = smooth_encoder(Path(args["src"]), Path(args["dst_dir"]), Path(args["windows_dir"]), args["alpha"])
@@ -75,7 +75,7 @@ def int8_static(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
         "ort_load_shape_inference": "onnxruntime.quantization.quantize:load_model_with_shape_infer",
         "ort_quantize_rewrite": "onnxruntime.quantization.qdq_quantizer:QDQQuantizer.quantize_model",
         "save": "requant.onnx_graph:save_self_contained_if_small",
-        "checks": "requant.onnx_graph:encoder_outputs",
+        "checks": "requant.encoder_runs:encoder_outputs",
     }
     with instrumented(meter, phases):
         fidelity = build_int8(Path(args["src"]), Path(args["dst_dir"]), Path(args["windows_dir"]), args["percentile"],

@@ -32,7 +32,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _mount(*args: str) -> bool:
-    if os.geteuid() != 0:
+    """mount(8) as root; False where it is missing or not permitted (the case is then skipped)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
     return subprocess.run(["mount", *args], capture_output=True, timeout=60).returncode == 0
 
@@ -46,7 +47,7 @@ def small_disk(project: Path) -> Path:
     if not _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)):
         pytest.skip("needs root to mount a small tmpfs")
     yield target
-    subprocess.run(["umount", str(target)], check=True, timeout=60)
+    subprocess.run(["umount", str(target)], check=False, timeout=60)
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def read_only(project: Path) -> Path:
         target.chmod(0o755)
         return
     yield target
-    subprocess.run(["umount", str(target)], check=True, timeout=60)
+    subprocess.run(["umount", str(target)], check=False, timeout=60)
 
 
 def test_disk_full_is_one_line_naming_the_output(project: Path, small_disk: Path) -> None:
