@@ -12,6 +12,7 @@ Writes metrics/diagnosis.json and a heatmap (MatMul x length) per variant.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +29,7 @@ from requant import onnx_graph as og  # noqa: E402
 from requant.asr import VARIANTS  # noqa: E402
 from requant.audio import read_wav  # noqa: E402
 from requant.common import atomic_path, fail, run_cli, write_json  # noqa: E402
-from requant.features import SAMPLE_RATE  # noqa: E402
+from requant.features import SAMPLE_RATE, features  # noqa: E402
 from requant.params import load_params  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ BASE, SMOOTHED = Path("models/base/encoder-model.onnx"), Path("models/smoothed/e
 SOURCES = {"int8_smoothquant": SMOOTHED}  # every other quantized variant was made from the base encoder
 DIAGNOSED = ("int8_smoothquant", "int8_dynamic", "int8_stock", "nbits_w8", "nbits_w4")
 AUDIO_DIR, METRICS, PLOTS = Path("data/audio"), Path("metrics/diagnosis.json"), Path("metrics/plots")
+CAPTURE_BYTES = 1 << 30  # fp32 activations captured per run
 
 
 def relative_error(reference: np.ndarray, value: np.ndarray) -> float:
@@ -86,39 +88,62 @@ def _probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     return probe
 
 
-def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dict[float, np.ndarray]) -> dict:
+def _chunks(graph: onnx.GraphProto, matmuls: dict[str, tuple[str, str]], frames: int) -> list[list[str]]:
+    """MatMuls grouped so that one fp32 run captures at most CAPTURE_BYTES of their inputs and outputs."""
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    weight = {n.name: n.input[1] for n in graph.node if n.name in matmuls}
+    chunks, used = [[]], 0
+    for matmul in matmuls:
+        size = frames * sum(dims[weight[matmul]]) * 4  # input [T, K] + output [T, N], float32
+        if chunks[-1] and used + size > CAPTURE_BYTES:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(matmul)
+        used += size
+    return chunks
+
+
+def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dict[float, np.ndarray],
+             scratch: Path) -> dict:
     """Per-MatMul and encoder-output relative errors of each variant (name -> (its fp32 source, its file))
-    at each clip length. Lengths are the outer loop so that each source's fp32 run serves every variant
-    made from it, and only one length's activations are in memory at a time."""
-    pairs, kernels, passes = {}, {}, {}
+    at each clip length. Each source's fp32 run serves every variant made from it; activations are
+    captured a chunk of MatMuls at a time and every session is dropped after use, so memory stays
+    bounded at Parakeet size (217 MatMuls at 390 s hold about 13 GB of activations)."""
+    pairs, kernels = {}, {}
     for name, (source_path, variant_path) in variants.items():
-        # the fp32 source stays on disk (2.4 GB at Parakeet size); quantized variants are under 2 GB
-        variant = onnx.load(str(variant_path))
+        variant = onnx.load(str(variant_path))  # quantized variants are under 2 GB; the source stays on disk
         pairs[name] = quantized_matmuls(og.load_graph(source_path), variant)
         if not pairs[name]:
             fail(f"{variant_path}: no quantized MatMul found against {source_path}; is it a quantized variant?")
-        kernels[name] = {m: runs.open_session(subgraph(variant, x, y), arena=False) for m, (x, y) in pairs[name].items()}
-        passes[name] = runs.open_session(variant_path, arena=False)
-    sources = {path for path, _ in variants.values()} | {reference}
-    probes = {}
-    for path in sources:
-        wanted = {t for name, (src, _) in variants.items() if src == path for pair in pairs[name].values() for t in pair}
-        probes[path] = runs.open_session(_probe(og.load_graph(path), ["outputs", *sorted(wanted)]), path.parent,
-                                       arena=False)
+        for i, (matmul, (x, y)) in enumerate(pairs[name].items()):
+            kernels[name, matmul] = scratch / f"{name}.{i}.onnx"
+            onnx.save(subgraph(variant, x, y), str(kernels[name, matmul]))
+        del variant
     result = {name: {"source": src.as_posix(), "output_rel_error": {}, "matmuls": {m: {} for m in pairs[name]}}
               for name, (src, _) in variants.items()}
     for seconds, audio in tqdm(clips.items(), desc="diagnose", unit="length"):
         key = f"{seconds:g}"
-        feed = runs.encoder_feed(probes[reference], audio)
-        values = {path: dict(zip([o.name for o in probe.get_outputs()], probe.run(None, feed)))
-                  for path, probe in probes.items()}
-        for name, (src, _) in variants.items():
-            for matmul, (x, y) in pairs[name].items():
-                got = kernels[name][matmul].run(None, {x: values[src][x]})[0]
-                result[name]["matmuls"][matmul][key] = runs.round_sig(relative_error(values[src][y], got), 4)
-            out = passes[name].run(["outputs"], feed)[0]
-            result[name]["output_rel_error"][key] = runs.round_sig(relative_error(values[reference]["outputs"], out), 4)
-        del values
+        signal, length = features(audio)
+        feed = {"audio_signal": signal, "length": length}
+        expected = runs.open_session(reference, arena=False).run(["outputs"], feed)[0]
+        for name, (_, variant_path) in variants.items():
+            out = runs.open_session(variant_path, arena=False).run(["outputs"], feed)[0]
+            result[name]["output_rel_error"][key] = runs.round_sig(relative_error(expected, out), 4)
+        for source in dict.fromkeys(src for src, _ in variants.values()):
+            graph = og.load_graph(source)
+            made = [name for name, (src, _) in variants.items() if src == source]
+            matmuls = {m: pair for name in made for m, pair in pairs[name].items()}
+            for chunk in _chunks(graph.graph, matmuls, int(signal.shape[2]) // 8 + 1):
+                tensors = sorted({t for m in chunk for t in matmuls[m]})
+                probe = runs.open_session(_probe(graph, tensors), source.parent, arena=False)
+                values = dict(zip(tensors, probe.run(tensors, feed)))
+                del probe
+                for name in made:
+                    for matmul in (m for m in chunk if m in pairs[name]):
+                        x, y = pairs[name][matmul]
+                        got = runs.open_session(kernels[name, matmul], arena=False).run(None, {x: values[x]})[0]
+                        result[name]["matmuls"][matmul][key] = runs.round_sig(relative_error(values[y], got), 4)
+                del values
     return result
 
 
@@ -167,7 +192,9 @@ def main() -> None:
     report = {"audio": f"calibration speech '{longest}'", "lengths_s": sorted(clips),
               "break_rel_error": params.diagnose.break_rel_error, "variants": {}}
     variants = {name: (SOURCES.get(name, BASE), VARIANTS[name].folder / VARIANTS[name].name) for name in DIAGNOSED}
-    for name, result in diagnose(variants, BASE, clips).items():
+    with tempfile.TemporaryDirectory(prefix="diagnose-") as scratch:
+        results = diagnose(variants, BASE, clips, Path(scratch))
+    for name, result in results.items():
         result |= summarize(result, params.diagnose.break_rel_error)
         report["variants"][name] = result
         heatmap(result, name, PLOTS / f"diagnosis_{name}.png")

@@ -42,7 +42,8 @@ def test_an_injected_bad_layer_is_ranked_first(models: dict[str, Path], tmp_path
     bad = tmp_path / "bad" / NAME
     _inject(models["dyn"], bad)
     clips = {2.0: speechlike(2.0, seed=1), 4.0: speechlike(4.0, seed=1)}
-    result = diagnose({"good": (models["base"], models["dyn"]), "bad": (models["base"], bad)}, models["base"], clips)
+    result = diagnose({"good": (models["base"], models["dyn"]), "bad": (models["base"], bad)}, models["base"], clips,
+                      tmp_path)
     for name in result:
         result[name] |= summarize(result[name], threshold=0.5)
     base_graph = og.load_graph(models["base"]).graph
@@ -78,3 +79,18 @@ def test_mixed_keeps_exactly_the_top_k_in_fp32(models: dict[str, Path], tmp_path
         most_sensitive(diagnosis, 999)
     with pytest.raises(StageError, match="run `dvc repro diagnose` first"):
         most_sensitive(tmp_path / "none.json", 1)
+
+
+def test_captures_in_chunks_give_the_same_figures(models: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parakeet's activations at 390 s do not fit in memory at once: one MatMul per fp32 run must give
+    exactly what one run for all gives."""
+    import stages.diagnose as diagnose_stage
+
+    clips = {3.0: speechlike(3.0, seed=2)}
+    variants = {"dyn": (models["base"], models["dyn"])}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole = diagnose(variants, models["base"], clips, tmp_path / "a")
+    monkeypatch.setattr(diagnose_stage, "CAPTURE_BYTES", 1)
+    assert diagnose(variants, models["base"], clips, tmp_path / "b") == whole
