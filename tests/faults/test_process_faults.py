@@ -38,12 +38,17 @@ def _mount(*args: str) -> bool:
     return subprocess.run(["mount", *args], capture_output=True, timeout=60).returncode == 0
 
 
-@pytest.fixture
-def small_disk(project: Path) -> Path:
-    """models/variants on a 1 MB tmpfs (root only: mount needs it)."""
+def _empty_variants(project: Path) -> Path:
     target = project / "models" / "variants"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
+    return target
+
+
+@pytest.fixture
+def small_disk(project: Path) -> Path:
+    """models/variants on a 1 MB tmpfs (root only: mount needs it)."""
+    target = _empty_variants(project)
     if not _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)):
         pytest.skip("needs root to mount a small tmpfs")
     yield target
@@ -52,9 +57,8 @@ def small_disk(project: Path) -> Path:
 
 @pytest.fixture
 def read_only(project: Path) -> Path:
-    target = project / "models" / "variants"
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
+    """models/variants read-only: a read-only tmpfs as root, a 0555 folder otherwise."""
+    target = _empty_variants(project)
     if not _mount("-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)):
         target.chmod(0o555)  # not root: a plain read-only folder (root would write through it)
         if os.geteuid() == 0:
