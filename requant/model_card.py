@@ -88,21 +88,20 @@ def cost_table(evals: dict[str, dict[str, Any]]) -> str:
     return table(["encoder", "size (MB)", "session load (s)", "peak RSS (MB)", "RSS over baseline (MB)", "RTF"], rows)
 
 
-def _twin(bench: Any, name: str) -> list[str]:
-    """'pass s / peak GB' at 30, 120 and 390 s on the Parakeet-size twin (metrics/bench.json), if measured."""
+def _twin_passes(bench: Any, name: str) -> tuple[dict, dict[int, dict]]:
+    """A variant's entry in metrics/bench.json (the Parakeet-size twin) and its passes by length in s."""
     variant = (bench or {}).get("variants", {}).get(name) if isinstance(bench, dict) else None
+    return variant or {}, {round(p["audio_s"]): p for p in (variant or {}).get("passes", [])}
+
+
+def _twin(bench: Any, name: str) -> list[str]:
+    """'pass s / peak GB' at 30, 120 and 390 s on the twin, if measured."""
+    variant, passes = _twin_passes(bench, name)
     if not variant:
         return ["–"] * 4
-    passes = {round(p["audio_s"]): p for p in variant.get("passes", [])}
     cells = [f"{passes[s]['pass_s']:.1f} s / {passes[s]['peak_rss_mb'] / 1e3:.2f} GB" if s in passes else "–"
              for s in (30, 120, 390)]
     return [f"{variant['encoder_mb']:.0f}", *cells]
-
-
-def _twin_pass_s(bench: Any, name: str, seconds: int = 120) -> float | None:
-    variant = (bench or {}).get("variants", {}).get(name) if isinstance(bench, dict) else None
-    passes = {round(p["audio_s"]): p["pass_s"] for p in (variant or {}).get("passes", [])}
-    return passes.get(seconds)
 
 
 def recommendations(evals: dict[str, dict[str, Any]], bench: Any = None,
@@ -118,8 +117,8 @@ def recommendations(evals: dict[str, dict[str, Any]], bench: Any = None,
         def size(n: str) -> float:
             return close[n]["cost"]["encoder_mb"]
 
-        twin = {n: _twin_pass_s(bench, n) for n in close}
-        timed = {n: t for n, t in twin.items() if t is not None}
+        twin = {n: _twin_passes(bench, n)[1].get(120) for n in close}
+        timed = {n: t["pass_s"] for n, t in twin.items() if t is not None}
         where = "Parakeet-size twin, 120 s pass" if timed else "this model's pass"
         fastest = min(timed, key=timed.get) if timed else min(close, key=lambda n: close[n]["cost"]["rtf"])
         picks.append((f"CPU (fastest within {tolerance_pt:g} pt of fp32; {where})", fastest))

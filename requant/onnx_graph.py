@@ -106,6 +106,30 @@ def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output if out}
 
 
+def upstream(graph: onnx.GraphProto, tensor: str, stop: str = "") -> list[onnx.NodeProto]:
+    """The nodes that compute `tensor` (not looking past `stop`, a tensor fed from outside), in graph order."""
+    makers = producers(graph)
+    needed, pending = set(), [tensor]
+    while pending:
+        node = makers.get(pending.pop())
+        if node is not None and node.name not in needed:
+            needed.add(node.name)
+            pending.extend(name for name in node.input if name and name != stop)
+    return [node for node in graph.node if node.name in needed]
+
+
+def extract(model: onnx.ModelProto, target: str, source: str = "") -> onnx.ModelProto:
+    """`target` and the nodes computing it, from the float input `source` (or from constants alone), as a
+    model of its own with the initializers it reads. (onnx's Extractor needs inferred shapes, which the
+    encoder's Reshapes lack.)"""
+    nodes = upstream(model.graph, target, source)
+    read = {name for node in nodes for name in node.input}
+    inputs = [helper.make_tensor_value_info(source, onnx.TensorProto.FLOAT, None)] if source else []
+    output = helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "extract", inputs, [output], [t for t in model.graph.initializer if t.name in read])
+    return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+
+
 def name_nodes(graph: onnx.GraphProto) -> int:
     """Give every unnamed node a unique, deterministic name (quantizers exclude nodes by name)."""
     taken = {node.name for node in graph.node if node.name}

@@ -12,7 +12,6 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from requant import onnx_graph as og
 
@@ -78,14 +77,7 @@ def fp32_islands(model: onnx.ModelProto) -> list[str]:
 
 def length_path(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The nodes that compute `encoded_lengths`, in graph order."""
-    makers = og.producers(graph)
-    needed, stack = set(), [LENGTHS_OUTPUT]
-    while stack:
-        node = makers.get(stack.pop())
-        if node is not None and node.name not in needed:
-            needed.add(node.name)
-            stack.extend(name for name in node.input if name)
-    return [node for node in graph.node if node.name in needed]
+    return og.upstream(graph, LENGTHS_OUTPUT)
 
 
 def positional_limit(model: onnx.ModelProto) -> int | None:
@@ -119,18 +111,7 @@ def _evaluate_constant(model: onnx.ModelProto, tensor: str) -> np.ndarray:
     """Compute a tensor that depends on constants only (a positional table built in the graph)."""
     from onnx.reference import ReferenceEvaluator
 
-    graph = model.graph
-    makers, nodes, stack = og.producers(graph), {}, [tensor]
-    while stack:
-        node = makers.get(stack.pop())
-        if node is not None and node.name not in nodes:
-            nodes[node.name] = node
-            stack.extend(node.input)
-    read = {name for node in nodes.values() for name in node.input}
-    sub = helper.make_graph([n for n in graph.node if n.name in nodes], "constant", [],
-                            [helper.make_empty_tensor_value_info(tensor)],
-                            [t for t in graph.initializer if t.name in read and not og.is_external(t)])
-    return ReferenceEvaluator(helper.make_model(sub, opset_imports=model.opset_import)).run(None, {})[0]
+    return ReferenceEvaluator(og.extract(model, tensor)).run(None, {})[0]
 
 
 def fp32_matmuls(graph: onnx.GraphProto) -> list[str]:

@@ -62,24 +62,6 @@ def quantized_matmuls(source: onnx.ModelProto, variant: onnx.ModelProto) -> dict
     return found
 
 
-def subgraph(model: onnx.ModelProto, source: str, target: str) -> onnx.ModelProto:
-    """The nodes computing `target` from `source` (and constants) as a model of their own: one quantized
-    MatMul as the variant runs it. (onnx's Extractor needs inferred shapes the encoder's Reshapes lack.)"""
-    makers = og.producers(model.graph)
-    needed, stack = {}, [target]
-    while stack:
-        node = makers.get(stack.pop())
-        if node is not None and node.name not in needed:
-            needed[node.name] = node
-            stack.extend(name for name in node.input if name and name != source)
-    read = {name for node in needed.values() for name in node.input}
-    graph = helper.make_graph([n for n in model.graph.node if n.name in needed], "matmul",
-                              [helper.make_tensor_value_info(source, onnx.TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info(target, onnx.TensorProto.FLOAT, None)],
-                              [t for t in model.graph.initializer if t.name in read])
-    return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
-
-
 def _probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -117,7 +99,8 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
             fail(f"{variant_path}: no quantized MatMul found against {source_path}; is it a quantized variant?")
         for i, (matmul, (x, y)) in enumerate(pairs[name].items()):
             kernels[name, matmul] = scratch / f"{name}.{i}.onnx"
-            onnx.save(subgraph(variant, x, y), str(kernels[name, matmul]))
+            # one quantized MatMul as the variant runs it: its Q/DQ, MatMulInteger or MatMulNBits subgraph
+            onnx.save(og.extract(variant, y, x), str(kernels[name, matmul]))
         del variant
     result = {name: {"source": src.as_posix(), "output_rel_error": {}, "matmuls": {m: {} for m in pairs[name]}}
               for name, (src, _) in variants.items()}
