@@ -35,6 +35,7 @@ REPO_ID = "istupakov/parakeet-tdt-0.6b-v3-onnx"
 REVISION = "deadbeef" * 5  # a commit hash that is not the pinned one: no sha256 pins apply
 PROJECT = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "requant", "stages", "demo", "bench")
 STAGE_TIMEOUT_S = 3600  # a stage of the Parakeet-size twin takes minutes; an hour means it hangs
+CORPUS_UTTERANCES = 40  # French short utterances in eval_corpus/ (the stage would fetch FLEURS otherwise)
 GB = 1e9
 # the largest descendant's peak RSS (KiB on Linux), measured around one command by a fresh interpreter
 MEASURE = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
@@ -52,6 +53,7 @@ def copy_project(repo: Path) -> None:
         else:
             shutil.copyfile(src, dst)
     (repo / "calibration_audio").mkdir()
+    (repo / "eval_corpus").mkdir()
 
 
 def place_twin_in_hf_cache(twin: Path, hf_home: Path) -> Path:
@@ -72,18 +74,25 @@ def place_twin_in_hf_cache(twin: Path, hf_home: Path) -> Path:
 
 
 def write_audio(repo: Path, params: dict, seed: int) -> None:
-    """The calibration speeches into calibration_audio/, and a 390 s evaluation clip with its text,
-    all synthesized with demo voices (the eval clip's voice and sentences are not the speeches')."""
-    from demo.synth import SAMPLE_RATE, make_speech
+    """The calibration speeches into calibration_audio/, a 390 s evaluation clip with its text, and a
+    French short-utterance manifest in eval_corpus/, all synthesized with demo voices (the evaluation's
+    voices and sentences are not the speeches')."""
+    from demo.synth import SAMPLE_RATE, make_speech, synthesize
+    from demo.text import sentences
 
     for i, (name, speech) in enumerate(params["speeches"].items()):
         audio, _ = make_speech(speech["lang"], speech["demo_voice"], float(speech["crop_s"]), seed + i)
         soundfile.write(repo / "calibration_audio" / f"{name}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
-    clip = params["eval_clip"]
+    clip = params["eval_clips"]["jfk"]
     audio, text = make_speech(clip["lang"], clip["demo_voice"], float(clip["crop_s"]), seed + 100,
                               text_seed_offset=1000)
     soundfile.write(repo / "eval_clip.wav", audio, SAMPLE_RATE, subtype="PCM_16")
     (repo / "eval_clip.txt").write_text(text + "\n")
+    rows = ["audio,text,lang"]
+    for i, sentence in enumerate(sentences("fr", CORPUS_UTTERANCES, seed + 200)):
+        soundfile.write(repo / "eval_corpus" / f"{i:03d}.wav", synthesize(sentence, "fr+f2"), SAMPLE_RATE)
+        rows.append(f"{i:03d}.wav,{sentence},fr_fr")
+    (repo / "eval_corpus" / "manifest.csv").write_text("\n".join(rows) + "\n")
 
 
 def stage_order(repo: Path, env: dict[str, str]) -> list[str]:
@@ -125,7 +134,7 @@ def rehearse(work: Path, seed: int, layers: int) -> dict:
     write_audio(repo, params, seed)
     params["preset"] = "parakeet"
     params["model"]["hf_revision"] = REVISION
-    params["eval_clip"].update(source=str(repo / "eval_clip.wav"), transcript=str(repo / "eval_clip.txt"))
+    params["eval_clips"]["jfk"].update(source=str(repo / "eval_clip.wav"), transcript=str(repo / "eval_clip.txt"))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -141,7 +150,8 @@ def rehearse(work: Path, seed: int, layers: int) -> dict:
         variants[path.stem] = {"encoder_mb": report["cost"]["encoder_mb"], "load_s": report["cost"]["load_s"],
                                "pass_390s_s": report["cost"]["pass_s"],
                                "peak_rss_gb": round(report["cost"]["peak_rss_mb"] / 1e3, 2),
-                               "overall_wer_pct": report["overall_wer_pct"]}
+                               "overall_wer_pct": report["long"]["jfk"]["overall_wer_pct"],
+                               "corpus_wer_pct": report["corpus"]["fr_fr"]["wer_pct"]}
     return {
         "twin": {"layers": layers, "encoder_mb": twin_summary["encoder_mb"], "revision": REVISION},
         "warnings": notes,

@@ -159,23 +159,30 @@ def synthesize(text: str, voice: str, rate_wpm: int = 160, pitch: int = 50) -> n
 
 
 def make_speech(
-    lang: str, voice: str, duration_s: float, seed: int, text_seed_offset: int = 0
+    lang: str, voice: str, duration_s: float, seed: int, text_seed_offset: int = 0, rate: float = 1.0,
+    switch_every: int = 3,
 ) -> tuple[np.ndarray, str]:
     """Exactly round(duration_s * 16000) samples of generated sentences, and their transcript.
 
-    Speaking rate (140-190 wpm), pitch (50 +- 8) and the pauses (0.2-0.8 s) between sentences are
-    drawn from `seed`; the text from `seed + text_seed_offset`. A sentence that does not fit fully in
-    what is left is skipped (a later, shorter one may fit), and the end is padded with silence.
+    Speaking rate (140-190 wpm, times `rate`), pitch (50 +- 8) and the pauses (0.2-0.8 s) between
+    sentences are drawn from `seed`; the text from `seed + text_seed_offset`. Several comma-separated
+    languages and voices ("en,fr", "en-gb+f2,fr+m3") take turns every `switch_every` sentences. A
+    sentence that does not fit fully in what is left is skipped (a later, shorter one may fit), and the
+    end is padded with silence.
     """
+    langs, voices = lang.split(","), voice.split(",")
     total = round(duration_s * SAMPLE_RATE)
     rng = random.Random(f"speech:{lang}:{voice}:{seed}")
     # each sentence plus its pause lasts well over a second, so this many always suffice
-    texts = sentences(lang, int(duration_s) + 8, seed + text_seed_offset)
+    count = int(duration_s) + 8
+    texts = [sentences(code, count, seed + text_seed_offset + i) for i, code in enumerate(langs)]
+    turns = [(texts[(i // switch_every) % len(langs)][i], voices[(i // switch_every) % len(langs)])
+             for i in range(count)]
     audio = np.zeros(total, dtype=np.float32)
     spoken: list[str] = []
     pos = round(rng.uniform(0.2, 0.8) * SAMPLE_RATE)
-    for text in texts:
-        clip = synthesize(text, voice, rate_wpm=rng.randint(140, 190), pitch=50 + rng.randint(-8, 8))
+    for text, speaker in turns:
+        clip = synthesize(text, speaker, rate_wpm=round(rng.randint(140, 190) * rate), pitch=50 + rng.randint(-8, 8))
         if pos + len(clip) > total:
             continue
         audio[pos : pos + len(clip)] = clip

@@ -115,17 +115,23 @@ def transcribe(asr: TimestampedResultsAsrAdapter, audio: np.ndarray) -> Transcri
     return Transcript(result.text, list(result.tokens or []), [float(t) for t in result.timestamps or []])
 
 
+def recognize(asr: TimestampedResultsAsrAdapter, clips: list[np.ndarray]) -> list[str]:
+    """The text of each clip, transcribed together as one padded batch."""
+    results = asr.recognize([np.ascontiguousarray(a, dtype=np.float32) for a in clips], sample_rate=SAMPLE_RATE)
+    return [r.text for r in results]
+
+
 def load_clip(path: Path, max_s: float) -> np.ndarray:
-    """The evaluation clip as mono 16 kHz float32, refusing anything one pass cannot take."""
+    """An evaluation clip as mono 16 kHz float32, refusing anything one pass cannot take."""
     if not path.is_file():
-        fail(f"{path} is missing; run `dvc repro decode_eval` first")
+        fail(f"{path} is missing; run its decode_eval (or corpus) stage first: dvc repro")
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     if rate != SAMPLE_RATE or audio.shape[1] != 1:
-        fail(f"{path}: expected 16 kHz mono, got {rate} Hz x {audio.shape[1]} channel(s); re-run decode_eval")
+        fail(f"{path}: expected 16 kHz mono, got {rate} Hz x {audio.shape[1]} channel(s); re-run its decode stage")
     duration = audio.shape[0] / SAMPLE_RATE
     if duration > max_s:
         fail(
-            f"{path}: the evaluation clip lasts {duration:.1f} s, over eval.max_s={max_s:g} s "
-            "(one Parakeet pass is capped at 400 s); shorten eval_clip.crop_s"
+            f"{path}: the clip lasts {duration:.1f} s, over eval.max_s={max_s:g} s "
+            "(one Parakeet pass is capped at 400 s); shorten its crop_s in eval_clips"
         )
     return audio[:, 0].copy()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from requant.params import Params
+from requant.summary import BASELINE, MACRO, POOLED
 
 LABELS = {
     "fp32": "fp32 (unchanged)",
@@ -53,39 +54,66 @@ def preset_note(p: Params) -> str:
             "> that the pipeline works end to end; run `dvc exp run -S preset=parakeet` for Parakeet's figures.\n"
         )
     return (
-        f"> Parakeet preset: `{p.model.hf_repo}` at revision `{p.model.hf_revision}`, evaluated on the first "
-        f"{p.eval_clip.crop_s:g} s of `{p.eval_clip.source}`.\n"
+        f"> Parakeet preset: `{p.model.hf_repo}` at revision `{p.model.hf_revision}`; the long clips and the "
+        f"corpus ({', '.join(p.corpus.languages)}) are listed below.\n"
     )
 
 
-def overall_table(evals: dict[str, dict[str, Any]]) -> str:
-    rows = [
-        [LABELS[n], f"{e['cost']['encoder_mb']:.1f} MB", pct(e["overall_wer_pct"]),
-         "n/a" if e["worst_section"] is None else
-         f"{pct(e['worst_section']['wer_pct'])} ({e['worst_section']['start_s']:g}-{e['worst_section']['end_s']:g} s)",
-         pct(e["vs_truth"]["wer_pct"]) if e["vs_truth"] else "n/a", f"{e['cost']['peak_rss_mb']:.0f} MB"]
-        for n, e in evals.items()
-    ]
-    header = ["encoder", "encoder size", "overall WER", "worst section", "WER vs true transcript", "peak RSS"]
-    return table(header, rows)
+def _cell(c: dict[str, Any], baseline: bool) -> str:
+    """'5.22 (+3.87 [+1.20, +6.50])', bold where the interval excludes 0; the baseline shows its WER alone."""
+    if c["wer_pct"] is None:
+        return "n/a"
+    if baseline:
+        return f"{c['wer_pct']:.2f}"
+    text = f"{c['wer_pct']:.2f} ({c['delta_pct']:+.2f} [{c['ci_low_pct']:+.2f}, {c['ci_high_pct']:+.2f}])"
+    return f"**{text}**" if c["significant"] else text
 
 
-def sections_table(evals: dict[str, dict[str, Any]]) -> str:
-    first = next(iter(evals.values()))["sections"]
-    rows = [
-        [f"{s['start_s']:g} to {s['end_s']:g} s"] + [pct(e["sections"][i]["wer_pct"]) for e in evals.values()]
-        for i, s in enumerate(first)
-    ]
-    return table(["section"] + [LABELS[n] for n in evals], rows)
+def summary_table(summary: dict[str, dict[str, dict]]) -> str:
+    """Variant x evaluation set: WER %, its difference to fp32 and the 95 % paired bootstrap interval."""
+    sets = list(next(iter(summary.values())))
+    rows = [[LABELS.get(n, n), *(_cell(row[k], n == BASELINE) for k in sets)] for n, row in summary.items()]
+    return (table(["encoder", *sets], rows)
+            + "\nWER % (difference to fp32 in points [95 % paired bootstrap interval]); **bold**: the interval "
+            "excludes 0, a real difference rather than noise. Long clips are scored against the fp32 short-clip "
+            f"reference, per section; `{POOLED}` pools every section of every clip. Corpus languages are scored "
+            f"against the true transcripts; `{MACRO}` is the mean over languages.\n")
+
+
+def corpus_table(summary: dict[str, dict[str, dict]], evals: dict[str, dict[str, Any]]) -> str:
+    """Per language: utterances, WER and CER of every variant."""
+    langs = list(evals[BASELINE]["corpus"])
+    header = ["encoder", *(f"{lang} WER / CER" for lang in langs), f"{MACRO} WER / CER"]
+    rows = [[LABELS.get(n, n), *(f"{row[k]['wer_pct']:.2f} / {row[k]['cer_pct']:.2f}" for k in [*langs, MACRO])]
+            for n, row in summary.items()]
+    counts = ", ".join(f"{lang}: {c['utterances']}" for lang, c in evals[BASELINE]["corpus"].items())
+    return table(header, rows) + f"\nUtterances per language: {counts}.\n"
+
+
+def worst_section(e: dict[str, Any]) -> str:
+    """The worst section over every long clip: 'clip 120-180 s: 4.10%'."""
+    worst = [(c["worst_section"], clip) for clip, c in e["long"].items() if c["worst_section"] is not None]
+    if not worst:
+        return "n/a"
+    section, clip = max(worst, key=lambda w: w[0]["wer_pct"])
+    return f"{clip} {section['start_s']:g}-{section['end_s']:g} s: {pct(section['wer_pct'])}"
+
+
+def truth_wer(e: dict[str, Any]) -> float | None:
+    """Long passes against the true transcripts, pooled over the clips that have one."""
+    truths = [c["vs_truth"] for c in e["long"].values() if c["vs_truth"]]
+    words = sum(t["ref_words"] for t in truths)
+    return 100.0 * sum(t["edits"] for t in truths) / words if words else None
 
 
 def cost_table(evals: dict[str, dict[str, Any]]) -> str:
     rows = [
         [LABELS[n], f"{c['encoder_mb']:.1f}", f"{c['load_s']:.2f}", f"{c['peak_rss_mb']:.0f}",
-         f"{c['rss_delta_mb']:.0f}", f"{c['rtf']:.4f}"]
+         f"{c['rss_delta_mb']:.0f}", f"{c['rtf']:.4f}", f"{c['corpus_rtf']:.4f}"]
         for n, c in ((n, e["cost"]) for n, e in evals.items())
     ]
-    return table(["encoder", "size (MB)", "session load (s)", "peak RSS (MB)", "RSS over baseline (MB)", "RTF"], rows)
+    return table(["encoder", "size (MB)", "session load (s)", "peak RSS (MB)", "RSS over baseline (MB)",
+                  "RTF long passes", "RTF corpus"], rows)
 
 
 def _twin_passes(bench: Any, name: str) -> tuple[dict, dict[int, dict]]:
@@ -104,14 +132,19 @@ def _twin(bench: Any, name: str) -> list[str]:
     return [f"{variant['encoder_mb']:.0f}", *cells]
 
 
-def recommendations(evals: dict[str, dict[str, Any]], bench: Any = None,
+def recommendations(summary: dict[str, dict[str, dict]], evals: dict[str, dict[str, Any]], bench: Any = None,
                     tolerance_pt: float = 0.5) -> list[tuple[str, str]]:
-    """'ship this for' picks computed from the table: (use, variant) pairs. Speed comes from the twin's
-    120 s pass where every candidate was measured there (the demo model is too small to time)."""
-    fp32 = evals.get("fp32", {}).get("overall_wer_pct")
-    if fp32 is None:
+    """'ship this for' picks computed from the table: (use, variant) pairs. A candidate stays within
+    tolerance_pt of fp32 on the pooled long passes and on the corpus macro average. Speed comes from the
+    twin's 120 s pass where every candidate was measured there (the demo model is too small to time)."""
+    if BASELINE not in summary:
         return []
-    close = {n: e for n, e in evals.items() if n != "fp32" and e["overall_wer_pct"] - fp32 <= tolerance_pt}
+
+    def delta(n: str, key: str) -> float:
+        return summary[n][key]["delta_pct"] if key in summary[n] else 0.0
+
+    close = {n: evals[n] for n in summary if n != BASELINE
+             and delta(n, POOLED) <= tolerance_pt and delta(n, MACRO) <= tolerance_pt}
     picks = []
     if close:
         def size(n: str) -> float:
@@ -119,45 +152,60 @@ def recommendations(evals: dict[str, dict[str, Any]], bench: Any = None,
 
         twin = {n: _twin_passes(bench, n)[1].get(120) for n in close}
         timed = {n: t["pass_s"] for n, t in twin.items() if t is not None}
-        where = "Parakeet-size twin, 120 s pass" if timed else "this model's pass"
+        where = "Parakeet-size twin, 120 s pass" if timed else "this model's passes"
         fastest = min(timed, key=timed.get) if timed else min(close, key=lambda n: close[n]["cost"]["rtf"])
         picks.append((f"CPU (fastest within {tolerance_pt:g} pt of fp32; {where})", fastest))
         picks.append((f"smallest download (smallest within {tolerance_pt:g} pt)", min(close, key=size)))
         wasm = [n for n in close if n not in ("fp16", "fp32_sharded")]  # WASM has no fp16 kernels
         if wasm:
             picks.append((f"browser / WASM (smallest within {tolerance_pt:g} pt, no fp16)", min(wasm, key=size)))
-    low_bit = {n: e for n, e in evals.items() if n.startswith(("int8", "nbits"))}
+    low_bit = [n for n in summary if n.startswith(("int8", "nbits"))]
     if low_bit:
-        picks.append(("most accurate 8-bit or 4-bit", min(low_bit, key=lambda n: low_bit[n]["overall_wer_pct"])))
+        picks.append(("most accurate 8-bit or 4-bit (pooled long passes)",
+                      min(low_bit, key=lambda n: summary[n][POOLED]["wer_pct"])))
     return picks
 
 
-def recipe_table(evals: dict[str, dict[str, Any]], bench: Any) -> str:
+def recipe_table(summary: dict[str, dict[str, dict]], evals: dict[str, dict[str, Any]], bench: Any) -> str:
     """Every variant side by side: size, WER against fp32 and the truth, costs here and on the twin."""
-    fp32 = evals.get("fp32", {}).get("overall_wer_pct", 0.0)
-    rows = [[LABELS.get(n, n), f"{e['cost']['encoder_mb']:.1f}", pct(e["overall_wer_pct"]),
-             f"{e['overall_wer_pct'] - fp32:+.2f}", pct(e["vs_truth"]["wer_pct"]) if e["vs_truth"] else "n/a",
-             f"{e['cost']['load_s']:.2f}", f"{e['cost']['pass_s']:.1f}", f"{e['cost']['peak_rss_mb']:.0f}",
-             *_twin(bench, n)] for n, e in evals.items()]
-    header = ["encoder", "MB", "WER vs fp32", "Δ pt", "WER vs truth", "load (s)", "pass (s)", "peak RSS (MB)",
-              "twin MB", "twin 30 s", "twin 120 s", "twin 390 s"]
-    picks = "".join(f"- **{use}:** {LABELS.get(n, n)}\n" for use, n in recommendations(evals, bench))
+    def wer(n: str, key: str) -> str:
+        return _cell(summary[n][key], n == BASELINE) if key in summary[n] else "n/a"
+
+    rows = [[LABELS.get(n, n), f"{e['cost']['encoder_mb']:.1f}", wer(n, POOLED), wer(n, MACRO), worst_section(e),
+             pct(truth_wer(e)), f"{e['cost']['load_s']:.2f}", f"{e['cost']['pass_s']:.1f}",
+             f"{e['cost']['peak_rss_mb']:.0f}", *_twin(bench, n)] for n, e in evals.items()]
+    header = ["encoder", "MB", "long passes WER (Δ [95 % CI])", "corpus macro WER (Δ [95 % CI])", "worst section",
+              "long WER vs truth", "load (s)", "passes (s)", "peak RSS (MB)", "twin MB", "twin 30 s", "twin 120 s",
+              "twin 390 s"]
+    picks = "".join(f"- **{use}:** {LABELS.get(n, n)}\n" for use, n in recommendations(summary, evals, bench))
     return (table(header, rows) + "\nShip this for (computed from the table above):\n\n" + picks
-            + "\nMB, load, pass and peak RSS: this model, one pass over the evaluation clip. Twin columns: "
+            + "\nMB, load, passes and peak RSS: this model, one pass over each long clip. Twin columns: "
             "`python -m bench.cost` on the Parakeet-size random twin (pass time / peak RSS; – where not measured).\n")
 
 
 def scoring_note(p: Params, evals: dict[str, dict[str, Any]]) -> str:
-    e = next(iter(evals.values()))
+    e = evals[BASELINE]
     return (
-        f"One single pass over the whole {e['duration_s']:g} s evaluation clip per encoder (no chunking), "
-        f"greedy TDT decoding through onnx-asr with the {p.eval.decoder} decoder. The pass's words are split into "
+        f"Each long clip is transcribed in one single pass per encoder (no chunking), greedy TDT decoding "
+        f"through onnx-asr with the {p.eval.decoder} decoder. The pass's words are split into "
         f"{p.eval.section_s:g} s sections by the start time of their first token, and each section is scored "
-        f"against the fp32 encoder's transcript of that section alone as a short clip. Overall WER is corpus "
-        f"WER (total edits / total reference words). Text normalisation: `{e['normalize']}`. "
-        f"WER vs true transcript scores the whole pass against the clip's known text, when there is one. "
-        f"MB = 10^6 bytes; peak RSS is `ru_maxrss` of the evaluating process; RTF = pass time / audio time.\n"
+        f"against the fp32 encoder's transcript of that section alone as a short clip. The short utterances are "
+        f"scored against their true transcripts. WER is corpus WER (total edits / total reference words); CER "
+        f"the same in characters. Text normalisation: `{e['normalize']}`. Intervals: "
+        f"{p.eval.bootstrap_resamples} paired bootstrap draws (seed {p.eval.bootstrap_seed}) of sections or "
+        f"utterances, stratified by clip or language, the same draws for the variant and fp32. MB = 10^6 bytes; "
+        f"peak RSS is the largest long pass's own peak (VmHWM, one fresh session per clip); RTF = pass time / audio "
+        f"time.\n"
     )
+
+
+def clips_table(p: Params, evals: dict[str, dict[str, Any]]) -> str:
+    """The long clips scored: language, length and where the audio comes from."""
+    rows = [[name, p.eval_clips[name].lang, f"{c['duration_s']:g} s", len(c["sections"]),
+             f"synthesized, voice `{p.eval_clips[name].demo_voice}`, rate x{p.eval_clips[name].demo_rate:g}"
+             if p.is_demo else f"`{p.eval_clips[name].source}` from {p.eval_clips[name].start_s:g} s"]
+            for name, c in evals[BASELINE]["long"].items() if name in p.eval_clips]
+    return table(["clip", "lang", "length", "sections", "audio"], rows)
 
 
 def leaves_table(data: Any) -> str:
@@ -212,7 +260,8 @@ def params_block(p: Params) -> str:
         f"windows: {p.windows.window_s:g} s x {p.windows.count}, held out per speaker {p.windows.heldout_per_speaker}",
         f"fidelity.min_cosine: {p.fidelity.min_cosine}", f"shard.budget_mb: {p.shard.budget_mb:g}",
         f"eval: section_s {p.eval.section_s:g}, max_s {p.eval.max_s:g}, normalize {p.eval.normalize}, "
-        f"decoder {p.eval.decoder}",
+        f"decoder {p.eval.decoder}, bootstrap {p.eval.bootstrap_resamples} draws (seed {p.eval.bootstrap_seed})",
+        f"corpus: {', '.join(p.corpus.languages)}, at most {p.corpus.max_per_language or 'all'} per language",
     ]
     return "```\n" + "\n".join(lines) + "\n```\n"
 
@@ -223,29 +272,31 @@ def front_matter(p: Params) -> str:
             "tags:\n  - onnx\n  - onnx-asr\n  - smoothquant\n  - quantization\n---\n\n")
 
 
-def render_results(p: Params, evals: dict[str, dict[str, Any]], bench: Any = None) -> str:
+def render_results(p: Params, evals: dict[str, dict[str, Any]], summary: dict[str, dict[str, dict]],
+                   bench: Any = None) -> str:
     return (
-        "## Results\n\n" + preset_note(p) + "\n" + scoring_note(p, evals) + "\nEvery recipe:\n\n"
-        + recipe_table(evals, bench) + "\nOverall:\n\n" + overall_table(evals)
-        + "\nPer-section WER:\n\n" + sections_table(evals) + "\nCosts:\n\n" + cost_table(evals)
-        + "\nGenerated by `dvc repro report` from `metrics/eval/*.json`; plot: `metrics/plots/section_wer.png`.\n"
+        "## Results\n\n" + preset_note(p) + "\n" + scoring_note(p, evals) + "\nLong clips:\n\n" + clips_table(p, evals)
+        + "\nEvery recipe:\n\n" + recipe_table(summary, evals, bench)
+        + "\nEvery evaluation set:\n\n" + summary_table(summary)
+        + "\nShort utterances per language:\n\n" + corpus_table(summary, evals) + "\nCosts:\n\n" + cost_table(evals)
+        + "\nGenerated by `dvc repro report` from `metrics/eval/*.json`; every interval in "
+        "`metrics/eval_summary.json`; plots: `metrics/plots/section_wer.png`, `metrics/plots/language_wer.png`.\n"
     )
 
 
-def render_card(p: Params, evals: dict[str, dict[str, Any]], extras: dict[str, Any]) -> str:
+def render_card(p: Params, evals: dict[str, dict[str, Any]], summary: dict[str, dict[str, dict]],
+                extras: dict[str, Any]) -> str:
     name = "Tiny demo model (synthetic)" if p.is_demo else "Parakeet TDT 0.6B v3"
-    seconds = next(iter(evals.values()))["duration_s"]
-    clip = (f"a synthesized {seconds:g} s clip (voice `{p.eval_clip.demo_voice}`)" if p.is_demo
-            else f"`{p.eval_clip.source}`, {seconds:g} s from {p.eval_clip.start_s:g} s")
     missing = "(not available: its stage has not run)\n"
     return (
         front_matter(p) + f"# {name}, ONNX with a SmoothQuant int8 encoder\n\n" + preset_note(p)
         + "\nA drop-in folder in the upstream onnx-asr layout: point `onnx_asr.load_model` at it; "
         "`quantization=\"int8\"` picks the SmoothQuant encoder, `\"fp16\"` the fp16 one.\n\n"
         + "## Files\n\n" + table(["file", "what it is"], [list(f) for f in FILES])
-        + "\n## Results\n\n" + scoring_note(p, evals) + f"\nEvaluation clip: {clip}, held out of calibration.\n\n"
-        + "### Every recipe\n\n" + recipe_table(evals, extras.get("bench"))
-        + "\n### Overall\n\n" + overall_table(evals) + "\n### Per-section WER\n\n" + sections_table(evals)
+        + "\n## Results\n\n" + scoring_note(p, evals) + "\nLong clips, held out of calibration:\n\n"
+        + clips_table(p, evals) + "\n### Every recipe\n\n" + recipe_table(summary, evals, extras.get("bench"))
+        + "\n### Every evaluation set\n\n" + summary_table(summary)
+        + "\n### Short utterances per language\n\n" + corpus_table(summary, evals)
         + "\n### Costs\n\n" + cost_table(evals)
         + "\n### Fidelity of encoder outputs vs fp32 (held-out windows)\n\n"
         + (fidelity_table(extras["fidelity"]) if extras.get("fidelity") is not None else missing)
@@ -259,6 +310,6 @@ def render_card(p: Params, evals: dict[str, dict[str, Any]], extras: dict[str, A
         + "\n## How it was built\n\n"
         "A DVC pipeline (`dvc repro`): `base_model` → `smoothquant` (scales folded into the graph, exact in fp32) "
         "→ `int8` (static QDQ, per-channel weights, Percentile calibration, MatMul only) → `fidelity`; "
-        "`int8_dynamic` (the stock recipe), `fp16`, `shard`; then `reference`, `evaluate` (one process per "
-        "encoder), `report` (this card) and `package` (this folder).\n"
+        "`int8_dynamic` (the stock recipe), `fp16`, `shard`; then `reference` (per long clip), `corpus`, "
+        "`evaluate` (one process per encoder, every set), `report` (this card) and `package` (this folder).\n"
     )

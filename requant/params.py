@@ -31,13 +31,38 @@ class Speech:
 
 @dataclass(frozen=True)
 class EvalClip:
-    lang: str
-    source: str
+    """One held-out long clip, scored in a single pass (stages fetch_eval@<name> ... reference@<name>)."""
+
+    name: str
+    lang: str  # "en", "fr"; the demo's language-switching clip lists several: "en,fr"
+    source: str | None  # None: a demo-only clip, skipped by the parakeet preset
     start_s: float
     crop_s: float
-    demo_voice: str
-    transcript: str | None = None
-    name: str = "eval"
+    demo_voice: str  # one espeak-ng voice per language in `lang`, comma-separated
+    transcript: str | None = None  # a true transcript (the demo preset writes its own)
+    demo_rate: float = 1.0  # speaking-rate factor of the synthesized speech
+    demo_switch_every: int = 3  # sentences before a multi-language demo clip switches language
+
+    @property
+    def langs(self) -> list[str]:
+        return self.lang.split(",")
+
+    @property
+    def voices(self) -> list[str]:
+        return self.demo_voice.split(",")
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    """The short-utterance corpus (stage corpus): FLEURS, the demo's synthesized one, or your manifest."""
+
+    languages: list[str]  # FLEURS configs ("fr_fr"); the demo synthesizes the language of each prefix
+    max_per_language: int  # cap per language, first rows in manifest order (0: all; the demo makes this many)
+    local_dir: str  # a manifest.csv or manifest.jsonl here replaces the preset's corpus
+    fleurs_repo: str
+    fleurs_revision: str
+    fleurs_split: str  # FLEURS file stem: "dev" is the validation split
+    demo_voices: list[str]  # held-out espeak-ng voices, used in turn within each language
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,8 @@ class EvalParams:
     max_s: float
     normalize: str
     decoder: str
+    bootstrap_resamples: int = 2000  # paired bootstrap draws for each confidence interval
+    bootstrap_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,7 +153,8 @@ class Params:
     seed: int
     model: ModelParams
     speeches: dict[str, Speech]
-    eval_clip: EvalClip
+    eval_clips: dict[str, EvalClip]
+    corpus: CorpusParams
     fetch: FetchParams
     audio: AudioParams
     windows: WindowsParams
@@ -143,8 +171,12 @@ class Params:
     def is_demo(self) -> bool:
         return self.preset == "demo"
 
+    def skips(self, clip: EvalClip) -> bool:
+        """A demo-only clip (no source) under the parakeet preset: its stages write a 'skipped' marker."""
+        return clip.source is None and not self.is_demo
 
-GROUPS = {"model": ModelParams, "eval_clip": EvalClip, "fetch": FetchParams, "audio": AudioParams,
+
+GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "audio": AudioParams,
           "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "diagnose": DiagnoseParams,
           "mixed": MixedParams, "fidelity": FidelityParams,
           "shard": ShardParams, "eval": EvalParams}
@@ -208,6 +240,18 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
+def _named(cls: type, raw: Any, group: str, empty: str) -> dict[str, Any]:
+    """A mapping of names to entries of cls (speeches, eval_clips); each name becomes a DVC stage and a file."""
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"params.yaml: {empty}")
+    bad = [str(name) for name in raw if not KEY.fullmatch(str(name))]
+    if bad:
+        raise ParamsError(f"params.yaml: {group} key(s) {bad} may only hold letters, digits, '_' and '-' "
+                          "(each names a DVC stage and a file); rename them")
+    return {name: _group(cls, {"name": name, **(spec if isinstance(spec, dict) else {"?": spec})}, f"{group}.{name}")
+            for name, spec in raw.items()}
+
+
 def parse_params(raw: dict[str, Any]) -> Params:
     """Validate the raw params.yaml mapping and apply the active preset's overrides."""
     if not isinstance(raw, dict):
@@ -216,22 +260,17 @@ def parse_params(raw: dict[str, Any]) -> Params:
     if preset not in PRESETS:
         raise ParamsError(f"params.yaml: preset '{preset}' is unknown; use one of {', '.join(PRESETS)}")
     raw = apply_overrides(raw, (raw.get("presets") or {}).get(preset, {}))
-    speeches_raw = _section(raw, "speeches")
-    if not isinstance(speeches_raw, dict) or not speeches_raw:
-        raise ParamsError("params.yaml: 'speeches' is empty; calibration needs at least one speech")
-    bad = [str(name) for name in speeches_raw if not KEY.fullmatch(str(name))]
-    if bad:
-        raise ParamsError(f"params.yaml: speech key(s) {bad} may only hold letters, digits, '_' and '-' "
-                          "(each names a DVC stage and a file); rename them")
-    speeches = {name: _group(Speech, {"name": name, **(spec if isinstance(spec, dict) else {"?": spec})},
-                             f"speeches.{name}") for name, spec in speeches_raw.items()}
+    speeches = _named(Speech, _section(raw, "speeches"), "speeches",
+                      "'speeches' is empty; calibration needs at least one speech")
+    eval_clips = _named(EvalClip, _section(raw, "eval_clips"), "eval_clips",
+                        "'eval_clips' is empty; the evaluation needs at least one long clip")
     groups = {name: _group(cls, _section(raw, name), name) for name, cls in GROUPS.items()}
     nbits_raw = _section(raw, "nbits")
     if not isinstance(nbits_raw, dict) or any(not KEY.fullmatch(str(name)) for name in nbits_raw):
         raise ParamsError("params.yaml: 'nbits' must map recipe names (letters, digits, '_', '-') to recipes")
     nbits = {name: _group(NbitsRecipe, spec, f"nbits.{name}") for name, spec in nbits_raw.items()}
-    params = Params(preset=preset, seed=_value(raw.get("seed", 0), "int", "seed"), speeches=speeches, nbits=nbits,
-                    **groups)
+    params = Params(preset=preset, seed=_value(raw.get("seed", 0), "int", "seed"), speeches=speeches,
+                    eval_clips=eval_clips, nbits=nbits, **groups)
     _check(params)
     return params
 
@@ -247,6 +286,7 @@ RANGES = (
     ("fidelity.min_cosine", -1, 1, True), ("diagnose.break_rel_error", 0, 10, False),
     ("mixed.keep_fp32", 0, 100000, True), ("shard.budget_mb", 0, 1e9, False),
     ("eval.section_s", 0, 400, False), ("eval.max_s", 0, 400, False),
+    ("eval.bootstrap_resamples", 100, 10**6, True), ("corpus.max_per_language", 0, 10**6, True),
 )
 
 
@@ -265,28 +305,35 @@ def _check_ranges(p: Params) -> None:
                               f"two >= 16 (found {recipe.bits} and {recipe.block_size})")
         if recipe.accuracy_level not in (0, 1, 2, 3, 4):
             raise ParamsError(f"params.yaml: nbits.{name}.accuracy_level={recipe.accuracy_level}; use 0 to 4")
-    for clip in [*p.speeches.values(), p.eval_clip]:
-        where = f"speeches.{clip.name}" if isinstance(clip, Speech) else "eval_clip"
+    for clip in [*p.speeches.values(), *p.eval_clips.values()]:
+        where = f"{'speeches' if isinstance(clip, Speech) else 'eval_clips'}.{clip.name}"
         if clip.start_s < 0 or clip.crop_s <= 0:
             raise ParamsError(f"params.yaml: {where} needs start_s >= 0 and crop_s > 0 "
                               f"(found {clip.start_s:g} and {clip.crop_s:g})")
+
+
+def _check_eval_clips(p: Params) -> None:
+    calibration_sources = {s.source for s in p.speeches.values()}
+    for clip in p.eval_clips.values():
+        where = f"eval_clips.{clip.name}"
+        if clip.crop_s > p.eval.max_s:
+            raise ParamsError(f"params.yaml: {where}.crop_s={clip.crop_s} exceeds eval.max_s={p.eval.max_s} "
+                              "(Parakeet's positional table caps one pass at 400 s); shorten the crop")
+        if clip.source is not None and clip.source in calibration_sources:
+            raise ParamsError(f"params.yaml: {where}: '{clip.source}' is also a calibration speech; the evaluation "
+                              "must stay held out, so pick another clip or drop that speech")
+        if len(clip.langs) != len(clip.voices):
+            raise ParamsError(f"params.yaml: {where} lists {len(clip.langs)} language(s) ({clip.lang}) but "
+                              f"{len(clip.voices)} demo voice(s) ({clip.demo_voice}); give one voice per language")
+        if not 0.5 <= clip.demo_rate <= 2.0 or clip.demo_switch_every < 1:
+            raise ParamsError(f"params.yaml: {where} needs demo_rate in [0.5, 2] and demo_switch_every >= 1")
 
 
 def _check(p: Params) -> None:
     _check_ranges(p)
     if p.eval.decoder not in ("fp32", "int8", "fp16"):
         raise ParamsError(f"params.yaml: eval.decoder='{p.eval.decoder}'; use fp32, int8 or fp16")
-    if p.eval_clip.crop_s > p.eval.max_s:
-        raise ParamsError(
-            f"params.yaml: eval_clip.crop_s={p.eval_clip.crop_s} exceeds eval.max_s={p.eval.max_s} "
-            "(Parakeet's positional table caps one pass at 400 s); shorten the crop"
-        )
-    calibration_sources = {s.source for s in p.speeches.values()}
-    if p.eval_clip.source in calibration_sources:
-        raise ParamsError(
-            f"params.yaml: the evaluation clip '{p.eval_clip.source}' is also a calibration speech; "
-            "the evaluation must stay held out, so pick another clip or drop that speech"
-        )
+    _check_eval_clips(p)
     if p.eval.normalize not in ("raw", "lower_nopunct"):
         raise ParamsError(f"params.yaml: eval.normalize='{p.eval.normalize}'; use raw or lower_nopunct")
 

@@ -127,6 +127,15 @@ def count_errors(reference: str, hypothesis: str, mode: str) -> Counts:
     return Counts(len(ref), out.substitutions, out.deletions, out.insertions)
 
 
+def count_char_errors(reference: str, hypothesis: str, mode: str) -> Counts:
+    """Character alignment counts (for CER) of the normalised words joined by single spaces."""
+    ref, hyp = " ".join(normalize(reference, mode)), " ".join(normalize(hypothesis, mode))
+    if not ref or not hyp:
+        return Counts(len(ref), 0, len(ref), len(hyp))
+    out = jiwer.process_characters(ref, hyp)
+    return Counts(len(ref), out.substitutions, out.deletions, out.insertions)
+
+
 def total(counts: Sequence[Counts]) -> Counts:
     return Counts(
         sum(c.ref_words for c in counts),

@@ -42,7 +42,7 @@ def sweep_points(exp_show: list[dict[str, Any]]) -> dict[float, dict[str, float]
     for data in sorted(runs(exp_show), key=lambda d: d.get("timestamp") or ""):
         alpha = (data.get("params", {}).get("params.yaml", {}).get("data", {}).get("smooth") or {}).get("alpha")
         wer = data.get("metrics", {}).get("metrics/wer.json", {}).get("data") or {}
-        values = {v: wer[v]["overall_wer_pct"] for v in SERIES if isinstance(wer.get(v), dict)}
+        values = {v: wer[v]["long"]["wer_pct"] for v in SERIES if isinstance((wer.get(v) or {}).get("long"), dict)}
         if alpha is not None and values.get("int8_smoothquant") is not None:
             points[float(alpha)] = values
     return dict(sorted(points.items()))
@@ -57,7 +57,7 @@ def plot(points: dict[float, dict[str, float]], out: Path) -> None:
         if values:
             ax.axhline(sum(values) / len(values), linestyle=style, color="grey", label=variant)
     ax.set_xlabel("smooth.alpha")
-    ax.set_ylabel("overall WER % (single long pass)")
+    ax.set_ylabel("WER % (long single passes, pooled)")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,13 +1,16 @@
-"""One variant, one single pass over the whole evaluation clip: per-section WER and costs.
+"""One variant on every evaluation set: a single pass over each long clip, then the short utterances.
 
-Run as `python -m stages.evaluate <variant>`, one process per variant, so the peak RSS (ru_maxrss)
-is that variant's alone. The long pass's words are split into the reference's sections by start time
-and scored against the fp32 short-clip transcripts; also against the true transcript when there is one.
-Output: metrics/eval/<variant>.json.
+Run as `python -m stages.evaluate <variant>`, one process per variant. Each long clip gets a fresh
+session and its own peak RSS (VmHWM, reset before the pass); its words are split into the reference's
+sections by start time and scored against the fp32 short-clip transcripts (and the true transcript
+when there is one). Then every corpus utterance is transcribed (in batches) and scored against its
+transcript, per language, in words and characters. Per-section and per-utterance counts are kept: the
+report resamples them for confidence intervals. Output: metrics/eval/<variant>.json.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import sys
@@ -16,30 +19,48 @@ import time
 from pathlib import Path
 from typing import Any
 
-from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, load_asr, load_clip, transcribe
+from tqdm import tqdm
+
+from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, load_asr, load_clip, recognize, transcribe
 from requant.common import fail, read_json, run_cli, write_json
+from requant.evalsets import EVAL_AUDIO_DIR, REFERENCE_DIR, Utterance, clip_audio, read_corpus, scored_clips
 from requant.params import EvalParams, load_params
-from stages.reference import AUDIO, OUT as REFERENCE_DIR, SECTIONS_FILE, TRUTH_FILE
-from requant.scoring import Section, corpus_wer, count_errors, split_by_section, total
+from requant.scoring import Section, corpus_wer, count_char_errors, count_errors, split_by_section, total
+from stages.reference import SECTIONS_FILE, TRUTH_FILE
 
 log = logging.getLogger("pipeline.evaluate")
 
 METRICS_DIR = Path("metrics/eval")
 MB = 1e6
+CORPUS_BATCH = 16  # utterances per encoder call: bounded padding and memory
+CORPUS_ITEM_KEYS = ("ids", "ref_words", "edits", "ref_chars", "char_edits")
 
 
 def _pct(value: float | None) -> float | None:
     return None if value is None else round(100.0 * value, 4)
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def _memory_bytes(field: str) -> int:
+    """VmHWM (peak since the last reset) or VmRSS of this process; ru_maxrss where /proc is absent."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split(f"{field}:", 1)[1].split()[0]) * 1024
+    except (OSError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux), so each pass's peak is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def read_reference(reference_dir: Path) -> tuple[list[Section], list[str], str | None]:
     path = reference_dir / SECTIONS_FILE
     if not path.is_file():
-        fail(f"{path} is missing; run `dvc repro reference` first")
+        fail(f"{path} is missing; run `dvc repro reference@{reference_dir.name}` first")
     rows = read_json(path)
     sections = [Section(r["index"], r["start_s"], r["end_s"]) for r in rows]
     truth = reference_dir / TRUTH_FILE
@@ -65,58 +86,109 @@ def score_sections(
     }
 
 
-def evaluate(variant: str, eval_params: EvalParams, root: Path = Path("."), out_dir: Path | None = None) -> dict:
-    """Score one variant's single long pass; write and return metrics/eval/<variant>.json."""
+def long_pass(model_dir: Path, clip: str, eval_params: EvalParams, root: Path) -> dict[str, Any]:
+    """One single pass over the clip in a fresh session, scored per section (and against the truth when
+    there is one). Fresh, because a session that has already run one 390 s pass keeps onnxruntime's arena
+    from it and runs the next one on top: about twice the memory of one pass."""
+    sections, references, truth = read_reference(root / REFERENCE_DIR / clip)
+    audio = load_clip(clip_audio(clip, root / EVAL_AUDIO_DIR), eval_params.max_s)
+    duration_s = len(audio) / SAMPLE_RATE
+    if abs(duration_s - sections[-1].end_s) > 1e-3:
+        fail(f"{REFERENCE_DIR / clip} was made for a {sections[-1].end_s} s clip, not {duration_s} s; "
+             f"re-run reference@{clip}")
+    gc.collect()
+    _reset_peak()
+    baseline = _memory_bytes("VmRSS")
+    started = time.perf_counter()
+    asr = load_asr(model_dir)
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    transcript = transcribe(asr, audio)
+    pass_s = time.perf_counter() - started
+    peak = _memory_bytes("VmHWM")
+    del asr
+    log.info("%s: pass took %.2f s (RTF %.4f), %d tokens, peak RSS %.0f MB", clip, pass_s, pass_s / duration_s,
+             len(transcript.tokens), peak / MB)
+    hypotheses = split_by_section(transcript.tokens, transcript.starts, sections)
+    result = {"duration_s": round(duration_s, 6), **score_sections(sections, references, hypotheses,
+                                                                  eval_params.normalize),
+              "vs_truth": None, "load_s": round(load_s, 3), "pass_s": round(pass_s, 3),
+              "rtf": round(pass_s / duration_s, 5), "baseline_rss_mb": round(baseline / MB, 1),
+              "peak_rss_mb": round(peak / MB, 1)}
+    if truth is not None:
+        counts = count_errors(truth, transcript.text, eval_params.normalize)
+        result["vs_truth"] = {"wer_pct": _pct(counts.wer), **counts.as_dict()}
+    return result
+
+
+def score_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams) -> tuple[dict[str, Any], float]:
+    """Per language: WER and CER against the true transcripts, with each utterance's counts; and the
+    seconds of audio transcribed."""
+    by_lang: dict[str, dict[str, list]] = {}
+    seconds = 0.0
+    for start in tqdm(range(0, len(utterances), CORPUS_BATCH), desc="corpus batches", unit="batch"):
+        batch = utterances[start : start + CORPUS_BATCH]
+        audio = [load_clip(u.audio, eval_params.max_s) for u in batch]
+        seconds += sum(len(a) for a in audio) / SAMPLE_RATE
+        for u, hyp in zip(batch, recognize(asr, audio), strict=True):
+            words = count_errors(u.text, hyp, eval_params.normalize)
+            chars = count_char_errors(u.text, hyp, eval_params.normalize)
+            items = by_lang.setdefault(u.lang, {key: [] for key in CORPUS_ITEM_KEYS})
+            for key, value in zip(CORPUS_ITEM_KEYS, (u.id, words.ref_words, words.edits, chars.ref_words,
+                                                     chars.edits), strict=True):
+                items[key].append(value)
+    scores = {lang: {"utterances": len(items["ids"]),
+                     "wer_pct": _pct(sum(items["edits"]) / max(1, sum(items["ref_words"]))),
+                     "cer_pct": _pct(sum(items["char_edits"]) / max(1, sum(items["ref_chars"]))),
+                     "items": items}
+              for lang, items in by_lang.items()}
+    return scores, seconds
+
+
+def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path = Path("."),
+             out_dir: Path | None = None) -> dict:
+    """Score one variant on every scored clip and the corpus; write and return metrics/eval/<variant>.json."""
     out_dir = root / METRICS_DIR if out_dir is None else out_dir
-    sections, references, truth = read_reference(root / REFERENCE_DIR)
+    clips = scored_clips(clips, root / EVAL_AUDIO_DIR)
+    utterances = read_corpus(root)
     with tempfile.TemporaryDirectory(prefix=f"eval-{variant}-") as model_dir:
         encoder_files = assemble_model_dir(variant, eval_params.decoder, Path(model_dir), root)
-        audio = load_clip(root / AUDIO, eval_params.max_s)
-        duration_s = len(audio) / SAMPLE_RATE
-        if abs(duration_s - sections[-1].end_s) > 1e-3:
-            fail(f"{REFERENCE_DIR} was made for a {sections[-1].end_s} s clip, not {duration_s} s; re-run reference")
-        baseline = _peak_rss_bytes()
+        long = {clip: long_pass(Path(model_dir), clip, eval_params, root) for clip in tqdm(clips, desc=variant,
+                                                                                              unit="clip")}
         started = time.perf_counter()
-        asr = load_asr(Path(model_dir))
-        load_s = time.perf_counter() - started
-        log.info("%s: loaded in %.2f s; one pass over %.1f s of audio...", variant, load_s, duration_s)
-        started = time.perf_counter()
-        transcript = transcribe(asr, audio)
-        pass_s = time.perf_counter() - started
-        peak = _peak_rss_bytes()
-    log.info("%s: pass took %.2f s (RTF %.4f), %d tokens", variant, pass_s, pass_s / duration_s, len(transcript.tokens))
-    hypotheses = split_by_section(transcript.tokens, transcript.starts, sections)
+        corpus, corpus_audio_s = score_corpus(load_asr(Path(model_dir)), utterances, eval_params)
+        corpus_s = time.perf_counter() - started
+    pass_s, duration_s = sum(c["pass_s"] for c in long.values()), sum(c["duration_s"] for c in long.values())
+    worst = max(long.values(), key=lambda c: c["peak_rss_mb"])  # the long pass that needs the most memory
     result = {
         "variant": variant,
         "encoder_files": [p.name for p in encoder_files],
         "decoder": eval_params.decoder,
         "normalize": eval_params.normalize,
-        "reference": "fp32 encoder, each section transcribed on its own",
-        "duration_s": round(duration_s, 6),
-        **score_sections(sections, references, hypotheses, eval_params.normalize),
-        "vs_truth": None,
+        "reference": "long clips: the fp32 encoder on each section alone; corpus: the true transcripts",
+        "long": long,
+        "corpus": corpus,
         "cost": {
             "encoder_mb": round(sum(p.stat().st_size for p in encoder_files) / MB, 3),
-            "load_s": round(load_s, 3),
+            "load_s": min(c["load_s"] for c in long.values()),
             "pass_s": round(pass_s, 3),
             "rtf": round(pass_s / duration_s, 5),
-            "baseline_rss_mb": round(baseline / MB, 1),
-            "peak_rss_mb": round(peak / MB, 1),
-            "rss_delta_mb": round((peak - baseline) / MB, 1),
+            "corpus_rtf": round(corpus_s / max(1e-9, corpus_audio_s), 5),
+            "baseline_rss_mb": worst["baseline_rss_mb"],
+            "peak_rss_mb": worst["peak_rss_mb"],
+            "rss_delta_mb": round(worst["peak_rss_mb"] - worst["baseline_rss_mb"], 1),
         },
     }
-    if truth is not None:
-        counts = count_errors(truth, transcript.text, eval_params.normalize)
-        result["vs_truth"] = {"wer_pct": _pct(counts.wer), **counts.as_dict()}
     write_json(out_dir / f"{variant}.json", result)
-    log.info("%s: overall WER %s %% vs the fp32 reference", variant, result["overall_wer_pct"])
+    log.info("%s: %s", variant, ", ".join(f"{clip} {c['overall_wer_pct']} %" for clip, c in long.items()))
     return result
 
 
 def main() -> None:
     if len(sys.argv) != 2 or sys.argv[1] not in VARIANTS:
         fail(f"usage: python -m stages.evaluate <variant>, variant one of {', '.join(VARIANTS)}")
-    evaluate(sys.argv[1], load_params().eval)
+    params = load_params()
+    evaluate(sys.argv[1], params.eval, list(params.eval_clips))
 
 
 if __name__ == "__main__":

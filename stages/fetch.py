@@ -1,8 +1,9 @@
-"""Stage `fetch`: one calibration speech (or the evaluation clip) -> data/raw/<name>/ + provenance.json.
+"""Stage `fetch`: one calibration speech -> data/raw/<name>/, or one evaluation clip -> data/raw/eval/<name>/.
 
 Sources, in order: a file `<name>.<ext>` in fetch.local_dir (speeches only) or a local path given as
 the source is copied; otherwise the demo preset synthesizes speech with espeak-ng and the parakeet
-preset downloads the crop with yt-dlp (youtube:<id> or an http(s) URL). provenance.json records
+preset downloads the crop with yt-dlp (youtube:<id> or an http(s) URL); a demo-only evaluation clip
+(no source) gets a provenance.json that says it is skipped under the parakeet preset. provenance.json records
 the source, the crop, where the crop starts inside the stored file (offset_s, used by the decode
 stage), its sha256 and decoded duration, and the tool versions.
 """
@@ -21,6 +22,7 @@ import soundfile as sf
 from requant.audio import SAMPLE_RATE, check_audio, decode_audio
 from requant.common import StageError, atomic_path, fail, run_cli, sha256_file, write_json
 from requant.download import download_crop, source_url
+from requant.evalsets import RAW_EVAL_DIR
 from requant.params import EvalClip, Params, Speech, load_params
 
 RAW_DIR = Path("data/raw")
@@ -54,19 +56,23 @@ def _tools(*packages: str) -> dict[str, str]:
 
 def fetch(clip: Speech | EvalClip, params: Params, out_dir: Path) -> dict:
     """Write the audio for `clip` and its provenance.json into out_dir (atomically); return provenance."""
-    label = "evaluation clip" if isinstance(clip, EvalClip) else f"speech '{clip.name}'"
+    label = f"evaluation clip '{clip.name}'" if isinstance(clip, EvalClip) else f"speech '{clip.name}'"
     local = local_file(clip.name, params.fetch.local_dir) if isinstance(clip, Speech) else None
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         provenance = {"name": clip.name, "preset": params.preset, "start_s": clip.start_s, "crop_s": clip.crop_s}
-        url = source_url(clip.source, label)
-        if local is not None or url is None:
+        if isinstance(clip, EvalClip) and params.skips(clip):
+            provenance["skipped"] = "a demo-only clip (source: null); give it a source to score it here"
+            write_json(tmp / "provenance.json", provenance)
+            return provenance
+        url = None if clip.source is None else source_url(clip.source, label)
+        if clip.source is None or (params.is_demo and local is None and url is not None):
+            provenance.update(_synthesize(clip, params, tmp))
+        elif local is not None or url is None:
             if local is None and "://" in clip.source:
                 fail(f"{label}: source '{clip.source}' has an unsupported scheme; use youtube:<id>, "
                      "an http(s) URL or a local file path in params.yaml")
             provenance.update(_copy_local(local or Path(clip.source), clip, tmp, label))
-        elif params.is_demo:
-            provenance.update(_synthesize(clip, params, tmp))
         else:
             path = download_crop(url, tmp, clip.start_s, clip.crop_s, params.fetch, label)
             provenance.update(source=clip.source, file=path.name, offset_s=0.0,
@@ -80,7 +86,7 @@ def fetch(clip: Speech | EvalClip, params: Params, out_dir: Path) -> dict:
             fail(f"{label}: source '{provenance['source']}' {reason.replace(str(tmp), str(out_dir))}")
         provenance.update(sha256=sha256_file(audio_path), decoded_s=len(audio) / SAMPLE_RATE)
         if isinstance(clip, EvalClip) and clip.transcript:
-            _copy_transcript(Path(clip.transcript), tmp)
+            _copy_transcript(Path(clip.transcript), tmp, clip.name)
         write_json(tmp / "provenance.json", provenance)
     return provenance
 
@@ -99,7 +105,8 @@ def _synthesize(clip: Speech | EvalClip, params: Params, dest: Path) -> dict:
 
     seed = demo_seed(params.seed, clip.name)
     offset = EVAL_TEXT_OFFSET if isinstance(clip, EvalClip) else 0
-    audio, transcript = make_speech(clip.lang, clip.demo_voice, clip.crop_s, seed, text_seed_offset=offset)
+    extra = {"rate": clip.demo_rate, "switch_every": clip.demo_switch_every} if isinstance(clip, EvalClip) else {}
+    audio, transcript = make_speech(clip.lang, clip.demo_voice, clip.crop_s, seed, text_seed_offset=offset, **extra)
     sf.write(dest / "speech.flac", audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
     if isinstance(clip, EvalClip):
         (dest / "transcript.txt").write_text(transcript + "\n")
@@ -108,24 +115,23 @@ def _synthesize(clip: Speech | EvalClip, params: Params, dest: Path) -> dict:
             "tools": _tools("espeakng-loader", "soundfile", "av", "soxr")}
 
 
-def _copy_transcript(path: Path, dest: Path) -> None:
+def _copy_transcript(path: Path, dest: Path, name: str) -> None:
     if not path.is_file():
-        fail(f"eval_clip.transcript '{path}' does not exist; fix the path in params.yaml or set it to null")
+        fail(f"eval_clips.{name}.transcript '{path}' does not exist; fix the path in params.yaml or set it to null")
     (dest / "transcript.txt").write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["speech", "eval"])
-    parser.add_argument("name", nargs="?", help="the speech's key in params.yaml (kind=speech)")
+    parser.add_argument("name", help="the speech's (or evaluation clip's) key in params.yaml")
     args = parser.parse_args()
     params = load_params()
-    if args.kind == "eval":
-        fetch(params.eval_clip, params, RAW_DIR / "eval")
-        return
-    if args.name not in params.speeches:
-        fail(f"speech '{args.name}' is not in params.yaml speeches ({', '.join(params.speeches)})")
-    fetch(params.speeches[args.name], params, RAW_DIR / args.name)
+    clips = params.eval_clips if args.kind == "eval" else params.speeches
+    group = "eval_clips" if args.kind == "eval" else "speeches"
+    if args.name not in clips:
+        fail(f"'{args.name}' is not in params.yaml {group} ({', '.join(clips)})")
+    fetch(clips[args.name], params, (RAW_EVAL_DIR if args.kind == "eval" else RAW_DIR) / args.name)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,31 @@
-"""The fp32 reference: each section of the evaluation clip transcribed on its own, as a short clip.
+"""The fp32 reference of one evaluation clip: each section transcribed on its own, as a short clip.
 
 Short clips are what every encoder handles well, so these transcripts are the yardstick the long
-single pass of each variant is scored against (as in the original model card).
-Output: data/reference/sections.json [{index, start_s, end_s, text}] and, when the clip has a true
-transcript, data/reference/truth.txt.
+single pass of each variant is scored against (as in the original model card). They depend on the
+fp32 model and the clip only, so a new recipe never re-runs them.
+Run as `python -m stages.reference <clip>`. Output: data/reference/<clip>/sections.json
+[{index, start_s, end_s, text}] and, when the clip has a true transcript, truth.txt (a skipped clip:
+skipped.json).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
 from requant.asr import SAMPLE_RATE, assemble_model_dir, load_asr, load_clip, transcribe
-from requant.common import atomic_path, run_cli, write_json
+from requant.common import atomic_path, fail, run_cli, write_json
+from requant.evalsets import EVAL_AUDIO_DIR, RAW_EVAL_DIR, REFERENCE_DIR, SKIPPED, clip_audio
 from requant.params import load_params
 from requant.scoring import make_sections
 
 log = logging.getLogger("pipeline.reference")
 
-AUDIO = Path("data/audio/eval.wav")
-RAW_EVAL = Path("data/raw/eval")
-OUT = Path("data/reference")
 SECTIONS_FILE, TRUTH_FILE = "sections.json", "truth.txt"
 
 
@@ -43,7 +44,7 @@ def build_reference(
             rows.append({"index": section.index, "start_s": section.start_s, "end_s": section.end_s, "text": text})
             log.info("section %s: %d words", section.label, len(text.split()))
     with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         write_json(tmp / SECTIONS_FILE, rows)
         truth = raw_dir / "transcript.txt"
         if truth.is_file():
@@ -55,7 +56,16 @@ def build_reference(
 
 def main() -> None:
     p = load_params()
-    build_reference(AUDIO, RAW_EVAL, OUT, p.eval.section_s, p.eval.max_s, p.eval.decoder, Path("."))
+    if len(sys.argv) != 2 or sys.argv[1] not in p.eval_clips:
+        fail(f"usage: python -m stages.reference <clip>, clip one of {', '.join(p.eval_clips)} (params.yaml eval_clips)")
+    clip, out = sys.argv[1], REFERENCE_DIR / sys.argv[1]
+    if (EVAL_AUDIO_DIR / clip / SKIPPED).is_file():
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
+            shutil.copyfile(EVAL_AUDIO_DIR / clip / SKIPPED, tmp / SKIPPED)
+        return
+    build_reference(clip_audio(clip), RAW_EVAL_DIR / clip, out, p.eval.section_s, p.eval.max_s, p.eval.decoder,
+                    Path("."))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Gather every variant's evaluation into the tracked metrics, a per-section plot and the model card.
+"""Gather every variant's evaluation into the tracked metrics, two plots and the model card.
 
-Outputs: metrics/wer.json and metrics/cost.json (small, kept in git so `dvc metrics diff` compares
-commits and experiments), metrics/plots/section_wer.png (opens offline), reports/MODEL_CARD.md (the
-release folder's README) and reports/results.md (the README's "Results" section).
+Outputs: metrics/wer.json (headline: pooled long passes and corpus macro average, each as WER, the
+difference to fp32 and its paired bootstrap interval) and metrics/cost.json, small and in git so
+`dvc metrics diff` compares commits and experiments; metrics/eval_summary.json (every set: each clip,
+each language, with intervals, and the per-section WERs); metrics/plots/section_wer.png (per clip and
+section) and language_wer.png (per language); reports/MODEL_CARD.md (the release folder's README)
+and reports/results.md (the README's "Results" section).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from requant.common import atomic_path, fail, read_json, run_cli, write_json  # 
 from stages.evaluate import METRICS_DIR  # noqa: E402
 from requant.model_card import render_card, render_results  # noqa: E402
 from requant.params import Params, load_params  # noqa: E402
+from requant.summary import BASELINE, MACRO, POOLED, headline, summarize  # noqa: E402
 
 log = logging.getLogger("pipeline.report")
 
-WER_FILE, COST_FILE = Path("metrics/wer.json"), Path("metrics/cost.json")
-PLOT_FILE = Path("metrics/plots/section_wer.png")
+WER_FILE, COST_FILE, SUMMARY_FILE = Path("metrics/wer.json"), Path("metrics/cost.json"), Path("metrics/eval_summary.json")
+PLOT_FILE, LANG_PLOT_FILE = Path("metrics/plots/section_wer.png"), Path("metrics/plots/language_wer.png")
 CARD_FILE, RESULTS_FILE = Path("reports/MODEL_CARD.md"), Path("reports/results.md")
-COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf")
+COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf")
 
 
 def section_key(section: dict[str, Any]) -> str:
@@ -43,49 +47,81 @@ def read_evaluations(metrics_dir: Path) -> dict[str, dict[str, Any]]:
     unknown = sorted(set(found) - set(VARIANTS))
     if unknown:
         fail(f"{metrics_dir}: unknown variant file(s) {unknown}; remove them or re-run `dvc repro evaluate`")
+    stale = sorted(name for name, e in found.items() if "long" not in e)
+    if stale:
+        fail(f"{metrics_dir}: {stale} predate the multi-set evaluation; re-run `dvc repro evaluate`")
+    normalizations = {e["normalize"] for e in found.values()}
+    if len(normalizations) != 1:
+        fail(f"{metrics_dir}: variants were scored with different normalisations {sorted(normalizations)}; "
+             "re-run `dvc repro evaluate`")
     return {name: found[name] for name in VARIANTS if name in found}
 
 
-def wer_summary(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    normalizations = {e["normalize"] for e in evals.values()}
-    if len(normalizations) != 1:
-        fail(f"{METRICS_DIR}: variants were scored with different normalisations {sorted(normalizations)}; "
-             "re-run `dvc repro evaluate`")
-    summary: dict[str, Any] = {"normalize": normalizations.pop(), "reference": next(iter(evals.values()))["reference"]}
-    for name, e in evals.items():
-        worst = e["worst_section"]
-        summary[name] = {
-            "overall_wer_pct": e["overall_wer_pct"],
-            "worst_section_wer_pct": None if worst is None else worst["wer_pct"],
-            "worst_section": None if worst is None else section_key(worst),
-            "vs_truth_wer_pct": None if e["vs_truth"] is None else e["vs_truth"]["wer_pct"],
-            "sections": {section_key(s): s["wer_pct"] for s in e["sections"]},
-        }
-    return summary
+def full_summary(evals: dict[str, dict[str, Any]], summary: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    """metrics/eval_summary.json: the sets (in order) with their sizes, every interval, every section's WER."""
+    base = evals[BASELINE]
+    sets = [{"name": clip, "kind": "long clip", "sections": len(c["sections"]), "duration_s": c["duration_s"]}
+            for clip, c in base["long"].items()]
+    sets.append({"name": POOLED, "kind": "long clips pooled", "sections": sum(s["sections"] for s in sets)})
+    sets += [{"name": lang, "kind": "corpus language", "utterances": c["utterances"]}
+             for lang, c in base["corpus"].items()]
+    sets.append({"name": MACRO, "kind": "corpus macro average", "languages": len(base["corpus"])})
+    sections = {name: {clip: {section_key(s): s["wer_pct"] for s in c["sections"]} for clip, c in e["long"].items()}
+                for name, e in evals.items()}
+    return {"normalize": base["normalize"], "reference": base["reference"], "baseline": BASELINE, "sets": sets,
+            "variants": summary, "sections": sections}
 
 
 def cost_summary(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {name: {k: e["cost"][k] for k in COST_KEYS} for name, e in evals.items()}
 
 
-def plot_sections(evals: dict[str, dict[str, Any]], out: Path) -> None:
-    """Grouped bars (one group per section, one bar per variant): equal variants stay visible."""
-    sections = next(iter(evals.values()))["sections"]
-    width = 0.8 / len(evals)
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(sections)), 5), dpi=100)
-    for i, (name, e) in enumerate(evals.items()):
-        xs = [s["index"] + (i - (len(evals) - 1) / 2) * width for s in e["sections"]]
-        ax.bar(xs, [s["wer_pct"] or 0.0 for s in e["sections"]], width, label=name)
-    ax.set_xticks([s["index"] for s in sections], [f"{s['start_s']:g}-{s['end_s']:g} s" for s in sections])
-    ax.set_xlabel("section of the single long pass")
-    ax.set_ylabel(f"WER % vs fp32 short clips ({next(iter(evals.values()))['normalize']})")
-    ax.set_title("Per-section WER of each encoder variant")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small", ncols=min(len(evals), 3), loc="upper center", bbox_to_anchor=(0.5, -0.15))
+def _save(fig: Any, out: Path) -> None:
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
+
+
+def plot_sections(evals: dict[str, dict[str, Any]], out: Path) -> None:
+    """One panel per long clip; grouped bars (one group per section, one bar per variant)."""
+    clips = list(evals[BASELINE]["long"])
+    sections = max(len(evals[BASELINE]["long"][c]["sections"]) for c in clips)
+    fig, axes = plt.subplots(len(clips), 1, figsize=(max(8, 1.6 * sections), 2.6 * len(clips) + 1.2), dpi=100,
+                             squeeze=False)
+    width = 0.8 / len(evals)
+    for ax, clip in zip(axes[:, 0], clips, strict=True):
+        for i, (name, e) in enumerate(evals.items()):
+            rows = e["long"][clip]["sections"]
+            ax.bar([s["index"] + (i - (len(evals) - 1) / 2) * width for s in rows],
+                   [s["wer_pct"] or 0.0 for s in rows], width, label=name)
+        rows = evals[BASELINE]["long"][clip]["sections"]
+        ax.set_xticks([s["index"] for s in rows], [f"{s['start_s']:g}-{s['end_s']:g} s" for s in rows])
+        ax.set_title(f"clip '{clip}': one single pass", fontsize="medium")
+        ax.set_ylabel("WER % vs fp32 short clips")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[-1, 0].legend(fontsize="small", ncols=min(len(evals), 5), loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    _save(fig, out)
+
+
+def plot_languages(summary: dict[str, dict[str, dict]], langs: list[str], out: Path) -> None:
+    """Grouped bars per language (and the macro average); whiskers: the paired 95 % interval vs fp32."""
+    groups = [*langs, MACRO]
+    width = 0.8 / len(summary)
+    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(groups) * max(1, len(summary) / 5)), 4.5), dpi=100)
+    for i, (name, row) in enumerate(summary.items()):
+        cells = [row[g] for g in groups]
+        wer = [c["wer_pct"] for c in cells]
+        spread = [[c["delta_pct"] - c["ci_low_pct"] for c in cells], [c["ci_high_pct"] - c["delta_pct"] for c in cells]]
+        ax.bar([g + (i - (len(summary) - 1) / 2) * width for g in range(len(groups))], wer, width, label=name,
+               yerr=spread, capsize=2, error_kw={"elinewidth": 0.8})
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("WER % vs true transcripts")
+    ax.set_title("Short utterances per language (whiskers: 95 % paired interval of the difference to fp32)",
+                 fontsize="medium")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small", ncols=min(len(summary), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    _save(fig, out)
 
 
 def optional_json(path: Path) -> Any:
@@ -97,21 +133,28 @@ def optional_json(path: Path) -> Any:
 
 def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
     evals = read_evaluations(root / METRICS_DIR)
-    wer, cost = wer_summary(evals), cost_summary(evals)
+    for e in evals.values():  # JSON keys come back sorted: long clips in params.yaml's order again
+        e["long"] = {clip: e["long"][clip] for clip in sorted(e["long"], key=[*p.eval_clips, *e["long"]].index)}
+    summary = summarize(evals, p.eval.bootstrap_resamples, p.eval.bootstrap_seed)
+    wer = headline(summary)
     write_json(root / WER_FILE, wer)
-    write_json(root / COST_FILE, cost)
+    write_json(root / COST_FILE, cost_summary(evals))
+    write_json(root / SUMMARY_FILE, full_summary(evals, summary))
     plot_sections(evals, root / PLOT_FILE)
+    langs = list(evals[BASELINE]["corpus"])
+    if langs:
+        plot_languages(summary, langs, root / LANG_PLOT_FILE)
     extras = {
         "fidelity": optional_json(root / "metrics/fidelity.json"),
         "smoothquant": optional_json(root / "metrics/smoothquant.json"),
         "windows": optional_json(root / "data/windows/index.json"),
         "bench": optional_json(root / "metrics/bench.json"),
     }
-    for path, text in ((CARD_FILE, render_card(p, evals, extras)),
-                       (RESULTS_FILE, render_results(p, evals, extras["bench"]))):
+    for path, text in ((CARD_FILE, render_card(p, evals, summary, extras)),
+                       (RESULTS_FILE, render_results(p, evals, summary, extras["bench"]))):
         with atomic_path(root / path) as tmp:
             tmp.write_text(text)
-    log.info("wrote %s, %s, %s, %s, %s", WER_FILE, COST_FILE, PLOT_FILE, CARD_FILE, RESULTS_FILE)
+    log.info("wrote %s, %s, %s, %s, %s, %s", WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, CARD_FILE, RESULTS_FILE)
     return wer
 
 

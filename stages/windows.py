@@ -19,6 +19,7 @@ import numpy as np
 
 from requant.audio import audio_sha256, read_wav
 from requant.common import atomic_path, fail, run_cli, write_json
+from requant.evalsets import EVAL_AUDIO_DIR, clip_audio, scored_clips
 from requant.params import load_params
 
 log = logging.getLogger("pipeline.windows")
@@ -63,27 +64,29 @@ def select_windows(
     return calib + heldout
 
 
-def check_heldout(eval_wav: Path, speech_audio: dict[str, np.ndarray], sample_rate: int) -> None:
+def check_heldout(eval_audio_dir: Path, clips: list[str], speech_audio: dict[str, np.ndarray],
+                  sample_rate: int) -> None:
     """Refuse an evaluation clip whose audio is identical to a calibration speech."""
-    if not eval_wav.is_file():
-        fail(f"{eval_wav} is missing: the held-out check needs it; run `dvc repro decode_eval` first")
-    eval_hash = audio_sha256(read_wav(eval_wav, sample_rate))
-    for speaker, audio in speech_audio.items():
-        if audio_sha256(audio) == eval_hash:
-            fail(f"the evaluation clip has the same audio as calibration speech '{speaker}'; "
-                 "the evaluation must stay held out: change eval_clip or drop that speech")
+    hashes = {audio_sha256(audio): speaker for speaker, audio in speech_audio.items()}
+    for clip in scored_clips(clips, eval_audio_dir):
+        speaker = hashes.get(audio_sha256(read_wav(clip_audio(clip, eval_audio_dir), sample_rate)))
+        if speaker is not None:
+            fail(f"evaluation clip '{clip}' has the same audio as calibration speech '{speaker}'; the "
+                 "evaluation must stay held out: change eval_clips or drop that speech")
 
 
-def build_windows(audio_dir: Path, speakers: list[str], out_dir: Path, *, window_s: float, count: int,
-                  heldout_per_speaker: int, seed: int, sample_rate: int) -> list[Window]:
-    """Read <audio_dir>/<speaker>.wav for each speaker and write windows.npy + index.json to out_dir."""
+def build_windows(audio_dir: Path, speakers: list[str], out_dir: Path, *, eval_clips: list[str], window_s: float,
+                  count: int, heldout_per_speaker: int, seed: int, sample_rate: int) -> list[Window]:
+    """Read <audio_dir>/<speaker>.wav for each speaker and write windows.npy + index.json to out_dir.
+
+    The evaluation clips' audio (<audio_dir>/eval/<clip>/) is only compared, never cut into windows."""
     audio = {}
     for speaker in speakers:
         path = audio_dir / f"{speaker}.wav"
         if not path.is_file():
             fail(f"{path} is missing; run the decode stage for speech '{speaker}' (dvc repro)")
         audio[speaker] = read_wav(path, sample_rate)
-    check_heldout(audio_dir / "eval.wav", audio, sample_rate)
+    check_heldout(audio_dir / EVAL_AUDIO_DIR.name, eval_clips, audio, sample_rate)
     window = round(window_s * sample_rate)
     rows = select_windows({s: len(a) for s, a in audio.items()}, window, sample_rate, count, heldout_per_speaker,
                           seed)
@@ -99,7 +102,8 @@ def build_windows(audio_dir: Path, speakers: list[str], out_dir: Path, *, window
 
 def main() -> None:
     p = load_params()
-    build_windows(AUDIO_DIR, list(p.speeches), OUT_DIR, window_s=p.windows.window_s, count=p.windows.count,
+    build_windows(AUDIO_DIR, list(p.speeches), OUT_DIR, eval_clips=list(p.eval_clips), window_s=p.windows.window_s,
+                  count=p.windows.count,
                   heldout_per_speaker=p.windows.heldout_per_speaker, seed=p.seed, sample_rate=p.audio.sample_rate)
 
 

@@ -21,7 +21,7 @@ def make_params(**groups: Any) -> Params:
     """parse_params of params.yaml with top-level keys (preset, speeches, fetch, ...) replaced or merged."""
     raw = copy.deepcopy(raw_params())
     for key, value in groups.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict) and key != "speeches":
+        if isinstance(value, dict) and isinstance(raw.get(key), dict) and key not in ("speeches", "eval_clips"):
             raw[key] = {**raw[key], **value}
         else:
             raw[key] = value

@@ -29,7 +29,7 @@ def _copy_repo(dest: Path) -> None:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", ".work", "model", "*.pyc")
-    for folder in ("requant", "stages", "demo", "calibration_audio"):
+    for folder in ("requant", "stages", "demo", "calibration_audio", "eval_corpus"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
 
 
@@ -37,7 +37,8 @@ def _shorten(params_file: Path) -> None:
     params = yaml.safe_load(params_file.read_text())
     for i, speech in enumerate(params["speeches"].values()):
         speech["crop_s"] = 4.0 if i % 3 == 0 else 7.0
-    params["eval_clip"]["crop_s"] = 6.0
+    for clip in params["eval_clips"].values():
+        clip["crop_s"] = 6.0
     params["windows"].update(window_s=2.0, count=10)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -64,8 +65,9 @@ def test_repro_then_nothing_to_do(tmp_path: Path) -> None:
     assert sum(row["split"] == "calib" for row in index) == 10
     assert {row["speaker"] for row in index if row["split"] == "heldout"} == set(
         yaml.safe_load((repo / "params.yaml").read_text())["speeches"])
-    assert (repo / "data/raw/eval/transcript.txt").read_text().strip()
-    assert (repo / "data/audio/eval.wav").stat().st_size > 6 * 16000 * 4
+    for clip in yaml.safe_load((repo / "params.yaml").read_text())["eval_clips"]:
+        assert (repo / "data/raw/eval" / clip / "transcript.txt").read_text().strip()
+        assert (repo / "data/audio/eval" / clip / "audio.wav").stat().st_size > 6 * 16000 * 4
 
     second = _run(repo, *DVC, "repro", *TARGETS)
     assert "Running stage" not in second

@@ -19,16 +19,19 @@ import numpy as np
 import onnx_asr
 import pytest
 import soundfile as sf
+import yaml
 
 from demo.synth import synthesize
 from requant.asr import assemble_model_dir, load_asr, load_clip, transcribe
 from stages.base_model import demo_model, verify_model_dir
 from requant.common import StageError
+from requant.evalsets import clip_audio
 from stages.evaluate import evaluate, score_sections
 from stages.fp16 import build_fp16
 from stages.int8_dynamic import build_dynamic_int8
 from stages.package import package
-from requant.params import EvalParams, NbitsRecipe
+from requant.params import EvalParams, NbitsRecipe, parse_params
+from stages.corpus import build_corpus
 from stages.reference import build_reference
 from requant.scoring import Section, split_by_section
 from stages.nbits import build_nbits
@@ -39,6 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ["the small boat sails across the quiet lake", "we choose to go there this year",
              "the garden is green after the rain"]
 PARAMS = EvalParams(section_s=2.0, max_s=400.0, normalize="lower_nopunct", decoder="fp32")
+CLIPS = ["long", "second"]
+CORPUS = [("fr_fr", "le chat dort sur la table"), ("fr_fr", "nous partons demain matin"),
+          ("en_us", "the dog runs in the park"), ("en_us", "she reads a long letter"), ("en_us", "we eat bread")]
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +63,31 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for recipe, bits in (("w8", 8), ("w4", 4)):
         build_nbits(base / "encoder-model.onnx", variants / f"nbits_{recipe}", f"encoder-model.{recipe}.onnx",
                     NbitsRecipe(bits, 32, True, 4))
-    (root / "data/audio").mkdir(parents=True)
-    sf.write(root / "data/audio/eval.wav", audio, 16_000, subtype="FLOAT")
-    (root / "data/raw/eval").mkdir(parents=True)
-    (root / "data/raw/eval/transcript.txt").write_text(" ".join(SENTENCES) + "\n")
-    build_reference(root / "data/audio/eval.wav", root / "data/raw/eval", root / "data/reference",
-                    PARAMS.section_s, PARAMS.max_s, PARAMS.decoder, root)
+    write_eval_sets(root, audio)
     return root
+
+
+def write_eval_sets(root: Path, audio: np.ndarray) -> None:
+    """Two long clips (the first with its true transcript) with their fp32 references, and a corpus in
+    two languages built by the corpus stage from a user manifest."""
+    for clip, samples in zip(CLIPS, (audio, audio[: len(audio) // 2]), strict=True):
+        (root / "data/audio/eval" / clip).mkdir(parents=True)
+        sf.write(clip_audio(clip, root / "data/audio/eval"), samples, 16_000, subtype="FLOAT")
+        (root / "data/raw/eval" / clip).mkdir(parents=True)
+        if clip == CLIPS[0]:
+            (root / "data/raw/eval" / clip / "transcript.txt").write_text(" ".join(SENTENCES) + "\n")
+        build_reference(clip_audio(clip, root / "data/audio/eval"), root / "data/raw/eval" / clip,
+                        root / "data/reference" / clip, PARAMS.section_s, PARAMS.max_s, PARAMS.decoder, root)
+    manifest = root / "my_corpus"
+    manifest.mkdir()
+    lines = ["audio,text,lang"]
+    for i, (lang, text) in enumerate(CORPUS):
+        sf.write(manifest / f"{i}.wav", synthesize(text, "fr" if lang == "fr_fr" else "en-us"), 16_000)
+        lines.append(f"{i}.wav,{text},{lang}")
+    (manifest / "manifest.csv").write_text("\n".join(lines) + "\n")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["corpus"]["local_dir"] = str(manifest)
+    build_corpus(parse_params(raw), root / "data/corpus")
 
 
 @contextlib.contextmanager
@@ -75,65 +99,89 @@ def loaded(root: Path, variant: str, scratch: Path) -> Iterator[object]:
 
 
 def clip_seconds(root: Path) -> float:
-    return sf.info(root / "data/audio/eval.wav").duration
+    return sf.info(clip_audio(CLIPS[0], root / "data/audio/eval")).duration
 
 
 def test_reference_sections_cover_the_clip(root: Path):
-    rows = json.loads((root / "data/reference/sections.json").read_text())
+    rows = json.loads((root / "data/reference/long/sections.json").read_text())
     assert [r["index"] for r in rows] == list(range(len(rows)))
     assert rows[0]["start_s"] == 0 and rows[-1]["end_s"] == pytest.approx(clip_seconds(root), abs=1e-5)
     assert len(rows) >= 3
     assert all(a["end_s"] == b["start_s"] == PARAMS.section_s * b["index"] for a, b in zip(rows, rows[1:]))
     assert set(rows[0]) == {"index", "start_s", "end_s", "text"}
-    assert (root / "data/reference/truth.txt").read_text().split() == " ".join(SENTENCES).split()
+    assert (root / "data/reference/long/truth.txt").read_text().split() == " ".join(SENTENCES).split()
+    assert not (root / "data/reference/second/truth.txt").exists()
 
 
 def test_evaluate_schema_and_arithmetic(root: Path, tmp_path: Path):
-    result = evaluate("fp32", PARAMS, root, tmp_path)
+    result = evaluate("fp32", PARAMS, CLIPS, root, tmp_path)
     assert json.loads((tmp_path / "fp32.json").read_text()) == result
     assert result["normalize"] == "lower_nopunct" and result["decoder"] == "fp32"
     assert result["encoder_files"] == ["encoder-model.onnx", "encoder-model.onnx.data"]
-    sections = result["sections"]
-    assert len(sections) == len(json.loads((root / "data/reference/sections.json").read_text()))
-    keys = ("ref_words", "substitutions", "deletions", "insertions", "edits")
-    assert result["overall_counts"] == {k: sum(s[k] for s in sections) for k in keys}
-    counts = result["overall_counts"]
-    expected = None if not counts["ref_words"] else round(100 * counts["edits"] / counts["ref_words"], 4)
-    assert result["overall_wer_pct"] == expected
-    assert result["vs_truth"]["ref_words"] == len(" ".join(SENTENCES).split())
+    assert list(result["long"]) == CLIPS
+    for clip in CLIPS:
+        long = result["long"][clip]
+        sections = long["sections"]
+        assert len(sections) == len(json.loads((root / "data/reference" / clip / "sections.json").read_text()))
+        keys = ("ref_words", "substitutions", "deletions", "insertions", "edits")
+        assert long["overall_counts"] == {k: sum(s[k] for s in sections) for k in keys}
+        counts = long["overall_counts"]
+        expected = None if not counts["ref_words"] else round(100 * counts["edits"] / counts["ref_words"], 4)
+        assert long["overall_wer_pct"] == expected and long["pass_s"] > 0
+    assert result["long"]["long"]["vs_truth"]["ref_words"] == len(" ".join(SENTENCES).split())
+    assert result["long"]["second"]["vs_truth"] is None
+    corpus = result["corpus"]
+    assert list(corpus) == ["fr_fr", "en_us"] and [c["utterances"] for c in corpus.values()] == [2, 3]
+    en = corpus["en_us"]["items"]
+    assert en["ref_words"] == [6, 5, 3] and en["ref_chars"] == [len(t) for lang, t in CORPUS if lang == "en_us"]
+    assert corpus["en_us"]["wer_pct"] == round(100 * sum(en["edits"]) / 14, 4)
+    assert corpus["en_us"]["cer_pct"] == round(100 * sum(en["char_edits"]) / sum(en["ref_chars"]), 4)
     cost = result["cost"]
-    assert cost["encoder_mb"] > 0 and cost["load_s"] > 0 and cost["rtf"] > 0
+    assert cost["encoder_mb"] > 0 and cost["load_s"] > 0 and cost["rtf"] > 0 and cost["corpus_rtf"] > 0
     assert cost["peak_rss_mb"] >= cost["baseline_rss_mb"] > 0
+
+
+def test_a_skipped_clip_is_left_out_and_a_missing_one_named(root: Path, tmp_path: Path):
+    (root / "data/audio/eval/skipped").mkdir()
+    (root / "data/audio/eval/skipped/skipped.json").write_text('{"skipped": "demo only"}')
+    assert list(evaluate("fp32", PARAMS, ["skipped", "second"], root, tmp_path)["long"]) == ["second"]
+    with pytest.raises(StageError, match=r"data/audio/eval/absent/audio.wav is missing; run `dvc repro decode_eval@absent`"):
+        evaluate("fp32", PARAMS, ["absent", "second"], root, tmp_path)
 
 
 def test_sections_together_hold_exactly_the_long_pass(root: Path, tmp_path: Path):
     with loaded(root, "fp32", tmp_path) as asr:
-        whole = transcribe(asr, load_clip(root / "data/audio/eval.wav", 400)).text
-    hypotheses = [s["hypothesis"] for s in evaluate("fp32", PARAMS, root, tmp_path)["sections"]]
+        whole = transcribe(asr, load_clip(clip_audio(CLIPS[0], root / "data/audio/eval"), 400)).text
+    hypotheses = [s["hypothesis"] for s in evaluate("fp32", PARAMS, CLIPS, root, tmp_path)["long"]["long"]["sections"]]
     assert "".join(hypotheses).replace(" ", "") == whole.replace(" ", "")
 
 
 def test_sharded_fp32_scores_exactly_as_fp32(root: Path, tmp_path: Path):
-    fp32 = evaluate("fp32", PARAMS, root, tmp_path)
-    sharded = evaluate("fp32_sharded", PARAMS, root, tmp_path)
+    fp32 = evaluate("fp32", PARAMS, CLIPS, root, tmp_path)
+    sharded = evaluate("fp32_sharded", PARAMS, CLIPS, root, tmp_path)
     assert len(sharded["encoder_files"]) >= 3  # graph + at least two shards
-    assert sharded["sections"] == fp32["sections"] and sharded["vs_truth"] == fp32["vs_truth"]
+    for clip in CLIPS:
+        assert sharded["long"][clip]["sections"] == fp32["long"][clip]["sections"]
+        assert sharded["long"][clip]["vs_truth"] == fp32["long"][clip]["vs_truth"]
+    assert sharded["corpus"] == fp32["corpus"]
 
 
 def test_missing_variant_names_it_and_its_stage(root: Path, tmp_path: Path):
     with pytest.raises(StageError, match=r"variant 'int8_dynamic'.*missing; run `dvc repro int8_dynamic`"):
-        evaluate("int8_dynamic", PARAMS, root, tmp_path)
+        evaluate("int8_dynamic", PARAMS, CLIPS, root, tmp_path)
 
 
 def test_clip_over_the_limit_is_refused(root: Path, tmp_path: Path):
     params = EvalParams(section_s=2.0, max_s=5.0, normalize="raw", decoder="fp32")
     with pytest.raises(StageError, match="over eval.max_s=5"):
-        evaluate("fp32", params, root, tmp_path)
+        evaluate("fp32", params, CLIPS, root, tmp_path)
 
 
 def test_cli_runs_in_its_own_process_and_fails_in_one_line(root: Path):
-    params = (REPO / "params.yaml").read_text().replace("section_s: 60", f"section_s: {PARAMS.section_s}")
-    (root / "params.yaml").write_text(params)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["eval"]["section_s"] = PARAMS.section_s
+    raw["eval_clips"] = {clip: {**raw["eval_clips"]["jfk"], "source": None} for clip in CLIPS}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ok = subprocess.run([sys.executable, "-m", "stages.evaluate", "fp16"], cwd=root, env=env,
                         capture_output=True, text=True)
@@ -151,7 +199,7 @@ def test_release_folder_loads_in_every_precision(root: Path):
     (root / "reports/MODEL_CARD.md").write_text("# card\n")
     package(root)
     release = root / "models/release"
-    audio = load_clip(root / "data/audio/eval.wav", 400)
+    audio = load_clip(clip_audio(CLIPS[0], root / "data/audio/eval"), 400)
     texts = {}
     for quantization in (None, "int8", "fp16", "w8", "w4"):  # w8/w4: decoders named to pair with them
         model = onnx_asr.load_model(None, release, quantization=quantization, providers=["CPUExecutionProvider"])

@@ -28,7 +28,7 @@ def copy_project(dest: Path) -> None:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", ".work", "*.pyc")
-    for folder in ("requant", "stages", "demo", "calibration_audio"):
+    for folder in ("requant", "stages", "demo", "calibration_audio", "eval_corpus"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
     (dest / "metrics").mkdir(exist_ok=True)
     shutil.copyfile(ROOT / "metrics" / "bench.json", dest / "metrics" / "bench.json")  # the twin's costs, in git
@@ -50,7 +50,11 @@ def make_it_quick(params_file: Path) -> None:
             del params["speeches"][name]
         for speech in params["speeches"].values():
             speech["crop_s"] = 12.0
-        params["eval_clip"]["crop_s"] = 20.0
+        for name in list(params["eval_clips"])[2:]:
+            del params["eval_clips"][name]
+        for clip in params["eval_clips"].values():
+            clip["crop_s"] = 20.0
+        params["presets"]["demo"]["corpus.max_per_language"] = 6
         params["windows"].update(window_s=4.0, count=4, heldout_per_speaker=1)
         params["eval"]["section_s"] = 8.0
         params["fidelity"]["min_cosine"] = 0.5  # a random model's int8 may land under 0.99; alpha 0.9 must run

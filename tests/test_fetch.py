@@ -9,12 +9,12 @@ import pytest
 
 from requant.audio import decode_audio, read_wav
 from requant.common import StageError, read_json
-from stages.decode import decode
+from stages.decode import decode, decode_eval_clip
 from stages.fetch import fetch
 from requant.params import Params
 from tests.audio_helpers import make_tone
 from tests.http_fixture import FileServer, file_server
-from tests.params_helpers import make_params
+from tests.params_helpers import make_params, raw_params
 
 
 @pytest.fixture(scope="module")
@@ -135,20 +135,25 @@ def test_local_source_shorter_than_crop(tmp_path: Path) -> None:
         fetch(params.speeches["talk"], params, tmp_path / "raw")
 
 
+def eval_clip(**changes) -> dict:
+    """params.yaml's jfk clip with changes."""
+    return {**raw_params()["eval_clips"]["jfk"], **changes}
+
+
 def test_eval_clip_with_its_transcript(tmp_path: Path) -> None:
     source = make_tone(tmp_path / "eval.flac", 5.0)
     (tmp_path / "truth.txt").write_text("we choose to go to the moon\n")
-    clip = {"source": str(source), "crop_s": 5.0, "transcript": str(tmp_path / "truth.txt")}
-    params = params_for("youtube:K6pa-QdL4Wo", tmp_path, eval_clip=clip)
-    fetch(params.eval_clip, params, tmp_path / "eval")
+    clip = eval_clip(source=str(source), crop_s=5.0, transcript=str(tmp_path / "truth.txt"))
+    params = params_for("youtube:K6pa-QdL4Wo", tmp_path, eval_clips={"jfk": clip})
+    fetch(params.eval_clips["jfk"], params, tmp_path / "eval")
     assert (tmp_path / "eval" / "transcript.txt").read_text() == "we choose to go to the moon\n"
 
 
 def test_demo_synthesis_is_reproducible(tmp_path: Path) -> None:
     params = params_for("youtube:K6pa-QdL4Wo", tmp_path, crop_s=6.0, preset="demo",
-                        eval_clip={"crop_s": 6.0, "demo_voice": "en-us+m3"})
+                        eval_clips={"jfk": eval_clip(crop_s=6.0)})
     for run in ("a", "b"):
-        fetch(params.eval_clip, params, tmp_path / run / "eval")
+        fetch(params.eval_clips["jfk"], params, tmp_path / run / "eval")
         fetch(params.speeches["talk"], params, tmp_path / run / "talk")
     for name in ("eval/speech.flac", "eval/provenance.json", "eval/transcript.txt", "talk/speech.flac"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -156,6 +161,34 @@ def test_demo_synthesis_is_reproducible(tmp_path: Path) -> None:
     transcript = (tmp_path / "a" / "eval" / "transcript.txt").read_text().strip()
     assert transcript and provenance_voice(tmp_path / "a" / "eval") == "en-us+m3"
     assert decode(tmp_path / "a" / "eval", tmp_path / "eval.wav", 16000) == 96000
+
+
+def test_demo_clips_switch_language_and_speed_up(tmp_path: Path) -> None:
+    """The switching clip speaks English then French sentences in turn; the fast one fits more words."""
+    from demo.text import sentences
+
+    clips = {"switch": eval_clip(lang="en,fr", demo_voice="en-gb+f2,fr-be+m3", demo_switch_every=2, crop_s=25.0,
+                                 source=None),
+             "slow": eval_clip(demo_voice="en-us+f2", crop_s=25.0), "fast": eval_clip(demo_voice="en-us+f2",
+                                                                                     demo_rate=1.35, crop_s=25.0)}
+    params = params_for("youtube:K6pa-QdL4Wo", tmp_path, preset="demo", eval_clips=clips)
+    words = {}
+    for name in clips:
+        fetch(params.eval_clips[name], params, tmp_path / name)
+        words[name] = (tmp_path / name / "transcript.txt").read_text().split()
+    assert len(words["fast"]) > 1.2 * len(words["slow"])
+    seed = read_json(tmp_path / "switch" / "provenance.json")["text_seed"]
+    english, french = sentences("en", 40, seed), sentences("fr", 40, seed + 1)
+    spoken = " ".join(words["switch"])
+    assert spoken.startswith(" ".join([english[0], english[1], french[2], french[3], english[4]]))
+
+
+def test_demo_only_clip_is_skipped_by_the_parakeet_preset(tmp_path: Path) -> None:
+    params = params_for("youtube:K6pa-QdL4Wo", tmp_path, eval_clips={"fast": eval_clip(source=None)})
+    assert "skipped" in fetch(params.eval_clips["fast"], params, tmp_path / "raw" / "fast")
+    assert [p.name for p in (tmp_path / "raw" / "fast").iterdir()] == ["provenance.json"]
+    decode_eval_clip(tmp_path / "raw" / "fast", tmp_path / "audio" / "fast", 16000)
+    assert [p.name for p in (tmp_path / "audio" / "fast").iterdir()] == ["skipped.json"]
 
 
 def provenance_voice(folder: Path) -> str:

@@ -14,9 +14,20 @@ def test_repository_params_load_as_demo() -> None:
     assert len(params.speeches) == 8
     assert sorted(s.crop_s for s in params.speeches.values()) == [60, 60] + [390] * 6
     assert {s.lang for s in params.speeches.values()} == {"fr", "en"}
-    assert params.eval_clip.crop_s <= params.eval.max_s
-    # the evaluation voice is not a calibration voice
-    assert params.eval_clip.demo_voice not in {s.demo_voice for s in params.speeches.values()}
+    assert len(params.eval_clips) >= 4 and all(c.crop_s <= params.eval.max_s for c in params.eval_clips.values())
+    assert {lang for c in params.eval_clips.values() for lang in c.langs} == {"en", "fr"}
+    # every evaluation voice is a held-out variant, never a calibration or training voice
+    eval_voices = {v for c in params.eval_clips.values() for v in c.voices} | set(params.corpus.demo_voices)
+    assert not eval_voices & {s.demo_voice for s in params.speeches.values()}
+    assert all(v.endswith(("+m3", "+f2")) for v in eval_voices)
+    assert params.corpus.languages == ["en_us", "fr_fr"] and params.corpus.max_per_language == 200
+
+
+def test_demo_only_clips_are_skipped_by_the_parakeet_preset() -> None:
+    demo, parakeet = make_params(preset="demo"), make_params(preset="parakeet")
+    assert not any(demo.skips(c) for c in demo.eval_clips.values())
+    assert [n for n, c in parakeet.eval_clips.items() if not parakeet.skips(c)] == ["jfk"]
+    assert parakeet.corpus.languages == ["fr_fr"] and parakeet.corpus.max_per_language == 0
 
 
 def test_preset_overrides_apply_only_to_their_preset() -> None:
@@ -34,8 +45,14 @@ def test_preset_overrides_apply_only_to_their_preset() -> None:
     [
         ({"preset": "nemo"}, "preset 'nemo' is unknown"),
         ({"smooth": {"alpha": 1.5}}, r"smooth.alpha=1.5 must be >= 0 and <= 1"),
-        ({"eval_clip": {"crop_s": 410}}, "exceeds eval.max_s=400"),
-        ({"eval_clip": {"source": "youtube:K6pa-QdL4Wo"}}, "also a calibration speech"),
+        ({"eval_clips": {"jfk": {**raw_params()["eval_clips"]["jfk"], "crop_s": 410}}},
+         "eval_clips.jfk.crop_s=410.0 exceeds eval.max_s=400"),
+        ({"eval_clips": {"jfk": {**raw_params()["eval_clips"]["jfk"], "source": "youtube:K6pa-QdL4Wo"}}},
+         "also a calibration speech"),
+        ({"eval_clips": {"mix": {**raw_params()["eval_clips"]["switch"], "demo_voice": "en-gb+f2"}}},
+         "lists 2 language"),
+        ({"eval_clips": {}}, "'eval_clips' is empty"),
+        ({"eval": {"bootstrap_resamples": 10}}, "eval.bootstrap_resamples=10 must be >= 100"),
         ({"windows": {"count": 0}}, "windows.count=0 must be >= 1"),
         ({"presets": {"demo": {"shard.nope": 1}}}, "'shard.nope' names no existing key"),
         ({"presets": {"demo": {"nogroup.x": 1}}}, "'nogroup.x' names no existing group"),

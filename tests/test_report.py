@@ -11,7 +11,8 @@ import yaml
 from requant.common import StageError, write_json
 from stages.evaluate import score_sections
 from requant.params import parse_params
-from stages.report import CARD_FILE, COST_FILE, PLOT_FILE, RESULTS_FILE, WER_FILE, build_report
+from stages.report import (CARD_FILE, COST_FILE, LANG_PLOT_FILE, PLOT_FILE, RESULTS_FILE, SUMMARY_FILE, WER_FILE,
+                           build_report)
 from requant.scoring import Section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,18 +26,30 @@ def params(preset: str = "demo"):
     return parse_params(raw)
 
 
-def fake_eval(variant: str, hypotheses: list[str], normalize: str = "lower_nopunct") -> dict:
+def corpus(edits: list[int]) -> dict:
+    """One language of 4 utterances of 5 words (20 characters) each, with these word edits."""
+    items = {"ids": [f"u{i}" for i in range(4)], "ref_words": [5] * 4, "edits": edits, "ref_chars": [20] * 4,
+             "char_edits": [e * 2 for e in edits]}
+    return {"utterances": 4, "wer_pct": round(100 * sum(edits) / 20, 4), "cer_pct": round(100 * sum(edits) / 40, 4),
+            "items": items}
+
+
+def fake_eval(variant: str, hypotheses: list[str], normalize: str = "lower_nopunct",
+              edits: tuple[list[int], list[int]] = ([0, 0, 0, 0], [1, 0, 0, 1])) -> dict:
+    long = {"duration_s": 150.0, **score_sections(SECTIONS, REFERENCES, hypotheses, normalize),
+            "vs_truth": {"wer_pct": 12.5, "ref_words": 8, "substitutions": 1, "deletions": 0, "insertions": 0,
+                         "edits": 1},
+            "pass_s": 1.0, "rtf": 0.0067}
     return {
         "variant": variant,
         "encoder_files": ["encoder-model.onnx"],
         "decoder": "fp32",
         "normalize": normalize,
-        "reference": "fp32 encoder, each section transcribed on its own",
-        "duration_s": 150.0,
-        **score_sections(SECTIONS, REFERENCES, hypotheses, normalize),
-        "vs_truth": {"wer_pct": 12.5, "ref_words": 8, "substitutions": 1, "deletions": 0, "insertions": 0, "edits": 1},
-        "cost": {"encoder_mb": 10.5, "load_s": 0.2, "pass_s": 1.0, "rtf": 0.0067, "baseline_rss_mb": 100.0,
-                 "peak_rss_mb": 150.0, "rss_delta_mb": 50.0},
+        "reference": "long clips: fp32 short clips; corpus: true transcripts",
+        "long": {"jfk": long, "fast": {**long, "vs_truth": None}},
+        "corpus": {"en_us": corpus(edits[0]), "fr_fr": corpus(edits[1])},
+        "cost": {"encoder_mb": 10.5, "load_s": 0.2, "pass_s": 2.0, "rtf": 0.0067, "corpus_rtf": 0.01,
+                 "baseline_rss_mb": 100.0, "peak_rss_mb": 150.0, "rss_delta_mb": 50.0},
     }
 
 
@@ -44,7 +57,7 @@ def fake_eval(variant: str, hypotheses: list[str], normalize: str = "lower_nopun
 def root(tmp_path: Path) -> Path:
     write_json(tmp_path / "metrics/eval/fp32.json", fake_eval("fp32", REFERENCES))
     write_json(tmp_path / "metrics/eval/int8_smoothquant.json", fake_eval("int8_smoothquant",
-               ["one two three four", "five six", ""]))
+               ["one two three four", "five six", ""], edits=([1, 1, 1, 1], [1, 0, 0, 1])))
     write_json(tmp_path / "metrics/fidelity.json", {
         "heldout_windows": 8, "reference": {"name": "fp32"},
         "variants": {"int8_smoothquant": {"cosine_min": 0.9991, "cosine_mean": 0.9995, "rel_error_max": 0.04,
@@ -61,23 +74,35 @@ def root(tmp_path: Path) -> Path:
 def test_wer_and_cost_metrics_schema(root: Path):
     build_report(params(), root)
     wer = json.loads((root / WER_FILE).read_text())
-    assert wer["normalize"] == "lower_nopunct"
-    assert set(wer) == {"normalize", "reference", "fp32", "int8_smoothquant"}
+    assert set(wer) == {"fp32", "int8_smoothquant"}
     sq = wer["int8_smoothquant"]
-    assert set(sq) == {"overall_wer_pct", "worst_section_wer_pct", "worst_section", "vs_truth_wer_pct", "sections"}
-    # 2 deletions in section 1 and 2 in section 2, over 10 reference words in all.
-    assert sq["overall_wer_pct"] == 40.0
-    assert sq["sections"] == {"00_0-60s": 0.0, "01_60-120s": 50.0, "02_120-150s": 100.0}
-    assert (sq["worst_section"], sq["worst_section_wer_pct"]) == ("02_120-150s", 100.0)
-    assert wer["fp32"]["overall_wer_pct"] == 0.0
+    assert set(sq) == {"long", "corpus"}
+    assert set(sq["long"]) == {"wer_pct", "delta_pct", "ci_low_pct", "ci_high_pct"}
+    # 2 deletions in section 1 and 2 in section 2 of each clip, over 20 reference words in all
+    assert (sq["long"]["wer_pct"], sq["long"]["delta_pct"]) == (40.0, 40.0)
+    assert wer["fp32"]["long"] == {"wer_pct": 0.0, "delta_pct": 0.0, "ci_low_pct": 0.0, "ci_high_pct": 0.0}
+    # corpus: en 20 % (every utterance one edit, fp32 none: the interval is exactly [20, 20]), fr 10 % both
+    assert sq["corpus"] == {"wer_pct": 15.0, "delta_pct": 10.0, "ci_low_pct": 10.0, "ci_high_pct": 10.0}
+    summary = json.loads((root / SUMMARY_FILE).read_text())
+    sets = {s["name"]: s for s in summary["sets"]}
+    assert list(sets) == ["jfk", "fast", "long_pooled", "en_us", "fr_fr", "corpus_macro"]
+    assert sets["long_pooled"]["sections"] == 6 and sets["en_us"]["utterances"] == 4
+    en = summary["variants"]["int8_smoothquant"]["en_us"]
+    assert en == {"wer_pct": 20.0, "cer_pct": 10.0, "delta_pct": 20.0, "ci_low_pct": 20.0, "ci_high_pct": 20.0,
+                  "significant": True}
+    assert summary["variants"]["int8_smoothquant"]["fr_fr"]["significant"] is False
+    assert summary["sections"]["int8_smoothquant"]["jfk"] == {"00_0-60s": 0.0, "01_60-120s": 50.0,
+                                                              "02_120-150s": 100.0}
     cost = json.loads((root / COST_FILE).read_text())
-    assert set(cost["fp32"]) == {"encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf"}
-    assert (root / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(cost["fp32"]) == {"encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf"}
+    for plot in (PLOT_FILE, LANG_PLOT_FILE):
+        assert (root / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_outputs_are_byte_identical_on_a_rerun(root: Path):
     build_report(params(), root)
-    first = {p: (root / p).read_bytes() for p in (WER_FILE, COST_FILE, PLOT_FILE, CARD_FILE, RESULTS_FILE)}
+    first = {p: (root / p).read_bytes() for p in (WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, LANG_PLOT_FILE,
+                                                  CARD_FILE, RESULTS_FILE)}
     build_report(params(), root)
     assert first == {p: (root / p).read_bytes() for p in first}
 
@@ -86,8 +111,15 @@ def test_demo_card_says_plainly_it_is_not_parakeet(root: Path):
     build_report(params("demo"), root)
     card = (root / CARD_FILE).read_text()
     assert "tiny synthetic demo model, not of Parakeet" in card
-    assert "| int8 SmoothQuant (this) | 10.5 MB | 40.00% | 100.00% (120-150 s) | 12.50% | 150 MB |" in card
-    assert "| 60 to 120 s | 0.00% | 50.00% |" in card
+    # the summary table: bold where the interval excludes 0 (en_us); fp32 shows its WER alone
+    # one clip's 3 sections: all drawn from the error-free one has p = 1/27 > 2.5 %, so 0 stays inside;
+    # two clips pooled: p = 1/729, so the pooled interval excludes 0
+    assert ("| int8 SmoothQuant (this) | 40.00 (+40.00 [+0.00, +100.00]) | 40.00 (+40.00 [+0.00, +100.00]) | "
+            "**40.00 (+40.00 [+") in card
+    assert "| **20.00 (+20.00 [+20.00, +20.00])** | 10.00 (+0.00 [+0.00, +0.00]) | **15.00 (+10.00" in card
+    assert "| fp32 (unchanged) | 0.00 | 0.00 | 0.00 | 0.00 | 10.00 | 5.00 |" in card
+    assert "| int8 SmoothQuant (this) | 20.00 / 10.00 | 10.00 / 5.00 | 15.00 / 7.50 |" in card  # WER / CER
+    assert "| fast | en | 150 s | 3 | synthesized, voice `en-us+f2`, rate x1.35 |" in card
     # calibration sources with their ids and window counts
     assert "| villepin | fr | 390 s from 0 s | `youtube:RNxU-tN8qNc` | synthesized, voice `fr+m1` | 2 | 1 |" in card
     assert "| nixon | en | 60 s from 0 s | `youtube:ZEOGJJ7UKFM` | synthesized, voice `en-us+m6` | 0 | 0 |" in card
@@ -120,3 +152,23 @@ def test_unknown_variant_file_is_refused(root: Path):
     write_json(root / "metrics/eval/bf16.json", fake_eval("bf16", REFERENCES))
     with pytest.raises(StageError, match="bf16"):
         build_report(params(), root)
+
+
+def test_variants_scored_on_other_utterances_are_refused(root: Path):
+    other = fake_eval("fp16", REFERENCES)
+    other["corpus"]["en_us"]["items"]["ids"][0] = "someone_else"
+    write_json(root / "metrics/eval/fp16.json", other)
+    with pytest.raises(StageError, match="fp16.json was scored on other clips or utterances than fp32.json"):
+        build_report(params(), root)
+
+
+def test_recommendations_need_both_the_long_passes_and_the_corpus(root: Path):
+    from requant.model_card import recommendations
+    from requant.summary import summarize
+
+    evals = {"fp32": fake_eval("fp32", REFERENCES),
+             "nbits_w8": fake_eval("nbits_w8", REFERENCES, edits=([0, 0, 0, 0], [1, 0, 0, 1])),
+             "nbits_w4": fake_eval("nbits_w4", REFERENCES, edits=([1, 1, 1, 1], [1, 0, 0, 1]))}
+    evals["nbits_w4"]["cost"]["encoder_mb"] = 3.0  # smaller, but 10 points worse on the corpus
+    picks = dict((use.split(" (")[0], n) for use, n in recommendations(summarize(evals, 200, 0), evals))
+    assert picks["smallest download"] == "nbits_w8"

@@ -58,14 +58,24 @@ def _speeches(folder: Path, seconds: dict[str, float]) -> None:
         write_wav(folder / f"{name}.wav", rng.uniform(-0.3, 0.3, int(length * 16000)).astype(np.float32))
 
 
-def _build(audio: Path, out: Path) -> list:
-    return build_windows(audio, ["fr1", "en1", "fr2"], out, window_s=2.0, count=5, heldout_per_speaker=1,
-                         seed=3, sample_rate=16000)
+def _build(audio: Path, out: Path, eval_clips: tuple[str, ...] = ()) -> list:
+    return build_windows(audio, ["fr1", "en1", "fr2"], out, eval_clips=list(eval_clips), window_s=2.0, count=5,
+                         heldout_per_speaker=1, seed=3, sample_rate=16000)
+
+
+def _eval_clip(audio: Path, clip: str, source: Path | None) -> None:
+    """data/audio/eval/<clip>/audio.wav copied from source, or the skipped marker when source is None."""
+    (audio / "eval" / clip).mkdir(parents=True)
+    if source is None:
+        (audio / "eval" / clip / "skipped.json").write_text('{"skipped": "demo only"}')
+    else:
+        shutil.copyfile(source, audio / "eval" / clip / "audio.wav")
 
 
 def test_build_writes_the_windows_it_indexes(tmp_path: Path) -> None:
     _speeches(tmp_path / "audio", {"fr1": 7.0, "en1": 6.5, "fr2": 4.0, "eval": 5.0})
-    rows = _build(tmp_path / "audio", tmp_path / "w1")
+    _eval_clip(tmp_path / "audio", "jfk", tmp_path / "audio" / "eval.wav")
+    rows = _build(tmp_path / "audio", tmp_path / "w1", ("jfk",))
     array = np.load(tmp_path / "w1" / "windows.npy")
     index = read_json(tmp_path / "w1" / "index.json")
     assert array.shape == (len(rows), 32000) and array.dtype == np.float32
@@ -74,17 +84,21 @@ def test_build_writes_the_windows_it_indexes(tmp_path: Path) -> None:
         source = read_wav(tmp_path / "audio" / f"{entry['speaker']}.wav")
         start = int(entry["start_s"] * 16000)
         np.testing.assert_array_equal(row, source[start : start + 32000])
-    _build(tmp_path / "audio", tmp_path / "w2")
+    _build(tmp_path / "audio", tmp_path / "w2", ("jfk",))
     for name in ("windows.npy", "index.json"):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
 
 
 def test_eval_clip_identical_to_a_calibration_speech_is_refused(tmp_path: Path) -> None:
-    _speeches(tmp_path / "audio", {"fr1": 7.0, "en1": 6.5, "fr2": 4.0})
-    shutil.copyfile(tmp_path / "audio" / "en1.wav", tmp_path / "audio" / "eval.wav")
-    with pytest.raises(StageError, match="same audio as calibration speech 'en1'"):
-        _build(tmp_path / "audio", tmp_path / "w")
+    _speeches(tmp_path / "audio", {"fr1": 7.0, "en1": 6.5, "fr2": 4.0, "other": 3.0})
+    _eval_clip(tmp_path / "audio", "jfk", tmp_path / "audio" / "other.wav")
+    _eval_clip(tmp_path / "audio", "demo_only", None)
+    _eval_clip(tmp_path / "audio", "fast", tmp_path / "audio" / "en1.wav")
+    clips = ("jfk", "demo_only", "fast")
+    with pytest.raises(StageError, match="evaluation clip 'fast' has the same audio as calibration speech 'en1'"):
+        _build(tmp_path / "audio", tmp_path / "w", clips)
     assert not (tmp_path / "w").exists()
-    (tmp_path / "audio" / "eval.wav").unlink()
-    with pytest.raises(StageError, match="eval.wav is missing"):
-        _build(tmp_path / "audio", tmp_path / "w")
+    shutil.rmtree(tmp_path / "audio" / "eval" / "fast")
+    with pytest.raises(StageError, match=r"eval/fast/audio.wav is missing; run `dvc repro decode_eval@fast`"):
+        _build(tmp_path / "audio", tmp_path / "w", clips)
+    assert _build(tmp_path / "audio", tmp_path / "w", ("jfk", "demo_only"))

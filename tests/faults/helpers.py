@@ -30,10 +30,16 @@ def make_project(dest: Path, **changes: Any) -> Path:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SOURCE / name, dest / name)
     (dest / "calibration_audio").mkdir()
+    (dest / "eval_corpus").mkdir()
     params = yaml.safe_load((SOURCE / "params.yaml").read_text())
     for speech in params["speeches"].values():
         speech["crop_s"] = 3.0
-    params["eval_clip"]["crop_s"] = 3.0
+    for clip in params.get("eval_clips", {}).values():
+        clip["crop_s"] = 3.0
+    if "corpus" in params:
+        params["presets"]["demo"]["corpus.max_per_language"] = 3
+    if "eval_clip" in params:  # FAULTS_PROJECT: a checkout from before eval_clips
+        params["eval_clip"]["crop_s"] = 3.0
     params["windows"].update(window_s=1.0, count=8)
     params["fetch"].update(retries=0, backoff_s=0.01, timeout_s=3)
     if SOURCE == ROOT:

@@ -43,8 +43,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fetch_from(root: Path, url: str, **changes: object) -> subprocess.CompletedProcess[str]:
     shutil.rmtree(root / "data", ignore_errors=True)
-    write_params(root, read_params(root), **{"eval_clip.source": url, **changes})
-    return run_stage(root, "fetch", "eval")
+    write_params(root, read_params(root), **{"eval_clips.jfk.source": url, **changes})
+    return run_stage(root, "fetch", "eval", "jfk")
 
 
 @pytest.mark.parametrize(("path", "words", "limit_s"), CASES, ids=[c[0] for c in CASES])
@@ -75,10 +75,10 @@ def test_sigterm_leaves_no_orphan_download(server: HostileServer, project: Path)
     """SIGTERM to a stage stuck on a trickling source: the stage dies, and so does its download child
     (its process group), instead of writing on in the background."""
     shutil.rmtree(project / "data", ignore_errors=True)
-    write_params(project, read_params(project), **{"eval_clip.source": server.url("/trickle.wav"),
+    write_params(project, read_params(project), **{"eval_clips.jfk.source": server.url("/trickle.wav"),
                                                    "fetch.attempt_timeout_s": 120})
     env = {**os.environ, "PYTHONPATH": str(project)}
-    stage = subprocess.Popen([sys.executable, "-m", "stages.fetch", "eval"], cwd=project, env=env,
+    stage = subprocess.Popen([sys.executable, "-m", "stages.fetch", "eval", "jfk"], cwd=project, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = server.url("/trickle.wav")
     deadline = time.monotonic() + 30

@@ -107,9 +107,9 @@ def test_bad_sources_are_named_verbatim(clean: Path, source: str, words: list[st
 
 
 def test_missing_eval_transcript(clean: Path) -> None:
-    write_params(clean, read_params(clean), **{"eval_clip.transcript": "notes/jfk.txt"})
-    error_line(run_stage(clean, "fetch", "eval"), "eval_clip.transcript 'notes/jfk.txt' does not exist")
-    nothing_under(clean / "data" / "raw" / "eval")
+    write_params(clean, read_params(clean), **{"eval_clips.jfk.transcript": "notes/jfk.txt"})
+    error_line(run_stage(clean, "fetch", "eval", "jfk"), "eval_clips.jfk.transcript 'notes/jfk.txt' does not exist")
+    nothing_under(clean / "data" / "raw" / "eval" / "jfk")
 
 
 def test_decode_before_fetch(clean: Path) -> None:

@@ -1,0 +1,90 @@
+"""Every variant on every evaluation set, against fp32, with paired bootstrap intervals.
+
+Sets: each long clip (items: its sections, scored against the fp32 short-clip reference), all long
+clips pooled, each corpus language (items: utterances, scored against the true transcripts) and the
+macro average over languages. Input: metrics/eval/<variant>.json as the evaluate stage writes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from requant.bootstrap import Stratum, draw_seed, paired_interval
+from requant.common import fail
+
+BASELINE = "fp32"
+POOLED, MACRO = "long_pooled", "corpus_macro"
+
+
+def _rate(edits: int, words: int) -> float | None:
+    return round(100.0 * edits / words, 4) if words else None
+
+
+def _long_stratum(base: dict, variant: dict) -> Stratum:
+    return Stratum.of([s["ref_words"] for s in base["sections"]], [s["edits"] for s in base["sections"]],
+                      [s["edits"] for s in variant["sections"]])
+
+
+def _corpus_stratum(base: dict, variant: dict) -> Stratum:
+    return Stratum.of(base["items"]["ref_words"], base["items"]["edits"], variant["items"]["edits"])
+
+
+def check_paired(evals: dict[str, dict[str, Any]]) -> None:
+    """Every variant must have been scored on the same clips, sections and utterances as fp32."""
+    if BASELINE not in evals:
+        fail("metrics/eval/fp32.json is missing: every interval is a difference to fp32; run `dvc repro evaluate@fp32`")
+    base = evals[BASELINE]
+    for name, e in evals.items():
+        same = (e["long"].keys() == base["long"].keys() and e["corpus"].keys() == base["corpus"].keys()
+                and all(len(e["long"][c]["sections"]) == len(base["long"][c]["sections"]) for c in base["long"])
+                and all(e["corpus"][lang]["items"]["ids"] == base["corpus"][lang]["items"]["ids"]
+                        for lang in base["corpus"]))
+        if not same:
+            fail(f"metrics/eval/{name}.json was scored on other clips or utterances than fp32.json; "
+                 "re-run `dvc repro evaluate` so that every variant sees the same sets")
+
+
+def set_names(evals: dict[str, dict[str, Any]]) -> list[str]:
+    base = evals[BASELINE]
+    return [*base["long"], POOLED, *base["corpus"], MACRO]
+
+
+def summarize(evals: dict[str, dict[str, Any]], resamples: int, seed: int) -> dict[str, dict[str, dict]]:
+    """variant -> set -> {wer_pct, delta_pct, ci_low_pct, ci_high_pct, significant} (+ cer_pct for languages)."""
+    check_paired(evals)
+    base = evals[BASELINE]
+    clips, langs = list(base["long"]), list(base["corpus"])
+    out: dict[str, dict[str, dict]] = {}
+    for name, e in evals.items():
+        long = {c: _long_stratum(base["long"][c], e["long"][c]) for c in clips}
+        corpus = {lang: _corpus_stratum(base["corpus"][lang], e["corpus"][lang]) for lang in langs}
+        row: dict[str, dict] = {}
+
+        def interval(key: str, strata: list[Stratum], macro: bool) -> dict:
+            return paired_interval(strata, macro=macro, resamples=resamples, seed=draw_seed(seed, key)).as_dict()
+
+        for clip, s in long.items():
+            row[clip] = {"wer_pct": _rate(int(s.variant_edits.sum()), int(s.words.sum())),
+                         **interval(clip, [s], False)}
+        if clips:
+            row[POOLED] = {"wer_pct": _rate(sum(int(s.variant_edits.sum()) for s in long.values()),
+                                            sum(int(s.words.sum()) for s in long.values())),
+                           **interval(POOLED, list(long.values()), False)}
+        for lang, s in corpus.items():
+            row[lang] = {"wer_pct": e["corpus"][lang]["wer_pct"], "cer_pct": e["corpus"][lang]["cer_pct"],
+                         **interval(lang, [s], False)}
+        if langs:
+            row[MACRO] = {"wer_pct": round(sum(e["corpus"][lang]["wer_pct"] for lang in langs) / len(langs), 4),
+                          "cer_pct": round(sum(e["corpus"][lang]["cer_pct"] for lang in langs) / len(langs), 4),
+                          **interval(MACRO, list(corpus.values()), True)}
+        out[name] = row
+    return out
+
+
+def headline(summary: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str, float]]]:
+    """metrics/wer.json: per variant, the pooled long passes and the corpus macro average only, so that
+    `dvc metrics diff` and `dvc exp show` stay readable; the rest is in metrics/eval_summary.json."""
+    keys = ("wer_pct", "delta_pct", "ci_low_pct", "ci_high_pct")
+    return {name: {label: {k: row[key][k] for k in keys} for label, key in (("long", POOLED), ("corpus", MACRO))
+                   if key in row}
+            for name, row in summary.items()}
