@@ -127,6 +127,18 @@ class MixedParams:
 
 
 @dataclass(frozen=True)
+class BeamParams:
+    """TDT beam search (requant/beam.py). Defaults are NeMo's TDT MAES ones: beta 2, gamma 2.3, prefix
+    alpha 1, score_norm on."""
+
+    width: int = 4
+    expansion_beta: int = 2  # candidates per hypothesis: width + beta best (token, duration) pairs
+    expansion_gamma: float = 2.3  # ... pruned to those within gamma (log-probability) of the best one
+    prefix_alpha: int = 1  # 1: merge the path through a one-token-shorter prefix on the same frame; 0: off
+    score_norm: bool = True  # rank finished hypotheses by log-probability per token
+
+
+@dataclass(frozen=True)
 class FidelityParams:
     min_cosine: float
 
@@ -145,6 +157,7 @@ class EvalParams:
     decoder: str
     bootstrap_resamples: int = 2000  # paired bootstrap draws for each confidence interval
     bootstrap_seed: int = 0
+    decodings: list[str] = ("greedy",)  # greedy | beam, each from the same encoder pass; the first is the headline
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,7 @@ class Params:
     nbits: dict[str, NbitsRecipe]
     diagnose: DiagnoseParams
     mixed: MixedParams
+    beam: BeamParams
     fidelity: FidelityParams
     shard: ShardParams
     eval: EvalParams
@@ -178,7 +192,7 @@ class Params:
 
 GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "audio": AudioParams,
           "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "diagnose": DiagnoseParams,
-          "mixed": MixedParams, "fidelity": FidelityParams,
+          "mixed": MixedParams, "beam": BeamParams, "fidelity": FidelityParams,
           "shard": ShardParams, "eval": EvalParams}
 
 
@@ -287,6 +301,8 @@ RANGES = (
     ("mixed.keep_fp32", 0, 100000, True), ("shard.budget_mb", 0, 1e9, False),
     ("eval.section_s", 0, 400, False), ("eval.max_s", 0, 400, False),
     ("eval.bootstrap_resamples", 100, 10**6, True), ("corpus.max_per_language", 0, 10**6, True),
+    ("beam.width", 1, 64, True), ("beam.expansion_beta", 0, 64, True), ("beam.expansion_gamma", 0, 100, False),
+    ("beam.prefix_alpha", 0, 1, True),
 )
 
 
@@ -334,6 +350,8 @@ def _check(p: Params) -> None:
     if p.eval.decoder not in ("fp32", "int8", "fp16"):
         raise ParamsError(f"params.yaml: eval.decoder='{p.eval.decoder}'; use fp32, int8 or fp16")
     _check_eval_clips(p)
+    if set(p.eval.decodings) - {"greedy", "beam"} or len(set(p.eval.decodings)) != len(p.eval.decodings):
+        raise ParamsError(f"params.yaml: eval.decodings={p.eval.decodings}; list greedy and/or beam, once each")
     if p.eval.normalize not in ("raw", "lower_nopunct"):
         raise ParamsError(f"params.yaml: eval.normalize='{p.eval.normalize}'; use raw or lower_nopunct")
 

@@ -16,6 +16,16 @@ BASELINE = "fp32"
 POOLED, MACRO = "long_pooled", "corpus_macro"
 
 
+def decoding_view(e: dict[str, Any], decoding: str) -> dict[str, Any]:
+    """A variant's evaluation under one decoding, flat: long[clip] holds the clip's own figures and that
+    decoding's scores; corpus[lang] that decoding's."""
+    if decoding not in e["decodings"]:
+        fail(f"metrics/eval/{e['variant']}.json has no '{decoding}' decoding; re-run `dvc repro evaluate`")
+    long = {clip: {**{k: v for k, v in c.items() if k != "by_decoding"}, **c["by_decoding"][decoding]}
+            for clip, c in e["long"].items()}
+    return {**e, "long": long, "corpus": e["corpus"][decoding]}
+
+
 def _rate(edits: int, words: int) -> float | None:
     return round(100.0 * edits / words, 4) if words else None
 
@@ -81,10 +91,12 @@ def summarize(evals: dict[str, dict[str, Any]], resamples: int, seed: int) -> di
     return out
 
 
-def headline(summary: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict[str, float]]]:
-    """metrics/wer.json: per variant, the pooled long passes and the corpus macro average only, so that
-    `dvc metrics diff` and `dvc exp show` stay readable; the rest is in metrics/eval_summary.json."""
+def headline(summaries: dict[str, dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """metrics/wer.json: per variant and decoding, the pooled long passes and the corpus macro average only,
+    so that `dvc metrics diff` and `dvc exp show` stay readable; the rest is in metrics/eval_summary.json."""
     keys = ("wer_pct", "delta_pct", "ci_low_pct", "ci_high_pct")
-    return {name: {label: {k: row[key][k] for k in keys} for label, key in (("long", POOLED), ("corpus", MACRO))
-                   if key in row}
-            for name, row in summary.items()}
+    variants = next(iter(summaries.values()))
+    return {name: {decoding: {label: {k: summary[name][key][k] for k in keys}
+                              for label, key in (("long", POOLED), ("corpus", MACRO)) if key in summary[name]}
+                   for decoding, summary in summaries.items()}
+            for name in variants}

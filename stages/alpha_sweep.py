@@ -36,13 +36,20 @@ def runs(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
+def pooled_long_wer(entry: Any) -> float | None:
+    """A variant's pooled long-pass WER in metrics/wer.json (greedy decoding where there are several)."""
+    decodings = entry if isinstance(entry, dict) else {}
+    chosen = decodings.get("greedy") or next(iter(decodings.values()), None)
+    return chosen.get("long", {}).get("wer_pct") if isinstance(chosen, dict) else None
+
+
 def sweep_points(exp_show: list[dict[str, Any]]) -> dict[float, dict[str, float]]:
     """alpha -> {variant: overall WER %}; the newest run wins when an alpha was run twice."""
     points: dict[float, dict[str, float]] = {}
     for data in sorted(runs(exp_show), key=lambda d: d.get("timestamp") or ""):
         alpha = (data.get("params", {}).get("params.yaml", {}).get("data", {}).get("smooth") or {}).get("alpha")
         wer = data.get("metrics", {}).get("metrics/wer.json", {}).get("data") or {}
-        values = {v: wer[v]["long"]["wer_pct"] for v in SERIES if isinstance((wer.get(v) or {}).get("long"), dict)}
+        values = {v: pooled_long_wer(wer.get(v)) for v in SERIES if pooled_long_wer(wer.get(v)) is not None}
         if alpha is not None and values.get("int8_smoothquant") is not None:
             points[float(alpha)] = values
     return dict(sorted(points.items()))

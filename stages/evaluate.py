@@ -1,11 +1,13 @@
 """One variant on every evaluation set: a single pass over each long clip, then the short utterances.
 
 Run as `python -m stages.evaluate <variant>`, one process per variant. Each long clip gets a fresh
-session and its own peak RSS (VmHWM, reset before the pass); its words are split into the reference's
-sections by start time and scored against the fp32 short-clip transcripts (and the true transcript
-when there is one). Then every corpus utterance is transcribed (in batches) and scored against its
-transcript, per language, in words and characters. Per-section and per-utterance counts are kept: the
-report resamples them for confidence intervals. Output: metrics/eval/<variant>.json.
+session and its own peak RSS (VmHWM, reset before the pass). The encoder runs once per clip (or batch
+of utterances) and its output is decoded each way listed in eval.decodings (greedy: onnx-asr's own;
+beam: requant/beam.py), encoder and decoding timed apart. A long pass's words are split into the
+reference's sections by start time and scored against the fp32 short-clip transcripts (and the true
+transcript when there is one); each utterance is scored against its transcript, per language, in words
+and characters. Per-section and per-utterance counts are kept: the report resamples them for
+confidence intervals. Output: metrics/eval/<variant>.json.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, load_asr, load_clip, recognize, transcribe
+from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, decodings_for, load_asr, load_clip, recognize_all
 from requant.common import fail, read_json, run_cli, write_json
 from requant.evalsets import EVAL_AUDIO_DIR, REFERENCE_DIR, Utterance, clip_audio, read_corpus, scored_clips
-from requant.params import EvalParams, load_params
+from requant.params import BeamParams, EvalParams, load_params
 from requant.scoring import Section, corpus_wer, count_char_errors, count_errors, split_by_section, total
 from stages.reference import SECTIONS_FILE, TRUTH_FILE
 
@@ -57,14 +60,18 @@ def _reset_peak() -> None:
         pass
 
 
-def read_reference(reference_dir: Path) -> tuple[list[Section], list[str], str | None]:
+def read_reference(reference_dir: Path, decodings: list[str]) -> tuple[list[Section], dict[str, list[str]], str | None]:
+    """The sections, their fp32 short-clip text under each decoding, and the true transcript if any."""
     path = reference_dir / SECTIONS_FILE
     if not path.is_file():
         fail(f"{path} is missing; run `dvc repro reference@{reference_dir.name}` first")
     rows = read_json(path)
+    if any(not isinstance(r["text"], dict) or set(decodings) - set(r["text"]) for r in rows):
+        fail(f"{path} lacks the {'/'.join(decodings)} reference; re-run `dvc repro reference@{reference_dir.name}`")
     sections = [Section(r["index"], r["start_s"], r["end_s"]) for r in rows]
     truth = reference_dir / TRUTH_FILE
-    return sections, [r["text"] for r in rows], truth.read_text() if truth.is_file() else None
+    return (sections, {d: [r["text"][d] for r in rows] for d in decodings},
+            truth.read_text() if truth.is_file() else None)
 
 
 def score_sections(
@@ -86,11 +93,11 @@ def score_sections(
     }
 
 
-def long_pass(model_dir: Path, clip: str, eval_params: EvalParams, root: Path) -> dict[str, Any]:
-    """One single pass over the clip in a fresh session, scored per section (and against the truth when
-    there is one). Fresh, because a session that has already run one 390 s pass keeps onnxruntime's arena
-    from it and runs the next one on top: about twice the memory of one pass."""
-    sections, references, truth = read_reference(root / REFERENCE_DIR / clip)
+def long_pass(model_dir: Path, clip: str, eval_params: EvalParams, beam: BeamParams, root: Path) -> dict[str, Any]:
+    """One single encoder pass over the clip in a fresh session, each decoding of it scored per section
+    (and against the truth when there is one). Fresh, because a session that has already run one 390 s
+    pass keeps onnxruntime's arena from it and runs the next one on top: about twice the memory."""
+    sections, references, truth = read_reference(root / REFERENCE_DIR / clip, list(eval_params.decodings))
     audio = load_clip(clip_audio(clip, root / EVAL_AUDIO_DIR), eval_params.max_s)
     duration_s = len(audio) / SAMPLE_RATE
     if abs(duration_s - sections[-1].end_s) > 1e-3:
@@ -102,85 +109,100 @@ def long_pass(model_dir: Path, clip: str, eval_params: EvalParams, root: Path) -
     started = time.perf_counter()
     asr = load_asr(model_dir)
     load_s = time.perf_counter() - started
-    started = time.perf_counter()
-    transcript = transcribe(asr, audio)
-    pass_s = time.perf_counter() - started
+    decoded = recognize_all(asr, [audio], decodings_for(eval_params.decodings, beam))
     peak = _memory_bytes("VmHWM")
     del asr
-    log.info("%s: pass took %.2f s (RTF %.4f), %d tokens, peak RSS %.0f MB", clip, pass_s, pass_s / duration_s,
-             len(transcript.tokens), peak / MB)
-    hypotheses = split_by_section(transcript.tokens, transcript.starts, sections)
-    result = {"duration_s": round(duration_s, 6), **score_sections(sections, references, hypotheses,
-                                                                  eval_params.normalize),
-              "vs_truth": None, "load_s": round(load_s, 3), "pass_s": round(pass_s, 3),
-              "rtf": round(pass_s / duration_s, 5), "baseline_rss_mb": round(baseline / MB, 1),
-              "peak_rss_mb": round(peak / MB, 1)}
-    if truth is not None:
-        counts = count_errors(truth, transcript.text, eval_params.normalize)
-        result["vs_truth"] = {"wer_pct": _pct(counts.wer), **counts.as_dict()}
-    return result
+    log.info("%s: encoder %.2f s (RTF %.4f), decoding %s, peak RSS %.0f MB", clip, decoded.encode_s,
+             decoded.encode_s / duration_s, {k: round(v, 2) for k, v in decoded.decode_s.items()}, peak / MB)
+    by_decoding = {}
+    for name, [transcript] in decoded.transcripts.items():
+        hypotheses = split_by_section(transcript.tokens, transcript.starts, sections)
+        scored = {**score_sections(sections, references[name], hypotheses, eval_params.normalize), "vs_truth": None,
+                  "decode_s": round(decoded.decode_s[name], 3)}
+        if truth is not None:
+            counts = count_errors(truth, transcript.text, eval_params.normalize)
+            scored["vs_truth"] = {"wer_pct": _pct(counts.wer), **counts.as_dict()}
+        by_decoding[name] = scored
+    return {"duration_s": round(duration_s, 6), "load_s": round(load_s, 3), "encode_s": round(decoded.encode_s, 3),
+            "baseline_rss_mb": round(baseline / MB, 1), "peak_rss_mb": round(peak / MB, 1),
+            "by_decoding": by_decoding}
 
 
-def score_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams) -> tuple[dict[str, Any], float]:
-    """Per language: WER and CER against the true transcripts, with each utterance's counts; and the
-    seconds of audio transcribed."""
-    by_lang: dict[str, dict[str, list]] = {}
-    seconds = 0.0
+def score_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
+                 beam: BeamParams) -> tuple[dict[str, Any], float, float, dict[str, float]]:
+    """Per decoding and language: WER and CER against the true transcripts, with each utterance's counts;
+    and the seconds of audio, of encoding and of each decoding."""
+    by_lang: dict[str, dict[str, dict[str, list]]] = {name: {} for name in eval_params.decodings}
+    seconds, encode_s, decode_s = 0.0, 0.0, dict.fromkeys(eval_params.decodings, 0.0)
     for start in tqdm(range(0, len(utterances), CORPUS_BATCH), desc="corpus batches", unit="batch"):
         batch = utterances[start : start + CORPUS_BATCH]
         audio = [load_clip(u.audio, eval_params.max_s) for u in batch]
         seconds += sum(len(a) for a in audio) / SAMPLE_RATE
-        for u, hyp in zip(batch, recognize(asr, audio), strict=True):
-            words = count_errors(u.text, hyp, eval_params.normalize)
-            chars = count_char_errors(u.text, hyp, eval_params.normalize)
-            items = by_lang.setdefault(u.lang, {key: [] for key in CORPUS_ITEM_KEYS})
-            for key, value in zip(CORPUS_ITEM_KEYS, (u.id, words.ref_words, words.edits, chars.ref_words,
-                                                     chars.edits), strict=True):
-                items[key].append(value)
-    scores = {lang: {"utterances": len(items["ids"]),
-                     "wer_pct": _pct(sum(items["edits"]) / max(1, sum(items["ref_words"]))),
-                     "cer_pct": _pct(sum(items["char_edits"]) / max(1, sum(items["ref_chars"]))),
-                     "items": items}
-              for lang, items in by_lang.items()}
-    return scores, seconds
+        decoded = recognize_all(asr, audio, decodings_for(eval_params.decodings, beam))
+        encode_s += decoded.encode_s
+        for name, transcripts in decoded.transcripts.items():
+            decode_s[name] += decoded.decode_s[name]
+            for u, hyp in zip(batch, transcripts, strict=True):
+                words = count_errors(u.text, hyp.text, eval_params.normalize)
+                chars = count_char_errors(u.text, hyp.text, eval_params.normalize)
+                items = by_lang[name].setdefault(u.lang, {key: [] for key in CORPUS_ITEM_KEYS})
+                for key, value in zip(CORPUS_ITEM_KEYS, (u.id, words.ref_words, words.edits, chars.ref_words,
+                                                         chars.edits), strict=True):
+                    items[key].append(value)
+    scores = {name: {lang: {"utterances": len(items["ids"]),
+                            "wer_pct": _pct(sum(items["edits"]) / max(1, sum(items["ref_words"]))),
+                            "cer_pct": _pct(sum(items["char_edits"]) / max(1, sum(items["ref_chars"]))),
+                            "items": items}
+                     for lang, items in langs.items()}
+              for name, langs in by_lang.items()}
+    return scores, seconds, encode_s, decode_s
 
 
 def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path = Path("."),
-             out_dir: Path | None = None) -> dict:
-    """Score one variant on every scored clip and the corpus; write and return metrics/eval/<variant>.json."""
+             out_dir: Path | None = None, beam: BeamParams = BeamParams()) -> dict:
+    """Score one variant on every scored clip and the corpus, under each decoding; write and return
+    metrics/eval/<variant>.json."""
     out_dir = root / METRICS_DIR if out_dir is None else out_dir
     clips = scored_clips(clips, root / EVAL_AUDIO_DIR)
     utterances = read_corpus(root)
     with tempfile.TemporaryDirectory(prefix=f"eval-{variant}-") as model_dir:
         encoder_files = assemble_model_dir(variant, eval_params.decoder, Path(model_dir), root)
-        long = {clip: long_pass(Path(model_dir), clip, eval_params, root) for clip in tqdm(clips, desc=variant,
-                                                                                              unit="clip")}
-        started = time.perf_counter()
-        corpus, corpus_audio_s = score_corpus(load_asr(Path(model_dir)), utterances, eval_params)
-        corpus_s = time.perf_counter() - started
-    pass_s, duration_s = sum(c["pass_s"] for c in long.values()), sum(c["duration_s"] for c in long.values())
+        long = {clip: long_pass(Path(model_dir), clip, eval_params, beam, root)
+                for clip in tqdm(clips, desc=variant, unit="clip")}
+        corpus, corpus_audio_s, corpus_encode_s, corpus_decode_s = score_corpus(
+            load_asr(Path(model_dir)), utterances, eval_params, beam)
+    primary = eval_params.decodings[0]
+    duration_s, encode_s = sum(c["duration_s"] for c in long.values()), sum(c["encode_s"] for c in long.values())
+    decode_s = {name: round(sum(c["by_decoding"][name]["decode_s"] for c in long.values()), 3)
+                for name in eval_params.decodings}
     worst = max(long.values(), key=lambda c: c["peak_rss_mb"])  # the long pass that needs the most memory
     result = {
         "variant": variant,
         "encoder_files": [p.name for p in encoder_files],
         "decoder": eval_params.decoder,
         "normalize": eval_params.normalize,
-        "reference": "long clips: the fp32 encoder on each section alone; corpus: the true transcripts",
+        "reference": "long clips: the fp32 encoder on each section alone (greedy); corpus: the true transcripts",
+        "decodings": list(eval_params.decodings),
+        "beam": asdict(beam) if "beam" in eval_params.decodings else None,
         "long": long,
         "corpus": corpus,
         "cost": {
             "encoder_mb": round(sum(p.stat().st_size for p in encoder_files) / MB, 3),
             "load_s": min(c["load_s"] for c in long.values()),
-            "pass_s": round(pass_s, 3),
-            "rtf": round(pass_s / duration_s, 5),
-            "corpus_rtf": round(corpus_s / max(1e-9, corpus_audio_s), 5),
+            "encode_s": round(encode_s, 3),
+            "decode_s": decode_s,
+            "pass_s": round(encode_s + decode_s[primary], 3),
+            "rtf": round((encode_s + decode_s[primary]) / duration_s, 5),
+            "corpus_rtf": round((corpus_encode_s + corpus_decode_s[primary]) / max(1e-9, corpus_audio_s), 5),
+            "corpus_decode_s": {k: round(v, 3) for k, v in corpus_decode_s.items()},
             "baseline_rss_mb": worst["baseline_rss_mb"],
             "peak_rss_mb": worst["peak_rss_mb"],
             "rss_delta_mb": round(worst["peak_rss_mb"] - worst["baseline_rss_mb"], 1),
         },
     }
     write_json(out_dir / f"{variant}.json", result)
-    log.info("%s: %s", variant, ", ".join(f"{clip} {c['overall_wer_pct']} %" for clip, c in long.items()))
+    log.info("%s: %s", variant, ", ".join(f"{clip} {c['by_decoding'][primary]['overall_wer_pct']} %"
+                                          for clip, c in long.items()))
     return result
 
 
@@ -188,7 +210,7 @@ def main() -> None:
     if len(sys.argv) != 2 or sys.argv[1] not in VARIANTS:
         fail(f"usage: python -m stages.evaluate <variant>, variant one of {', '.join(VARIANTS)}")
     params = load_params()
-    evaluate(sys.argv[1], params.eval, list(params.eval_clips))
+    evaluate(sys.argv[1], params.eval, list(params.eval_clips), beam=params.beam)
 
 
 if __name__ == "__main__":

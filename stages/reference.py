@@ -3,8 +3,9 @@
 Short clips are what every encoder handles well, so these transcripts are the yardstick the long
 single pass of each variant is scored against (as in the original model card). They depend on the
 fp32 model and the clip only, so a new recipe never re-runs them.
-Run as `python -m stages.reference <clip>`. Output: data/reference/<clip>/sections.json
-[{index, start_s, end_s, text}] and, when the clip has a true transcript, truth.txt (a skipped clip:
+Each decoding in eval.decodings gets its own reference, so that a beam-decoded long pass is measured
+against beam-decoded short clips. Run as `python -m stages.reference <clip>`. Output:
+data/reference/<clip>/sections.json [{index, start_s, end_s, text: {decoding: text}}] and, when the clip has a true transcript, truth.txt (a skipped clip:
 skipped.json).
 """
 
@@ -18,10 +19,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from requant.asr import SAMPLE_RATE, assemble_model_dir, load_asr, load_clip, transcribe
+from requant.asr import SAMPLE_RATE, assemble_model_dir, decodings_for, load_asr, load_clip, recognize_all
 from requant.common import atomic_path, fail, run_cli, write_json
 from requant.evalsets import EVAL_AUDIO_DIR, RAW_EVAL_DIR, REFERENCE_DIR, SKIPPED, clip_audio
-from requant.params import load_params
+from requant.params import BeamParams, load_params
 from requant.scoring import make_sections
 
 log = logging.getLogger("pipeline.reference")
@@ -30,8 +31,11 @@ SECTIONS_FILE, TRUTH_FILE = "sections.json", "truth.txt"
 
 
 def build_reference(
-    audio_path: Path, raw_dir: Path, out_dir: Path, section_s: float, max_s: float, decoder: str, root: Path
+    audio_path: Path, raw_dir: Path, out_dir: Path, section_s: float, max_s: float, decoder: str, root: Path,
+    decodings: dict[str, BeamParams | None] | None = None,
 ) -> list[dict]:
+    """Each section alone through fp32, under each decoding (default: greedy only)."""
+    decodings = decodings or {"greedy": None}
     audio = load_clip(audio_path, max_s)
     sections = make_sections(len(audio) / SAMPLE_RATE, section_s)
     with tempfile.TemporaryDirectory(prefix="reference-model-") as model_dir:
@@ -40,9 +44,10 @@ def build_reference(
         rows = []
         for section in tqdm(sections, desc="fp32 reference sections", unit="section"):
             clip = audio[round(section.start_s * SAMPLE_RATE) : round(section.end_s * SAMPLE_RATE)]
-            text = transcribe(asr, clip).text.strip()
-            rows.append({"index": section.index, "start_s": section.start_s, "end_s": section.end_s, "text": text})
-            log.info("section %s: %d words", section.label, len(text.split()))
+            found = recognize_all(asr, [clip], decodings).transcripts
+            texts = {name: found[name][0].text.strip() for name in decodings}
+            rows.append({"index": section.index, "start_s": section.start_s, "end_s": section.end_s, "text": texts})
+            log.info("section %s: %s words", section.label, {k: len(v.split()) for k, v in texts.items()})
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         write_json(tmp / SECTIONS_FILE, rows)
@@ -65,7 +70,7 @@ def main() -> None:
             shutil.copyfile(EVAL_AUDIO_DIR / clip / SKIPPED, tmp / SKIPPED)
         return
     build_reference(clip_audio(clip), RAW_EVAL_DIR / clip, out, p.eval.section_s, p.eval.max_s, p.eval.decoder,
-                    Path("."))
+                    Path("."), decodings_for(p.eval.decodings, p.beam))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from requant.common import atomic_path, fail, read_json, run_cli, write_json  # 
 from stages.evaluate import METRICS_DIR  # noqa: E402
 from requant.model_card import render_card, render_results  # noqa: E402
 from requant.params import Params, load_params  # noqa: E402
-from requant.summary import BASELINE, MACRO, POOLED, headline, summarize  # noqa: E402
+from requant.summary import BASELINE, MACRO, POOLED, decoding_view, headline, summarize  # noqa: E402
 
 log = logging.getLogger("pipeline.report")
 
@@ -47,13 +47,15 @@ def read_evaluations(metrics_dir: Path) -> dict[str, dict[str, Any]]:
     unknown = sorted(set(found) - set(VARIANTS))
     if unknown:
         fail(f"{metrics_dir}: unknown variant file(s) {unknown}; remove them or re-run `dvc repro evaluate`")
-    stale = sorted(name for name, e in found.items() if "long" not in e)
+    stale = sorted(name for name, e in found.items() if "decodings" not in e)
     if stale:
         fail(f"{metrics_dir}: {stale} predate the multi-set evaluation; re-run `dvc repro evaluate`")
     normalizations = {e["normalize"] for e in found.values()}
     if len(normalizations) != 1:
         fail(f"{metrics_dir}: variants were scored with different normalisations {sorted(normalizations)}; "
              "re-run `dvc repro evaluate`")
+    if len({tuple(e["decodings"]) for e in found.values()}) != 1:
+        fail(f"{metrics_dir}: variants were decoded differently (eval.decodings changed); re-run `dvc repro evaluate`")
     return {name: found[name] for name in VARIANTS if name in found}
 
 
@@ -73,7 +75,9 @@ def full_summary(evals: dict[str, dict[str, Any]], summary: dict[str, dict[str, 
 
 
 def cost_summary(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {name: {k: e["cost"][k] for k in COST_KEYS} for name, e in evals.items()}
+    """Per variant: size, load, memory, real-time factors, and each decoding's time over the long passes."""
+    return {name: {**{k: e["cost"][k] for k in COST_KEYS}, "decode_s": e["cost"]["decode_s"]}
+            for name, e in evals.items()}
 
 
 def _save(fig: Any, out: Path) -> None:
@@ -132,14 +136,19 @@ def optional_json(path: Path) -> Any:
 
 
 def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
-    evals = read_evaluations(root / METRICS_DIR)
-    for e in evals.values():  # JSON keys come back sorted: long clips in params.yaml's order again
+    raw = read_evaluations(root / METRICS_DIR)
+    decodings = raw[BASELINE]["decodings"] if BASELINE in raw else []
+    for e in raw.values():  # JSON keys come back sorted: long clips in params.yaml's order again
         e["long"] = {clip: e["long"][clip] for clip in sorted(e["long"], key=[*p.eval_clips, *e["long"]].index)}
-    summary = summarize(evals, p.eval.bootstrap_resamples, p.eval.bootstrap_seed)
-    wer = headline(summary)
+    views = {d: {name: decoding_view(e, d) for name, e in raw.items()} for d in decodings}
+    summaries = {d: summarize(views[d], p.eval.bootstrap_resamples, p.eval.bootstrap_seed) for d in decodings}
+    if not summaries:  # no fp32: summarize names what is missing
+        summarize(raw, p.eval.bootstrap_resamples, p.eval.bootstrap_seed)
+    evals, summary = views[decodings[0]], summaries[decodings[0]]  # the first decoding heads every table
+    wer = headline(summaries)
     write_json(root / WER_FILE, wer)
     write_json(root / COST_FILE, cost_summary(evals))
-    write_json(root / SUMMARY_FILE, full_summary(evals, summary))
+    write_json(root / SUMMARY_FILE, {d: full_summary(views[d], summaries[d]) for d in decodings})
     plot_sections(evals, root / PLOT_FILE)
     langs = list(evals[BASELINE]["corpus"])
     if langs:
@@ -149,9 +158,10 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         "smoothquant": optional_json(root / "metrics/smoothquant.json"),
         "windows": optional_json(root / "data/windows/index.json"),
         "bench": optional_json(root / "metrics/bench.json"),
+        "decodings": summaries,
     }
     for path, text in ((CARD_FILE, render_card(p, evals, summary, extras)),
-                       (RESULTS_FILE, render_results(p, evals, summary, extras["bench"]))):
+                       (RESULTS_FILE, render_results(p, evals, summary, extras))):
         with atomic_path(root / path) as tmp:
             tmp.write_text(text)
     log.info("wrote %s, %s, %s, %s, %s, %s", WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, CARD_FILE, RESULTS_FILE)

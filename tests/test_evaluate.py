@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,7 +31,8 @@ from stages.evaluate import evaluate, score_sections
 from stages.fp16 import build_fp16
 from stages.int8_dynamic import build_dynamic_int8
 from stages.package import package
-from requant.params import EvalParams, NbitsRecipe, parse_params
+from requant.asr import decodings_for
+from requant.params import BeamParams, EvalParams, NbitsRecipe, parse_params
 from stages.corpus import build_corpus
 from stages.reference import build_reference
 from requant.scoring import Section, split_by_section
@@ -41,7 +43,8 @@ from tests.random_model import build_full_random_model
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ["the small boat sails across the quiet lake", "we choose to go there this year",
              "the garden is green after the rain"]
-PARAMS = EvalParams(section_s=2.0, max_s=400.0, normalize="lower_nopunct", decoder="fp32")
+PARAMS = EvalParams(section_s=2.0, max_s=400.0, normalize="lower_nopunct", decoder="fp32",
+                    decodings=["greedy", "beam"])
 CLIPS = ["long", "second"]
 CORPUS = [("fr_fr", "le chat dort sur la table"), ("fr_fr", "nous partons demain matin"),
           ("en_us", "the dog runs in the park"), ("en_us", "she reads a long letter"), ("en_us", "we eat bread")]
@@ -77,7 +80,8 @@ def write_eval_sets(root: Path, audio: np.ndarray) -> None:
         if clip == CLIPS[0]:
             (root / "data/raw/eval" / clip / "transcript.txt").write_text(" ".join(SENTENCES) + "\n")
         build_reference(clip_audio(clip, root / "data/audio/eval"), root / "data/raw/eval" / clip,
-                        root / "data/reference" / clip, PARAMS.section_s, PARAMS.max_s, PARAMS.decoder, root)
+                        root / "data/reference" / clip, PARAMS.section_s, PARAMS.max_s, PARAMS.decoder, root,
+                        decodings_for(PARAMS.decodings, BeamParams()))
     manifest = root / "my_corpus"
     manifest.mkdir()
     lines = ["audio,text,lang"]
@@ -108,7 +112,7 @@ def test_reference_sections_cover_the_clip(root: Path):
     assert rows[0]["start_s"] == 0 and rows[-1]["end_s"] == pytest.approx(clip_seconds(root), abs=1e-5)
     assert len(rows) >= 3
     assert all(a["end_s"] == b["start_s"] == PARAMS.section_s * b["index"] for a, b in zip(rows, rows[1:]))
-    assert set(rows[0]) == {"index", "start_s", "end_s", "text"}
+    assert set(rows[0]) == {"index", "start_s", "end_s", "text"} and set(rows[0]["text"]) == {"greedy", "beam"}
     assert (root / "data/reference/long/truth.txt").read_text().split() == " ".join(SENTENCES).split()
     assert not (root / "data/reference/second/truth.txt").exists()
 
@@ -120,17 +124,20 @@ def test_evaluate_schema_and_arithmetic(root: Path, tmp_path: Path):
     assert result["encoder_files"] == ["encoder-model.onnx", "encoder-model.onnx.data"]
     assert list(result["long"]) == CLIPS
     for clip in CLIPS:
-        long = result["long"][clip]
+        long = result["long"][clip]["by_decoding"]["greedy"]
         sections = long["sections"]
         assert len(sections) == len(json.loads((root / "data/reference" / clip / "sections.json").read_text()))
         keys = ("ref_words", "substitutions", "deletions", "insertions", "edits")
         assert long["overall_counts"] == {k: sum(s[k] for s in sections) for k in keys}
         counts = long["overall_counts"]
         expected = None if not counts["ref_words"] else round(100 * counts["edits"] / counts["ref_words"], 4)
-        assert long["overall_wer_pct"] == expected and long["pass_s"] > 0
-    assert result["long"]["long"]["vs_truth"]["ref_words"] == len(" ".join(SENTENCES).split())
-    assert result["long"]["second"]["vs_truth"] is None
-    corpus = result["corpus"]
+        assert long["overall_wer_pct"] == expected and long["decode_s"] > 0 and result["long"][clip]["encode_s"] > 0
+        assert result["long"][clip]["by_decoding"]["beam"]["overall_counts"]["ref_words"] == counts["ref_words"]
+    assert result["long"]["long"]["by_decoding"]["greedy"]["vs_truth"]["ref_words"] == len(" ".join(SENTENCES).split())
+    assert result["long"]["second"]["by_decoding"]["greedy"]["vs_truth"] is None
+    assert result["decodings"] == ["greedy", "beam"] and result["beam"]["width"] == 4
+    assert set(result["corpus"]) == {"greedy", "beam"}
+    corpus = result["corpus"]["greedy"]
     assert list(corpus) == ["fr_fr", "en_us"] and [c["utterances"] for c in corpus.values()] == [2, 3]
     en = corpus["en_us"]["items"]
     assert en["ref_words"] == [6, 5, 3] and en["ref_chars"] == [len(t) for lang, t in CORPUS if lang == "en_us"]
@@ -139,6 +146,17 @@ def test_evaluate_schema_and_arithmetic(root: Path, tmp_path: Path):
     cost = result["cost"]
     assert cost["encoder_mb"] > 0 and cost["load_s"] > 0 and cost["rtf"] > 0 and cost["corpus_rtf"] > 0
     assert cost["peak_rss_mb"] >= cost["baseline_rss_mb"] > 0
+
+
+def test_a_reference_without_the_beam_is_refused(root: Path, tmp_path: Path):
+    greedy_only = tmp_path / "project"
+    shutil.copytree(root / "data", greedy_only / "data")
+    (greedy_only / "models").symlink_to(root / "models")
+    build_reference(clip_audio("second", greedy_only / "data/audio/eval"), greedy_only / "data/raw/eval/second",
+                    greedy_only / "data/reference/second", PARAMS.section_s, PARAMS.max_s, PARAMS.decoder, root)
+    with pytest.raises(StageError, match="sections.json lacks the greedy/beam reference; re-run `dvc repro "
+                                         "reference@second`"):
+        evaluate("fp32", PARAMS, ["second"], greedy_only, tmp_path)
 
 
 def test_a_skipped_clip_is_left_out_and_a_missing_one_named(root: Path, tmp_path: Path):
@@ -152,7 +170,8 @@ def test_a_skipped_clip_is_left_out_and_a_missing_one_named(root: Path, tmp_path
 def test_sections_together_hold_exactly_the_long_pass(root: Path, tmp_path: Path):
     with loaded(root, "fp32", tmp_path) as asr:
         whole = transcribe(asr, load_clip(clip_audio(CLIPS[0], root / "data/audio/eval"), 400)).text
-    hypotheses = [s["hypothesis"] for s in evaluate("fp32", PARAMS, CLIPS, root, tmp_path)["long"]["long"]["sections"]]
+    result = evaluate("fp32", PARAMS, CLIPS, root, tmp_path)
+    hypotheses = [s["hypothesis"] for s in result["long"]["long"]["by_decoding"]["greedy"]["sections"]]
     assert "".join(hypotheses).replace(" ", "") == whole.replace(" ", "")
 
 
@@ -161,8 +180,9 @@ def test_sharded_fp32_scores_exactly_as_fp32(root: Path, tmp_path: Path):
     sharded = evaluate("fp32_sharded", PARAMS, CLIPS, root, tmp_path)
     assert len(sharded["encoder_files"]) >= 3  # graph + at least two shards
     for clip in CLIPS:
-        assert sharded["long"][clip]["sections"] == fp32["long"][clip]["sections"]
-        assert sharded["long"][clip]["vs_truth"] == fp32["long"][clip]["vs_truth"]
+        for decoding in ("greedy", "beam"):
+            assert sharded["long"][clip]["by_decoding"][decoding]["sections"] == \
+                fp32["long"][clip]["by_decoding"][decoding]["sections"]
     assert sharded["corpus"] == fp32["corpus"]
 
 

@@ -92,7 +92,8 @@ def test_alpha_experiment_shows_in_metrics_diff(tmp_path: Path) -> None:
     experiment = run(repo, *DVC, "exp", "run", "-S", "smooth.alpha=0.9")
     for stage in ("smoothquant", "int8", "fidelity", "evaluate@int8_smoothquant", "report"):
         assert f"Running stage '{stage}'" in experiment
-    for stage in ("fetch@villepin", "windows", "base_model", "fp16", "shard", "int8_dynamic", "evaluate@fp32"):
+    for stage in ("fetch@villepin", "windows", "base_model", "fp16", "shard", "int8_dynamic", "evaluate@fp32",
+                  "reference@jfk", "corpus"):
         assert f"Running stage '{stage}'" not in experiment
 
     diff = json.loads(run(repo, *DVC, "metrics", "diff", "--json"))

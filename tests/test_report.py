@@ -35,20 +35,26 @@ def corpus(edits: list[int]) -> dict:
 
 
 def fake_eval(variant: str, hypotheses: list[str], normalize: str = "lower_nopunct",
-              edits: tuple[list[int], list[int]] = ([0, 0, 0, 0], [1, 0, 0, 1])) -> dict:
-    long = {"duration_s": 150.0, **score_sections(SECTIONS, REFERENCES, hypotheses, normalize),
-            "vs_truth": {"wer_pct": 12.5, "ref_words": 8, "substitutions": 1, "deletions": 0, "insertions": 0,
-                         "edits": 1},
-            "pass_s": 1.0, "rtf": 0.0067}
+              edits: tuple[list[int], list[int]] = ([0, 0, 0, 0], [1, 0, 0, 1]), decodings: tuple = ("greedy",)) -> dict:
+    """An evaluate stage output; every decoding scores the same (the beam table is tested on its own)."""
+    scored = {**score_sections(SECTIONS, REFERENCES, hypotheses, normalize), "decode_s": 0.5,
+              "vs_truth": {"wer_pct": 12.5, "ref_words": 8, "substitutions": 1, "deletions": 0, "insertions": 0,
+                           "edits": 1}}
+    clip = {"duration_s": 150.0, "load_s": 0.2, "encode_s": 1.0, "baseline_rss_mb": 100.0, "peak_rss_mb": 150.0}
     return {
         "variant": variant,
         "encoder_files": ["encoder-model.onnx"],
         "decoder": "fp32",
         "normalize": normalize,
         "reference": "long clips: fp32 short clips; corpus: true transcripts",
-        "long": {"jfk": long, "fast": {**long, "vs_truth": None}},
-        "corpus": {"en_us": corpus(edits[0]), "fr_fr": corpus(edits[1])},
-        "cost": {"encoder_mb": 10.5, "load_s": 0.2, "pass_s": 2.0, "rtf": 0.0067, "corpus_rtf": 0.01,
+        "decodings": list(decodings),
+        "beam": {"width": 4} if "beam" in decodings else None,
+        "long": {"jfk": {**clip, "by_decoding": {d: scored for d in decodings}},
+                 "fast": {**clip, "by_decoding": {d: {**scored, "vs_truth": None} for d in decodings}}},
+        "corpus": {d: {"en_us": corpus(edits[0]), "fr_fr": corpus(edits[1])} for d in decodings},
+        "cost": {"encoder_mb": 10.5, "load_s": 0.2, "encode_s": 2.0, "pass_s": 2.0, "rtf": 0.0067, "corpus_rtf": 0.01,
+                 "decode_s": {d: 1.0 + 3 * (d == "beam") for d in decodings},
+                 "corpus_decode_s": {d: 0.5 + 2 * (d == "beam") for d in decodings},
                  "baseline_rss_mb": 100.0, "peak_rss_mb": 150.0, "rss_delta_mb": 50.0},
     }
 
@@ -74,7 +80,8 @@ def root(tmp_path: Path) -> Path:
 def test_wer_and_cost_metrics_schema(root: Path):
     build_report(params(), root)
     wer = json.loads((root / WER_FILE).read_text())
-    assert set(wer) == {"fp32", "int8_smoothquant"}
+    assert set(wer) == {"fp32", "int8_smoothquant"} and set(wer["fp32"]) == {"greedy"}
+    wer = {name: w["greedy"] for name, w in wer.items()}
     sq = wer["int8_smoothquant"]
     assert set(sq) == {"long", "corpus"}
     assert set(sq["long"]) == {"wer_pct", "delta_pct", "ci_low_pct", "ci_high_pct"}
@@ -83,7 +90,7 @@ def test_wer_and_cost_metrics_schema(root: Path):
     assert wer["fp32"]["long"] == {"wer_pct": 0.0, "delta_pct": 0.0, "ci_low_pct": 0.0, "ci_high_pct": 0.0}
     # corpus: en 20 % (every utterance one edit, fp32 none: the interval is exactly [20, 20]), fr 10 % both
     assert sq["corpus"] == {"wer_pct": 15.0, "delta_pct": 10.0, "ci_low_pct": 10.0, "ci_high_pct": 10.0}
-    summary = json.loads((root / SUMMARY_FILE).read_text())
+    summary = json.loads((root / SUMMARY_FILE).read_text())["greedy"]
     sets = {s["name"]: s for s in summary["sets"]}
     assert list(sets) == ["jfk", "fast", "long_pooled", "en_us", "fr_fr", "corpus_macro"]
     assert sets["long_pooled"]["sections"] == 6 and sets["en_us"]["utterances"] == 4
@@ -94,7 +101,8 @@ def test_wer_and_cost_metrics_schema(root: Path):
     assert summary["sections"]["int8_smoothquant"]["jfk"] == {"00_0-60s": 0.0, "01_60-120s": 50.0,
                                                               "02_120-150s": 100.0}
     cost = json.loads((root / COST_FILE).read_text())
-    assert set(cost["fp32"]) == {"encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf"}
+    assert set(cost["fp32"]) == {"encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf",
+                                 "decode_s"}
     for plot in (PLOT_FILE, LANG_PLOT_FILE):
         assert (root / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -156,7 +164,7 @@ def test_unknown_variant_file_is_refused(root: Path):
 
 def test_variants_scored_on_other_utterances_are_refused(root: Path):
     other = fake_eval("fp16", REFERENCES)
-    other["corpus"]["en_us"]["items"]["ids"][0] = "someone_else"
+    other["corpus"]["greedy"]["en_us"]["items"]["ids"][0] = "someone_else"
     write_json(root / "metrics/eval/fp16.json", other)
     with pytest.raises(StageError, match="fp16.json was scored on other clips or utterances than fp32.json"):
         build_report(params(), root)
@@ -166,9 +174,31 @@ def test_recommendations_need_both_the_long_passes_and_the_corpus(root: Path):
     from requant.model_card import recommendations
     from requant.summary import summarize
 
+    from requant.summary import decoding_view
+
     evals = {"fp32": fake_eval("fp32", REFERENCES),
              "nbits_w8": fake_eval("nbits_w8", REFERENCES, edits=([0, 0, 0, 0], [1, 0, 0, 1])),
              "nbits_w4": fake_eval("nbits_w4", REFERENCES, edits=([1, 1, 1, 1], [1, 0, 0, 1]))}
     evals["nbits_w4"]["cost"]["encoder_mb"] = 3.0  # smaller, but 10 points worse on the corpus
+    evals = {name: decoding_view(e, "greedy") for name, e in evals.items()}
     picks = dict((use.split(" (")[0], n) for use, n in recommendations(summarize(evals, 200, 0), evals))
     assert picks["smallest download"] == "nbits_w8"
+
+
+def test_greedy_and_beam_side_by_side(tmp_path: Path):
+    both = ("greedy", "beam")
+    write_json(tmp_path / "metrics/eval/fp32.json", fake_eval("fp32", REFERENCES, decodings=both))
+    beam = fake_eval("int8_smoothquant", REFERENCES, decodings=both)
+    beam["corpus"]["beam"]["en_us"] = corpus([1, 0, 0, 0])  # the beam is worse on one English utterance
+    write_json(tmp_path / "metrics/eval/int8_smoothquant.json", beam)
+    build_report(params(), tmp_path)
+    wer = json.loads((tmp_path / WER_FILE).read_text())
+    assert set(wer["int8_smoothquant"]) == {"greedy", "beam"}
+    assert wer["int8_smoothquant"]["beam"]["corpus"]["wer_pct"] == 7.5  # (5 % en + 10 % fr) / 2
+    card = (tmp_path / CARD_FILE).read_text()
+    # per set: greedy / beam WER; decode time of the beam relative to greedy, long passes and corpus
+    assert "| int8 SmoothQuant (this) | 0.00 / 0.00 | 0.00 / 0.00 | 0.00 / 0.00 | 0.00 / 5.00 | 10.00 / 10.00 | " \
+           "5.00 / 7.50 | 4.0x | 5.0x |" in card
+    write_json(tmp_path / "metrics/eval/int8_smoothquant.json", fake_eval("int8_smoothquant", REFERENCES))
+    with pytest.raises(StageError, match="decoded differently"):
+        build_report(params(), tmp_path)
