@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # dvc.yaml's stage commands call `python`: the venv's must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test train-demo rehearse readme lock clean-venv
+.PHONY: repro test train-demo rehearse readme lock clean-venv web-check
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ $(BIN)/.torch: $(BIN)/.installed
 repro: $(BIN)/.installed
 	$(BIN)/dvc repro
 
-test: $(BIN)/.installed $(BIN)/.torch
+test: $(BIN)/.installed $(BIN)/.torch web/node_modules/.installed
 	$(BIN)/python -m pytest
+
+# onnxruntime-web and playwright-core for the browser test, from web/package-lock.json (no browser download:
+# the test drives Debian's /usr/bin/chromium, or runs the page's code in Node when it is absent)
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
 
 # Retrain the demo model from scratch on 2 CPU cores: about 3.5 min of synthesis, 98 min of training.
 # The schedule runs over a fixed 9602 steps (what 98 min gave on an idle machine), not the wall clock.
@@ -47,3 +53,8 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The browser claims at Parakeet scale (twin, ~10 min, 7 GB): headless Chromium loads the single-file fp32,
+# the sharded fp32, SmoothQuant int8 and fp16; metrics/web_check.json and a table.
+web-check: $(BIN)/.installed web/node_modules/.installed
+	$(BIN)/python -m bench.web_check

@@ -10,6 +10,7 @@ or not at all.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ log = logging.getLogger("pipeline.package")
 
 OUT = Path("models/release")
 PLAIN_FILES = ("config.json", "vocab.txt", "nemo128.onnx")
+SHARDED_ENCODER, SHARD_LIST = Path("sharded/encoder-model.onnx"), "shards.json"
 
 
 def release_plan(root: Path) -> dict[str, Path]:
@@ -106,6 +108,9 @@ def package(root: Path = Path("."), out: Path = OUT) -> dict[str, Path]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             copy_file(source, dest)
             log.info("copied %s -> %s", source, name)
+        # the shards in load order, for a browser: it cannot list a folder it fetches from
+        shards = sorted(external_data_locations(tmp / SHARDED_ENCODER))
+        (tmp / SHARDED_ENCODER).with_name(SHARD_LIST).write_text(json.dumps(shards, indent=1) + "\n")
     log.info("release folder %s: %d files", out, len(plan))
     return plan
 

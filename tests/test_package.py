@@ -5,6 +5,7 @@ Loading a real release folder with onnx-asr is covered in tests/test_evaluate.py
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -88,7 +89,10 @@ def test_release_layout_and_contents(root: Path):
     package(root)
     release = root / OUT
     found = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()}
-    assert found == set(EXPECTED)
+    assert found == set(EXPECTED) | {"sharded/shards.json"}
+    # the shard list a browser fetches by (it cannot list a folder over HTTP), in load order
+    assert json.loads((release / "sharded/shards.json").read_text()) == ["encoder-model.onnx.data.000",
+                                                                          "encoder-model.onnx.data.001"]
     for name, source in EXPECTED.items():
         assert (release / name).read_bytes() == (root / source).read_bytes(), name
     # Copies, not hard links: onnx refuses external data with several links (and so would smoothquant).

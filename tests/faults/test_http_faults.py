@@ -53,10 +53,10 @@ def test_hostile_source(server: HostileServer, project: Path, path: str, words: 
     result = _fetch_from(project, server.url(path))
     assert time.monotonic() - started < limit_s
     error_line(result, "evaluation clip", server.url(path), *words)
-    nothing_under(project / "data" / "raw" / "eval")
-    assert not list((project / "data" / "raw").glob(".eval.tmp-*")) if (project / "data" / "raw").exists() else True
+    nothing_under(project / "data" / "raw" / "eval" / "jfk")
+    assert not list((project / "data" / "raw" / "eval").glob(".jfk.tmp-*")) if (project / "data" / "raw" / "eval").exists() else True
     succeeds(_fetch_from(project, server.url("/good.wav")))  # the same stage, a sound source: it completes
-    assert (project / "data" / "raw" / "eval" / "provenance.json").is_file()
+    assert (project / "data" / "raw" / "eval" / "jfk" / "provenance.json").is_file()
 
 
 def _download_processes(marker: str) -> list[int]:
@@ -91,5 +91,5 @@ def test_sigterm_leaves_no_orphan_download(server: HostileServer, project: Path)
     assert "error: stopped by SIGTERM; nothing was written" in stderr
     time.sleep(0.5)
     assert _download_processes(marker) == []
-    nothing_under(project / "data" / "raw" / "eval")
+    nothing_under(project / "data" / "raw" / "eval" / "jfk")
     write_params(project, read_params(project), **{"fetch.attempt_timeout_s": 4})

@@ -23,7 +23,7 @@ CASES = [  # (params changes, words the error line must hold)
     ({"fidelity.min_cosine": 2}, ["fidelity.min_cosine=2.0 must be >= -1 and <= 1"]),
     ({"preset": "nemo"}, ["preset 'nemo' is unknown"]),
     ({"speeches.veil.crop_s": 0}, ["speeches.veil needs start_s >= 0 and crop_s > 0"]),
-    ({"eval_clip.crop_s": 410}, ["eval_clip.crop_s=410.0 exceeds eval.max_s=400.0"]),
+    ({"eval_clips.jfk.crop_s": 410}, ["eval_clips.jfk.crop_s=410.0 exceeds eval.max_s=400.0"]),
     ({"fetch.attempt_timeout_s": float("nan")}, ["fetch.attempt_timeout_s", "a finite number"]),
 ]
 
@@ -50,12 +50,12 @@ def test_bad_value(fresh: Path, changes: dict, words: list[str]) -> None:
 
 
 def _fails_then_reruns_with(root: Path, good: dict, words: list[str]) -> None:
-    result = run_stage(root, "fetch", "eval")
+    result = run_stage(root, "fetch", "eval", "jfk")
     error_line(result, "params.yaml", *words)
-    nothing_under(root / "data" / "raw" / "eval")
+    nothing_under(root / "data" / "raw" / "eval" / "jfk")
     write_params(root, good)
-    succeeds(run_stage(root, "fetch", "eval"))
-    assert (root / "data" / "raw" / "eval" / "provenance.json").is_file()
+    succeeds(run_stage(root, "fetch", "eval", "jfk"))
+    assert (root / "data" / "raw" / "eval" / "jfk" / "provenance.json").is_file()
 
 
 def test_speech_key_with_a_space(fresh: Path) -> None:
@@ -75,7 +75,7 @@ def test_a_group_missing_when_a_stage_runs_alone(fresh: Path) -> None:
     error_line(result, "params.yaml", "the 'quant' group is missing")
     nothing_under(fresh / "models" / "variants" / "int8_smoothquant")
     write_params(fresh, good)
-    succeeds(run_stage(fresh, "fetch", "eval"))
+    succeeds(run_stage(fresh, "fetch", "eval", "jfk"))
 
 
 def test_a_yaml_error_when_a_stage_runs_alone(fresh: Path) -> None:

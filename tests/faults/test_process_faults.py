@@ -111,12 +111,12 @@ def test_kill_9_mid_stage_then_the_rerun_cleans_up(project: Path) -> None:
 def test_two_runs_at_once(project: Path) -> None:
     shutil.rmtree(project / "data" / "raw", ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(project)}
-    runs = [subprocess.Popen([sys.executable, "-m", "stages.fetch", "eval"], cwd=project, env=env,
+    runs = [subprocess.Popen([sys.executable, "-m", "stages.fetch", "eval", "jfk"], cwd=project, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [err[-500:] for _, err in results]
-    assert (project / "data" / "raw" / "eval" / "provenance.json").is_file()
-    assert not list((project / "data" / "raw").glob(".eval.tmp-*"))
+    assert (project / "data" / "raw" / "eval" / "jfk" / "provenance.json").is_file()
+    assert not list((project / "data" / "raw" / "eval").glob(".jfk.tmp-*"))
 
 
 def test_nan_weights_past_base_model_fail_smoothquant(project: Path) -> None:
