@@ -71,8 +71,7 @@ def lay_out(twin: Path, work: Path) -> Path:
     links = {name: twin / name for name in ("nemo128.onnx", "vocab.txt", "config.json", "encoder-model.onnx",
                                               "encoder-model.onnx.data", "decoder_joint-model.onnx")}
     links["decoder_joint-model.int8.onnx"] = twin / "decoder_joint-model.int8.onnx"
-    links["encoder-model.int8.onnx"] = work / "int8/encoder-model.int8.onnx"
-    links |= {p.name: p for p in (work / "fp16").iterdir()}
+    links |= {p.name: p for folder in ("int8", "fp16") for p in (work / folder).iterdir()}
     links |= {f"sharded/{p.name}": p for p in (work / "sharded").iterdir()}
     for name, source in links.items():
         (release / name).symlink_to(source)
@@ -94,9 +93,10 @@ def web_check(work: Path, audio_s: float, windows: int) -> dict:
     (work / "windows/index.json").write_text(json.dumps(
         [{"speaker": f"s{i}", "start_s": 0.0, "split": "calib" if i < windows else "heldout"}
          for i in range(len(window))]))
-    for step in ("shard", "int8", "fp16"):
-        log.info("building %s", step)
-        child("-c", BUILD, str(twin), str(work), step)
+    for step, folder in (("shard", "sharded"), ("int8", "int8"), ("fp16", "fp16")):
+        if not (work / folder).is_dir():  # a rerun keeps what an earlier run built
+            log.info("building %s", step)
+            child("-c", BUILD, str(twin), str(work), step)
     release = lay_out(twin, work)
     clip = work / "clip.wav"
     sf.write(clip, speech(audio_s, 7), 16_000, subtype="PCM_16")

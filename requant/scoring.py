@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import jiwer
 from onnx_asr.asr import _AsrWithDecoding
@@ -148,3 +149,27 @@ def total(counts: Sequence[Counts]) -> Counts:
 def corpus_wer(counts: Sequence[Counts]) -> float | None:
     """Total edits / total reference words (not the mean of the per-section WERs)."""
     return total(counts).wer
+
+
+def percent(value: float | None) -> float | None:
+    """A rate as a percentage rounded to 4 decimals (None stays None)."""
+    return None if value is None else round(100.0 * value, 4)
+
+
+def score_sections(
+    sections: list[Section], references: list[str], hypotheses: list[str], normalize: str
+) -> dict[str, Any]:
+    counts = [count_errors(ref, hyp, normalize) for ref, hyp in zip(references, hypotheses, strict=True)]
+    rows = [
+        {"index": s.index, "start_s": s.start_s, "end_s": s.end_s, "wer_pct": percent(c.wer), **c.as_dict(),
+         "hypothesis": hyp}
+        for s, c, hyp in zip(sections, counts, hypotheses, strict=True)
+    ]
+    scored = [r for r in rows if r["wer_pct"] is not None]
+    worst = max(scored, key=lambda r: r["wer_pct"], default=None)  # first of equals: the earliest section
+    return {
+        "overall_wer_pct": percent(corpus_wer(counts)),
+        "overall_counts": total(counts).as_dict(),
+        "worst_section": None if worst is None else {k: worst[k] for k in ("index", "start_s", "end_s", "wer_pct")},
+        "sections": rows,
+    }

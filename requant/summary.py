@@ -91,12 +91,20 @@ def summarize(evals: dict[str, dict[str, Any]], resamples: int, seed: int) -> di
     return out
 
 
-def headline(summaries: dict[str, dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """metrics/wer.json: per variant and decoding, the pooled long passes and the corpus macro average only,
-    so that `dvc metrics diff` and `dvc exp show` stay readable; the rest is in metrics/eval_summary.json."""
-    keys = ("wer_pct", "delta_pct", "ci_low_pct", "ci_high_pct")
-    variants = next(iter(summaries.values()))
-    return {name: {decoding: {label: {k: summary[name][key][k] for k in keys}
-                              for label, key in (("long", POOLED), ("corpus", MACRO)) if key in summary[name]}
-                   for decoding, summary in summaries.items()}
-            for name in variants}
+def headline(summaries: dict[str, dict[str, dict[str, dict]]]) -> dict[str, dict[str, float]]:
+    """metrics/wer.json: per variant, flat and short-named so that `dvc exp show` columns fit a terminal:
+    `long` (pooled long passes) and `corpus` (macro average), each with `_delta`, `_lo` and `_hi` (the
+    difference to fp32 and its interval); a decoding after the first adds its name (`long_beam`, ...).
+    Every set is in metrics/eval_summary.json."""
+    first = next(iter(summaries))
+    out: dict[str, dict[str, float]] = {}
+    for decoding, summary in summaries.items():
+        suffix = "" if decoding == first else f"_{decoding}"
+        for name, row in summary.items():
+            for label, key in (("long", POOLED), ("corpus", MACRO)):
+                if key in row:
+                    cell, prefix = row[key], f"{label}{suffix}"
+                    out.setdefault(name, {}).update({prefix: cell["wer_pct"], f"{prefix}_delta": cell["delta_pct"],
+                                                     f"{prefix}_lo": cell["ci_low_pct"],
+                                                     f"{prefix}_hi": cell["ci_high_pct"]})
+    return out

@@ -37,10 +37,8 @@ def runs(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pooled_long_wer(entry: Any) -> float | None:
-    """A variant's pooled long-pass WER in metrics/wer.json (greedy decoding where there are several)."""
-    decodings = entry if isinstance(entry, dict) else {}
-    chosen = decodings.get("greedy") or next(iter(decodings.values()), None)
-    return chosen.get("long", {}).get("wer_pct") if isinstance(chosen, dict) else None
+    """A variant's pooled long-pass WER in metrics/wer.json (the first decoding's: greedy by default)."""
+    return entry.get("long") if isinstance(entry, dict) else None
 
 
 def sweep_points(exp_show: list[dict[str, Any]]) -> dict[float, dict[str, float]]:

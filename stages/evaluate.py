@@ -28,7 +28,7 @@ from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, decodings_for
 from requant.common import fail, read_json, run_cli, write_json
 from requant.evalsets import EVAL_AUDIO_DIR, REFERENCE_DIR, Utterance, clip_audio, read_corpus, scored_clips
 from requant.params import BeamParams, EvalParams, load_params
-from requant.scoring import Section, corpus_wer, count_char_errors, count_errors, split_by_section, total
+from requant.scoring import Section, count_char_errors, count_errors, percent, score_sections, split_by_section
 from stages.reference import SECTIONS_FILE, TRUTH_FILE
 
 log = logging.getLogger("pipeline.evaluate")
@@ -37,10 +37,6 @@ METRICS_DIR = Path("metrics/eval")
 MB = 1e6
 CORPUS_BATCH = 16  # utterances per encoder call: bounded padding and memory
 CORPUS_ITEM_KEYS = ("ids", "ref_words", "edits", "ref_chars", "char_edits")
-
-
-def _pct(value: float | None) -> float | None:
-    return None if value is None else round(100.0 * value, 4)
 
 
 def _memory_bytes(field: str) -> int:
@@ -74,25 +70,6 @@ def read_reference(reference_dir: Path, decodings: list[str]) -> tuple[list[Sect
             truth.read_text() if truth.is_file() else None)
 
 
-def score_sections(
-    sections: list[Section], references: list[str], hypotheses: list[str], normalize: str
-) -> dict[str, Any]:
-    counts = [count_errors(ref, hyp, normalize) for ref, hyp in zip(references, hypotheses, strict=True)]
-    rows = [
-        {"index": s.index, "start_s": s.start_s, "end_s": s.end_s, "wer_pct": _pct(c.wer), **c.as_dict(),
-         "hypothesis": hyp}
-        for s, c, hyp in zip(sections, counts, hypotheses, strict=True)
-    ]
-    scored = [r for r in rows if r["wer_pct"] is not None]
-    worst = max(scored, key=lambda r: r["wer_pct"], default=None)  # first of equals: the earliest section
-    return {
-        "overall_wer_pct": _pct(corpus_wer(counts)),
-        "overall_counts": total(counts).as_dict(),
-        "worst_section": None if worst is None else {k: worst[k] for k in ("index", "start_s", "end_s", "wer_pct")},
-        "sections": rows,
-    }
-
-
 def long_pass(model_dir: Path, clip: str, eval_params: EvalParams, beam: BeamParams, root: Path) -> dict[str, Any]:
     """One single encoder pass over the clip in a fresh session, each decoding of it scored per section
     (and against the truth when there is one). Fresh, because a session that has already run one 390 s
@@ -121,7 +98,7 @@ def long_pass(model_dir: Path, clip: str, eval_params: EvalParams, beam: BeamPar
                   "decode_s": round(decoded.decode_s[name], 3)}
         if truth is not None:
             counts = count_errors(truth, transcript.text, eval_params.normalize)
-            scored["vs_truth"] = {"wer_pct": _pct(counts.wer), **counts.as_dict()}
+            scored["vs_truth"] = {"wer_pct": percent(counts.wer), **counts.as_dict()}
         by_decoding[name] = scored
     return {"duration_s": round(duration_s, 6), "load_s": round(load_s, 3), "encode_s": round(decoded.encode_s, 3),
             "baseline_rss_mb": round(baseline / MB, 1), "peak_rss_mb": round(peak / MB, 1),
@@ -150,8 +127,8 @@ def score_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
                                                          chars.edits), strict=True):
                     items[key].append(value)
     scores = {name: {lang: {"utterances": len(items["ids"]),
-                            "wer_pct": _pct(sum(items["edits"]) / max(1, sum(items["ref_words"]))),
-                            "cer_pct": _pct(sum(items["char_edits"]) / max(1, sum(items["ref_chars"]))),
+                            "wer_pct": percent(sum(items["edits"]) / max(1, sum(items["ref_words"]))),
+                            "cer_pct": percent(sum(items["char_edits"]) / max(1, sum(items["ref_chars"]))),
                             "items": items}
                      for lang, items in langs.items()}
               for name, langs in by_lang.items()}

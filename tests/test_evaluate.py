@@ -27,7 +27,8 @@ from requant.asr import assemble_model_dir, load_asr, load_clip, transcribe
 from stages.base_model import demo_model, verify_model_dir
 from requant.common import StageError
 from requant.evalsets import clip_audio
-from stages.evaluate import evaluate, score_sections
+from stages.evaluate import evaluate
+from requant.scoring import score_sections
 from stages.fp16 import build_fp16
 from stages.int8_dynamic import build_dynamic_int8
 from stages.package import package

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from requant.common import StageError, write_json
-from stages.evaluate import score_sections
+from requant.scoring import score_sections
 from requant.params import parse_params
 from stages.report import (CARD_FILE, COST_FILE, LANG_PLOT_FILE, PLOT_FILE, RESULTS_FILE, SUMMARY_FILE, WER_FILE,
                            build_report)
@@ -80,16 +80,16 @@ def root(tmp_path: Path) -> Path:
 def test_wer_and_cost_metrics_schema(root: Path):
     build_report(params(), root)
     wer = json.loads((root / WER_FILE).read_text())
-    assert set(wer) == {"fp32", "int8_smoothquant"} and set(wer["fp32"]) == {"greedy"}
-    wer = {name: w["greedy"] for name, w in wer.items()}
+    assert set(wer) == {"fp32", "int8_smoothquant"}
     sq = wer["int8_smoothquant"]
-    assert set(sq) == {"long", "corpus"}
-    assert set(sq["long"]) == {"wer_pct", "delta_pct", "ci_low_pct", "ci_high_pct"}
+    # flat, short names: `dvc exp show` columns such as int8_smoothquant.long fit a terminal
+    assert set(sq) == {f"{s}{k}" for s in ("long", "corpus") for k in ("", "_delta", "_lo", "_hi")}
     # 2 deletions in section 1 and 2 in section 2 of each clip, over 20 reference words in all
-    assert (sq["long"]["wer_pct"], sq["long"]["delta_pct"]) == (40.0, 40.0)
-    assert wer["fp32"]["long"] == {"wer_pct": 0.0, "delta_pct": 0.0, "ci_low_pct": 0.0, "ci_high_pct": 0.0}
+    assert (sq["long"], sq["long_delta"]) == (40.0, 40.0)
+    assert wer["fp32"] == {f"{s}{k}": 0.0 for s in ("long",) for k in ("", "_delta", "_lo", "_hi")} | {
+        "corpus": 5.0, "corpus_delta": 0.0, "corpus_lo": 0.0, "corpus_hi": 0.0}
     # corpus: en 20 % (every utterance one edit, fp32 none: the interval is exactly [20, 20]), fr 10 % both
-    assert sq["corpus"] == {"wer_pct": 15.0, "delta_pct": 10.0, "ci_low_pct": 10.0, "ci_high_pct": 10.0}
+    assert (sq["corpus"], sq["corpus_delta"], sq["corpus_lo"], sq["corpus_hi"]) == (15.0, 10.0, 10.0, 10.0)
     summary = json.loads((root / SUMMARY_FILE).read_text())["greedy"]
     sets = {s["name"]: s for s in summary["sets"]}
     assert list(sets) == ["jfk", "fast", "long_pooled", "en_us", "fr_fr", "corpus_macro"]
@@ -193,8 +193,8 @@ def test_greedy_and_beam_side_by_side(tmp_path: Path):
     write_json(tmp_path / "metrics/eval/int8_smoothquant.json", beam)
     build_report(params(), tmp_path)
     wer = json.loads((tmp_path / WER_FILE).read_text())
-    assert set(wer["int8_smoothquant"]) == {"greedy", "beam"}
-    assert wer["int8_smoothquant"]["beam"]["corpus"]["wer_pct"] == 7.5  # (5 % en + 10 % fr) / 2
+    assert {"long", "long_beam", "corpus_beam_hi"} <= set(wer["int8_smoothquant"])
+    assert wer["int8_smoothquant"]["corpus_beam"] == 7.5  # (5 % en + 10 % fr) / 2
     card = (tmp_path / CARD_FILE).read_text()
     # per set: greedy / beam WER; decode time of the beam relative to greedy, long passes and corpus
     assert "| int8 SmoothQuant (this) | 0.00 / 0.00 | 0.00 / 0.00 | 0.00 / 0.00 | 0.00 / 5.00 | 10.00 / 10.00 | " \
