@@ -20,6 +20,8 @@ LABELS = {
     "nbits_w8": "w8 weight-only (MatMulNBits 8-bit)",
     "nbits_w4": "w4 weight-only (MatMulNBits 4-bit)",
     "int8_mixed": "int8 SmoothQuant, worst MatMuls fp32 (mixed)",
+    "fp32_blockwise": "fp32, blockwise attention (exact rewrite)",
+    "int8_blockwise": "int8 SmoothQuant, blockwise attention",
 }
 FILES = [
     ("encoder-model.onnx (+ .data)", "fp32 encoder, unchanged"),
@@ -30,6 +32,9 @@ FILES = [
     ("encoder-model.w8.onnx, encoder-model.w4.onnx",
      "weight-only 8- and 4-bit encoders (MatMulNBits, block 32, no calibration); their decoder_joint files "
      "are the int8 decoder, named to pair with them (onnx-asr: quantization=\"w8\")"),
+    ("blockwise/encoder-model.onnx (+ .data), blockwise/encoder-model.int8.onnx",
+     "fp32 and SmoothQuant int8 with the attention computed over blocks of queries (an exact rewrite, ONNX "
+     "Loop): a long pass needs memory linear in its length; pair them with the decoders above"),
     ("decoder_joint-model.onnx / .int8.onnx / .fp16.onnx", "decoder and joint network per precision"),
     ("nemo128.onnx, vocab.txt, config.json", "preprocessor, tokenizer and config, unchanged"),
 ]
@@ -157,8 +162,10 @@ def recommendations(summary: dict[str, dict[str, dict]], evals: dict[str, dict[s
         picks.append((f"CPU (fastest within {tolerance_pt:g} pt of fp32; {where})", fastest))
         picks.append((f"smallest download (smallest within {tolerance_pt:g} pt)", min(close, key=size)))
         wasm = [n for n in close if n not in ("fp16", "fp32_sharded")]  # WASM has no fp16 kernels
-        if wasm:
-            picks.append((f"browser / WASM (smallest within {tolerance_pt:g} pt, no fp16)", min(wasm, key=size)))
+        if wasm:  # the smallest download; among files within 5 % of it, the least memory for a long pass
+            light = [n for n in wasm if size(n) <= 1.05 * min(size(m) for m in wasm)]
+            picks.append((f"browser / WASM (smallest within {tolerance_pt:g} pt, no fp16; then least memory)",
+                          min(light, key=lambda n: close[n]["cost"]["peak_rss_mb"])))
     low_bit = [n for n in summary if n.startswith(("int8", "nbits"))]
     if low_bit:
         picks.append(("most accurate 8-bit or 4-bit (pooled long passes)",

@@ -139,6 +139,14 @@ class BeamParams:
 
 
 @dataclass(frozen=True)
+class BlockwiseParams:
+    """The exact blockwise attention rewrite (stage blockwise, requant/attention.py)."""
+
+    block: int  # queries per block: peak activations ~ heads x block x 2T floats per layer
+    max_rel_error: float  # the exactness gate, relative to the largest output
+
+
+@dataclass(frozen=True)
 class FidelityParams:
     min_cosine: float
 
@@ -177,6 +185,7 @@ class Params:
     diagnose: DiagnoseParams
     mixed: MixedParams
     beam: BeamParams
+    blockwise: BlockwiseParams
     fidelity: FidelityParams
     shard: ShardParams
     eval: EvalParams
@@ -192,7 +201,7 @@ class Params:
 
 GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "audio": AudioParams,
           "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "diagnose": DiagnoseParams,
-          "mixed": MixedParams, "beam": BeamParams, "fidelity": FidelityParams,
+          "mixed": MixedParams, "beam": BeamParams, "blockwise": BlockwiseParams, "fidelity": FidelityParams,
           "shard": ShardParams, "eval": EvalParams}
 
 
@@ -302,7 +311,7 @@ RANGES = (
     ("eval.section_s", 0, 400, False), ("eval.max_s", 0, 400, False),
     ("eval.bootstrap_resamples", 100, 10**6, True), ("corpus.max_per_language", 0, 10**6, True),
     ("beam.width", 1, 64, True), ("beam.expansion_beta", 0, 64, True), ("beam.expansion_gamma", 0, 100, False),
-    ("beam.prefix_alpha", 0, 1, True),
+    ("beam.prefix_alpha", 0, 1, True), ("blockwise.block", 1, 100000, True), ("blockwise.max_rel_error", 0, 1, False),
 )
 
 

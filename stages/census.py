@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 
 from requant import onnx_graph as og
+from requant.attention import find_sites
 from requant import patterns
 from requant.common import run_cli
 
@@ -40,6 +41,7 @@ def census(model: onnx.ModelProto) -> dict:
     islands = set(patterns.fp32_islands(model))
     float_on_path = [n for n in path if any(types.get(t) in patterns.FLOATS for t in n.output)]
     limit = patterns.positional_limit(model)
+    sites, refused = find_sites(graph)
     return {
         "nodes": len(graph.node),
         "ops": og.op_counts(graph),
@@ -54,6 +56,8 @@ def census(model: onnx.ModelProto) -> dict:
         "length_path_kept_fp32": sum(n.name in islands for n in float_on_path),
         "fp32_islands": len(islands),
         "findings": patterns.findings(model),
+        "attention": {"blockwise_ready": len(sites), "loops": sum(n.op_type == "Loop" for n in graph.node),
+                      "refused": refused},
     }
 
 
@@ -87,6 +91,10 @@ def report(path: Path, data: dict) -> str:
     lines += [f"length path: {chain}",
               f"  dtype: float32 in this model; a naive fp16 cast: {naive}; the fp16 stage: {kept}",
               f"fp16 stage keeps {data['fp32_islands']} nodes of length/position arithmetic in fp32"]
+    attention = data["attention"]
+    lines.append(f"attention: {attention['blockwise_ready']} sites match the export's relative-position pattern "
+                 f"(the blockwise rewrite takes them), {attention['loops']} already run as Loops")
+    lines += [f"  left as it is: {reason}" for reason in attention["refused"]]
     lines += [f"finding: {line}" for line in data["findings"]] or ["findings: none; the pipeline knows every pattern"]
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ METRICS = Path("metrics/fidelity.json")
 REFERENCE = "fp32"
 LENGTHS = "encoded_lengths"
 BATCH = 3
-TELLING_OPS = ("Cast", "Conv", "ConvInteger", "DequantizeLinear", "DynamicQuantizeLinear", "MatMul",
+TELLING_OPS = ("Cast", "Conv", "ConvInteger", "DequantizeLinear", "DynamicQuantizeLinear", "Loop", "MatMul",
                "MatMulInteger", "MatMulNBits", "QLinearConv", "QLinearMatMul", "QuantizeLinear")
 
 

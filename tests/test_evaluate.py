@@ -25,6 +25,7 @@ import yaml
 from demo.synth import synthesize
 from requant.asr import assemble_model_dir, load_asr, load_clip, transcribe
 from stages.base_model import demo_model, verify_model_dir
+from stages.blockwise import build_blockwise
 from requant.common import StageError
 from requant.evalsets import clip_audio
 from stages.evaluate import evaluate
@@ -64,6 +65,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shard_encoder(base / "encoder-model.onnx", variants / "fp32_sharded", 200_000, audio[:32_000], allow_oversize=True)
     build_fp16(base, variants / "fp16")
     build_dynamic_int8(base / "encoder-model.onnx", variants / "int8_smoothquant")  # a stand-in int8 file
+    for name, src in (("fp32_blockwise", base / "encoder-model.onnx"),
+                      ("int8_blockwise", variants / "int8_smoothquant/encoder-model.int8.onnx")):
+        build_blockwise(src, variants / name, 64, 1e-5, [audio[:48_000]])
     for recipe, bits in (("w8", 8), ("w4", 4)):
         build_nbits(base / "encoder-model.onnx", variants / f"nbits_{recipe}", f"encoder-model.{recipe}.onnx",
                     NbitsRecipe(bits, 32, True, 4))

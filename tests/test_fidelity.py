@@ -21,7 +21,8 @@ from stages.fidelity import measure
 from stages.int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder
-from tests.encoder_graph import build_decoder, build_encoder, save_encoder, write_windows
+from requant.audio import write_wav
+from tests.encoder_graph import build_decoder, build_encoder, save_encoder, speechlike, write_windows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,6 +102,8 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     base = save_encoder(build_encoder(outlier_scale=20), base_dir)
     onnx.save_model(build_decoder(), str(base_dir / "decoder_joint-model.onnx"))
     write_windows(tmp_path / "data" / "windows")
+    (tmp_path / "data" / "audio").mkdir()  # the blockwise stage's long pass: a calibration speech
+    write_wav(tmp_path / "data" / "audio" / "villepin.wav", speechlike(12.0, 5))
     build_dynamic_int8(base, tmp_path / "stock")  # stands in for upstream's int8
     (tmp_path / "stock" / "encoder-model.int8.onnx").rename(base_dir / "encoder-model.int8.onnx")
 
@@ -112,7 +115,8 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     (tmp_path / "metrics/diagnosis.json").write_text(json.dumps({"variants": {"int8_smoothquant": {"ranking": ranking}}}))
     params["mixed"]["keep_fp32"] = 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in ("int8", "int8_mixed", "int8_dynamic", "fp16", "shard", "nbits w8", "nbits w4", "fidelity"):
+    for stage in ("int8", "int8_mixed", "int8_dynamic", "fp16", "shard", "nbits w8", "nbits w4", "blockwise",
+                  "fidelity"):
         done = _stage(tmp_path, stage)
         assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
 
@@ -121,7 +125,11 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     fidelity = json.loads((tmp_path / "metrics" / "fidelity.json").read_text())
     variants = fidelity["variants"]
     assert set(variants) == {"fp16", "fp32_sharded", "int8_dynamic", "int8_smoothquant", "int8_stock", "nbits_w8",
-                             "nbits_w4", "int8_mixed"}
+                             "nbits_w4", "int8_mixed", "fp32_blockwise", "int8_blockwise"}
+    # this test graph's attention is not the export's: the rewrite refuses it and ships the encoder unchanged
+    assert variants["fp32_blockwise"]["rel_error_max"] == 0.0 and "Loop" not in variants["fp32_blockwise"]["ops"]
+    blockwise = json.loads((tmp_path / "metrics" / "blockwise.json").read_text())
+    assert blockwise["fp32_blockwise"]["sites"] == 0 and blockwise["fp32_blockwise"]["refused"]
     assert variants["nbits_w8"]["ops"]["MatMulNBits"] == variants["nbits_w4"]["ops"]["MatMulNBits"] == 17
     assert variants["int8_mixed"]["ops"]["DequantizeLinear"] < variants["int8_smoothquant"]["ops"]["DequantizeLinear"]
     assert variants["fp32_sharded"]["rel_error_max"] == 0.0

@@ -27,6 +27,8 @@ SOURCES = {
     "models/variants/int8_dynamic": ["encoder-model.int8.onnx"],
     "models/variants/nbits_w8": ["encoder-model.w8.onnx"],
     "models/variants/nbits_w4": ["encoder-model.w4.onnx"],
+    "models/variants/fp32_blockwise": ["encoder-model.onnx", "encoder-model.onnx.data"],
+    "models/variants/int8_blockwise": ["encoder-model.int8.onnx"],
     "reports": ["MODEL_CARD.md"],
 }
 EXPECTED = {
@@ -47,6 +49,9 @@ EXPECTED = {
     "decoder_joint-model.w8.onnx": "models/base/decoder_joint-model.int8.onnx",  # paired by suffix for onnx-asr
     "encoder-model.w4.onnx": "models/variants/nbits_w4/encoder-model.w4.onnx",
     "decoder_joint-model.w4.onnx": "models/base/decoder_joint-model.int8.onnx",
+    "blockwise/encoder-model.onnx": "models/variants/fp32_blockwise/encoder-model.onnx",
+    "blockwise/encoder-model.onnx.data": "models/variants/fp32_blockwise/encoder-model.onnx.data",
+    "blockwise/encoder-model.int8.onnx": "models/variants/int8_blockwise/encoder-model.int8.onnx",
     "README.md": "reports/MODEL_CARD.md",
 }
 

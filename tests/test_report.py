@@ -202,3 +202,16 @@ def test_greedy_and_beam_side_by_side(tmp_path: Path):
     write_json(tmp_path / "metrics/eval/int8_smoothquant.json", fake_eval("int8_smoothquant", REFERENCES))
     with pytest.raises(StageError, match="decoded differently"):
         build_report(params(), tmp_path)
+
+
+def test_the_browser_pick_breaks_a_size_tie_by_memory():
+    from requant.model_card import recommendations
+    from requant.summary import decoding_view, summarize
+
+    evals = {"fp32": fake_eval("fp32", REFERENCES), "int8_smoothquant": fake_eval("int8_smoothquant", REFERENCES),
+             "int8_blockwise": fake_eval("int8_blockwise", REFERENCES)}
+    for name, mb, rss in (("int8_smoothquant", 3.88, 2400.0), ("int8_blockwise", 3.90, 800.0)):
+        evals[name]["cost"].update(encoder_mb=mb, peak_rss_mb=rss)
+    evals = {name: decoding_view(e, "greedy") for name, e in evals.items()}
+    picks = {use.split(" (")[0]: n for use, n in recommendations(summarize(evals, 200, 0), evals)}
+    assert picks["smallest download"] == "int8_smoothquant" and picks["browser / WASM"] == "int8_blockwise"

@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 RUNNER = WEB / ("run-browser.mjs" if CHROMIUM.is_file() else "run-node.mjs")
-PRECISIONS = ["fp32", "fp32_sharded", "fp16", "int8", "w8", "w4"]
-ONNX_ASR = {"fp32": None, "fp32_sharded": None, "fp16": "fp16", "int8": "int8", "w8": "w8", "w4": "w4"}
+PRECISIONS = ["fp32", "fp32_sharded", "fp16", "int8", "w8", "w4", "fp32_blockwise", "int8_blockwise"]
+ONNX_ASR = {"fp32": None, "fp32_sharded": None, "fp16": "fp16", "int8": "int8", "w8": "w8", "w4": "w4",
+            "fp32_blockwise": None, "int8_blockwise": "int8"}
+SUBFOLDER = {"fp32_sharded": "sharded", "fp32_blockwise": "blockwise", "int8_blockwise": "blockwise"}
 SENTENCES = ["the quiet river runs under the old stone bridge", "nous partons demain matin vers la mer",
              "my brother reads a long letter in the kitchen"]
 
@@ -48,6 +50,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     speech-like windows), packaged by the package stage."""
     from requant.params import NbitsRecipe
     from stages.base_model import demo_model
+    from stages.blockwise import build_blockwise
     from stages.fp16 import build_fp16
     from stages.int8 import build_int8
     from stages.nbits import build_nbits
@@ -68,6 +71,10 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for level, folder in ((4, variants / f"nbits_{recipe}"), (0, root / f"level0_{recipe}")):  # 0: see below
             build_nbits(base / "encoder-model.onnx", folder, f"encoder-model.{recipe}.onnx",
                         NbitsRecipe(bits, 32, True, level))
+    checks = list(np.load(windows / "windows.npy"))
+    build_blockwise(base / "encoder-model.onnx", variants / "fp32_blockwise", 16, 1e-5, checks)
+    build_blockwise(variants / "int8_smoothquant/encoder-model.int8.onnx", variants / "int8_blockwise", 16, 1e-5,
+                    checks)
     (root / "reports").mkdir()
     (root / "reports/MODEL_CARD.md").write_text("# demo\n")
     package(root)
@@ -87,10 +94,12 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def python_text(release: Path, precision: str, wav: Path, encoder: Path | None = None) -> str:
     """onnx-asr's transcript with the release folder's files (or another encoder in their place)."""
     folder = release
-    if precision == "fp32_sharded" or encoder is not None:
+    if precision in SUBFOLDER or encoder is not None:  # onnx-asr loads the canonical names: copy the file there
         folder = wav.parent / f"{precision}-release"
         shutil.copytree(release, folder, dirs_exist_ok=True)
-        for source in [*(release / "sharded").iterdir()] if encoder is None else [encoder]:
+        sources = [encoder] if encoder is not None else [
+            p for p in (release / SUBFOLDER[precision]).iterdir() if ".int8" in p.name or "int8" not in precision]
+        for source in sources:
             shutil.copyfile(source, folder / source.name)
     model = onnx_asr.load_model(None, folder, quantization=ONNX_ASR[precision], providers=["CPUExecutionProvider"],
                                 preprocessor_config={"use_numpy_preprocessors": False,
@@ -119,6 +128,9 @@ def test_every_precision_matches_onnx_asr_word_for_word(release: Path, clip: Pat
         assert len(result["text"].split()) >= 15 and result["loadMs"] > 0 and result["passMs"] > 0
         assert result["timestamps"] == sorted(result["timestamps"]) and result["timestamps"][-1] < 12.5
     assert results["fp32_sharded"]["text"] == results["fp32"]["text"]
+    # the blockwise rewrite runs on WASM too (ONNX Loop), with the same words as the file it rewrites
+    assert results["fp32_blockwise"]["text"] == results["fp32"]["text"]
+    assert results["int8_blockwise"]["text"] == results["int8"]["text"]
 
 
 def test_bad_inputs_get_one_line_naming_the_file(release: Path, clip: Path, tmp_path: Path) -> None:

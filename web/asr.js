@@ -10,6 +10,8 @@ export const PRECISIONS = {
   int8: { encoder: "encoder-model.int8.onnx", decoder: "decoder_joint-model.int8.onnx" },
   w8: { encoder: "encoder-model.w8.onnx", decoder: "decoder_joint-model.w8.onnx" },
   w4: { encoder: "encoder-model.w4.onnx", decoder: "decoder_joint-model.w4.onnx" },
+  fp32_blockwise: { encoder: "blockwise/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
+  int8_blockwise: { encoder: "blockwise/encoder-model.int8.onnx", decoder: "decoder_joint-model.int8.onnx" },
 };
 const SAMPLE_RATE = 16000;
 const FRAME_S = 0.01 * 8; // feature hop x encoder subsampling (config.json: subsampling_factor 8)
