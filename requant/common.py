@@ -159,10 +159,15 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    for _ in range(5):  # another run of the same stage may swap a file or folder in meanwhile: look again
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            return
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
 
 
 def write_json(path: str | Path, data: Any) -> None:

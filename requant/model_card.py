@@ -195,7 +195,8 @@ def scoring_note(p: Params, evals: dict[str, dict[str, Any]]) -> str:
     return (
         f"Each long clip is transcribed in one single pass per encoder (no chunking), with the {p.eval.decoder} "
         f"decoder; the tables below are {e['decodings'][0]} decoding"
-        f"{' (onnx-asr)' if e['decodings'][0] == 'greedy' else ''}, the greedy/beam table compares both. The pass's words are split into "
+        f"{' (onnx-asr)' if e['decodings'][0] == 'greedy' else ''}, the greedy/beam table compares both. "
+        f"The pass's words are split into "
         f"{p.eval.section_s:g} s sections by the start time of their first token, and each section is scored "
         f"against the fp32 encoder's transcript of that section alone as a short clip. The short utterances are "
         f"scored against their true transcripts. WER is corpus WER (total edits / total reference words); CER "

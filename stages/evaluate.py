@@ -158,7 +158,7 @@ def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path
         "encoder_files": [p.name for p in encoder_files],
         "decoder": eval_params.decoder,
         "normalize": eval_params.normalize,
-        "reference": "long clips: the fp32 encoder on each section alone (greedy); corpus: the true transcripts",
+        "reference": "long clips: the fp32 encoder on each section alone, same decoding; corpus: the true transcripts",
         "decodings": list(eval_params.decodings),
         "beam": asdict(beam) if "beam" in eval_params.decodings else None,
         "long": long,

@@ -5,7 +5,8 @@ single pass of each variant is scored against (as in the original model card). T
 fp32 model and the clip only, so a new recipe never re-runs them.
 Each decoding in eval.decodings gets its own reference, so that a beam-decoded long pass is measured
 against beam-decoded short clips. Run as `python -m stages.reference <clip>`. Output:
-data/reference/<clip>/sections.json [{index, start_s, end_s, text: {decoding: text}}] and, when the clip has a true transcript, truth.txt (a skipped clip:
+data/reference/<clip>/sections.json [{index, start_s, end_s, text: {decoding: text}}] and, when the
+clip has a true transcript, truth.txt (a skipped clip:
 skipped.json).
 """
 
