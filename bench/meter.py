@@ -14,29 +14,11 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from requant.common import memory_bytes, reset_peak_memory
+
 MB = 1e6
-CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def high_water_bytes() -> int:
-    """This process's peak RSS since start (or since the last reset)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _reset_high_water() -> bool:
-    try:
-        CLEAR_REFS.write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 @dataclass
 class Phase:
     calls: int = 0
@@ -60,7 +42,7 @@ class Meter:
 
     def _fold(self) -> None:
         """Credit the high-water mark since the last reset to the process and to every open phase."""
-        peak = high_water_bytes()
+        peak = memory_bytes("VmHWM")
         self.process_peak = max(self.process_peak, peak)
         for phase in self._open:
             phase.peak_rss_bytes = max(phase.peak_rss_bytes, peak)
@@ -69,7 +51,7 @@ class Meter:
     def phase(self, name: str) -> Iterator[None]:
         record = self.phases.setdefault(name, Phase())
         self._fold()
-        _reset_high_water()
+        reset_peak_memory()
         self._open.append(record)
         started, cpu_started = time.perf_counter(), cpu_seconds()
         try:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -186,3 +187,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def memory_bytes(field: str = "VmHWM") -> int:
+    """This process's VmHWM (peak RSS since start or since reset_peak_memory()) or VmRSS, from /proc;
+    ru_maxrss where /proc is absent."""
+    try:
+        return int(Path("/proc/self/status").read_text().split(f"{field}:", 1)[1].split()[0]) * 1024
+    except (OSError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def reset_peak_memory() -> bool:
+    """Start VmHWM again from the current RSS (Linux), so that each phase gets its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

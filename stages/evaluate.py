@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import resource
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, decodings_for, load_asr, load_clip, recognize_all
-from requant.common import fail, read_json, run_cli, write_json
+from requant.common import fail, memory_bytes, read_json, reset_peak_memory, run_cli, write_json
 from requant.evalsets import EVAL_AUDIO_DIR, REFERENCE_DIR, Utterance, clip_audio, read_corpus, scored_clips
 from requant.params import BeamParams, EvalParams, load_params
 from requant.scoring import Section, count_char_errors, count_errors, percent, score_sections, split_by_section
@@ -37,23 +36,6 @@ METRICS_DIR = Path("metrics/eval")
 MB = 1e6
 CORPUS_BATCH = 16  # utterances per encoder call: bounded padding and memory
 CORPUS_ITEM_KEYS = ("ids", "ref_words", "edits", "ref_chars", "char_edits")
-
-
-def _memory_bytes(field: str) -> int:
-    """VmHWM (peak since the last reset) or VmRSS of this process; ru_maxrss where /proc is absent."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(status.split(f"{field}:", 1)[1].split()[0]) * 1024
-    except (OSError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _reset_peak() -> None:
-    """Start VmHWM again from the current RSS (Linux), so each pass's peak is its own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def read_reference(reference_dir: Path, decodings: list[str]) -> tuple[list[Section], dict[str, list[str]], str | None]:
@@ -81,13 +63,13 @@ def long_pass(model_dir: Path, clip: str, eval_params: EvalParams, beam: BeamPar
         fail(f"{REFERENCE_DIR / clip} was made for a {sections[-1].end_s} s clip, not {duration_s} s; "
              f"re-run reference@{clip}")
     gc.collect()
-    _reset_peak()
-    baseline = _memory_bytes("VmRSS")
+    reset_peak_memory()
+    baseline = memory_bytes("VmRSS")
     started = time.perf_counter()
     asr = load_asr(model_dir)
     load_s = time.perf_counter() - started
     decoded = recognize_all(asr, [audio], decodings_for(eval_params.decodings, beam))
-    peak = _memory_bytes("VmHWM")
+    peak = memory_bytes("VmHWM")
     del asr
     log.info("%s: encoder %.2f s (RTF %.4f), decoding %s, peak RSS %.0f MB", clip, decoded.encode_s,
              decoded.encode_s / duration_s, {k: round(v, 2) for k, v in decoded.decode_s.items()}, peak / MB)
