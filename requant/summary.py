@@ -54,11 +54,6 @@ def check_paired(evals: dict[str, dict[str, Any]]) -> None:
                  "re-run `dvc repro evaluate` so that every variant sees the same sets")
 
 
-def set_names(evals: dict[str, dict[str, Any]]) -> list[str]:
-    base = evals[BASELINE]
-    return [*base["long"], POOLED, *base["corpus"], MACRO]
-
-
 def summarize(evals: dict[str, dict[str, Any]], resamples: int, seed: int) -> dict[str, dict[str, dict]]:
     """variant -> set -> {wer_pct, delta_pct, ci_low_pct, ci_high_pct, significant} (+ cer_pct for languages)."""
     check_paired(evals)
