@@ -54,7 +54,8 @@ lock:
 clean-venv:
 	rm -rf $(VENV)
 
-# The browser claims at Parakeet scale (twin, ~10 min, 7 GB): headless Chromium loads the single-file fp32,
-# the sharded fp32, SmoothQuant int8 and fp16; metrics/web_check.json and a table.
+# The browser claims at Parakeet scale (twin, ~25 min, 7 GB): headless Chromium loads the single-file fp32,
+# the sharded fp32, SmoothQuant int8 and fp16 for 30 s, then int8 and int8_blockwise for 390 s;
+# metrics/web_check.json and a table.
 web-check: $(BIN)/.installed web/node_modules/.installed
-	$(BIN)/python -m bench.web_check
+	$(BIN)/python -m bench.web_check --long-s 390

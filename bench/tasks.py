@@ -144,6 +144,8 @@ def encoder_pass(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
         outputs, lengths = session.run(["outputs", "encoded_lengths"], {"audio_signal": signal, "length": length})
     record = {"audio_s": len(audio) / SAMPLE_RATE, "frames": int(lengths[0]), "output_shape": list(outputs.shape),
               "finite": bool(np.isfinite(outputs).all())}
+    if args.get("save"):  # for a comparison of two encoders' outputs (bench.blockwise)
+        np.save(args["save"], outputs)
     if args.get("profile_dir"):
         record["op_seconds"] = _op_seconds(Path(session.end_profiling()))
     return record

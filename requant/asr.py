@@ -47,7 +47,7 @@ VARIANTS: dict[str, ModelFile] = {
     "nbits_w8": ModelFile(Path("models/variants/nbits_w8"), "encoder-model.w8.onnx", "nbits@w8"),
     "nbits_w4": ModelFile(Path("models/variants/nbits_w4"), "encoder-model.w4.onnx", "nbits@w4"),
     "int8_mixed": ModelFile(Path("models/variants/int8_mixed"), "encoder-model.int8.onnx", "int8_mixed"),
-    # the exact blockwise attention rewrite of fp32 and SmoothQuant int8 (memory linear in the pass length)
+    # the exact long-pass rewrite of fp32 and SmoothQuant int8 (memory linear in the pass length)
     "fp32_blockwise": ModelFile(Path("models/variants/fp32_blockwise"), "encoder-model.onnx", "blockwise"),
     "int8_blockwise": ModelFile(Path("models/variants/int8_blockwise"), "encoder-model.int8.onnx", "blockwise"),
 }

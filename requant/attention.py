@@ -111,21 +111,9 @@ def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
 
 def _body(site: Site, prefix: str, block: int) -> onnx.GraphProto:
     """One Loop iteration: queries [i*block, min((i+1)*block, T)) appended to the context so far."""
-    nodes = []
-
     inner = f"{prefix}body/"  # the body's own names: none may shadow the outer graph's
-
-    def op(kind: str, inputs: list[str], name: str, **attrs: object) -> str:
-        out = f"{inner}{name}"
-        nodes.append(helper.make_node(kind, inputs, [out], name=out, **attrs))
-        return out
-
-    def const(name: str, values: list[int]) -> str:
-        out = f"{inner}{name}"
-        nodes.append(helper.make_node("Constant", [], [out], name=out,
-                                      value=numpy_helper.from_array(np.array(values, np.int64), out)))
-        return out
-
+    b = og.NewNodes(inner)
+    op, const = b.op, b.ints
     t1, two, one, zero = f"{prefix}T", const("c2", [2]), const("c1", [1]), const("c0", [0])
     axis2, axis3 = const("axis2", [2]), const("axis3", [3])
     start = op("Mul", [op("Unsqueeze", [f"{inner}i", zero], "i1"), const("block", [block])], "start")
@@ -148,20 +136,17 @@ def _body(site: Site, prefix: str, block: int) -> onnx.GraphProto:
     mask = op("Slice", [site.mask, start, end, axis2], "mask")
     scores = op("Div", [op("Add", [scores_ac, shifted], "sum"), site.scale], "scaled")
     masked = op("Where", [mask, site.fill, scores], "masked")
-    softmax = f"{inner}softmax"
-    nodes.append(helper.make_node("Softmax", [masked], [softmax], name=softmax,
-                                  **{a.name: helper.get_attribute_value(a) for a in site.softmax.attribute}))
+    softmax = op("Softmax", [masked], "softmax", **{a.name: helper.get_attribute_value(a) for a in site.softmax.attribute})
     attn = op("Where", [mask, site.zero, softmax], "attn")
     context = op("MatMul", [attn, site.v], "ctx")
-    nodes.append(helper.make_node("Concat", [f"{inner}acc", context], [f"{inner}acc_out"], name=f"{inner}concat",
-                                  axis=2))
-    nodes.append(helper.make_node("Identity", [f"{inner}cond"], [f"{inner}cond_out"], name=f"{inner}cond_id"))
+    op("Concat", [f"{inner}acc", context], "acc_out", axis=2)
+    op("Identity", [f"{inner}cond"], "cond_out")
     inputs = [helper.make_tensor_value_info(f"{inner}i", TensorProto.INT64, []),
               helper.make_tensor_value_info(f"{inner}cond", TensorProto.BOOL, []),
               helper.make_tensor_value_info(f"{inner}acc", TensorProto.FLOAT, None)]
     outputs = [helper.make_tensor_value_info(f"{inner}cond_out", TensorProto.BOOL, []),
                helper.make_tensor_value_info(f"{inner}acc_out", TensorProto.FLOAT, None)]
-    return helper.make_graph(nodes, f"{prefix}body", inputs, outputs)
+    return helper.make_graph(b.nodes, f"{prefix}body", inputs, outputs)
 
 
 def rewrite(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, list[str]]:
@@ -177,36 +162,15 @@ def rewrite(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, list[s
         prefix = f"/blockwise.{index}/"
         for node in site.nodes:
             graph.node.remove(node)
-        # the context's first reader: every input of the attention is computed before it
-        position = min((i for i, n in enumerate(graph.node) if site.out in n.input), default=len(graph.node))
-        added: list[onnx.NodeProto] = []
-
-        def make(kind: str, inputs: list[str], name: str, **attrs: object) -> str:
-            node = helper.make_node(kind, inputs, [f"{prefix}{name}"], name=f"{prefix}{name}", **attrs)
-            graph.node.insert(position + len(added), node)
-            added.append(node)
-            return node.output[0]
-
-        consts = {name: make("Constant", [], name, value=numpy_helper.from_array(np.array(v, np.int64), name))
-                  for name, v in (("two", [2]), ("zero", [0]), ("up", block - 1), ("per", block))}
-        t1 = make("Shape", [site.qu], "T", start=2, end=3)
-        count = make("Div", [make("Add", [t1, consts["up"]], "T_up"), consts["per"]], "blocks")
-        count = make("Squeeze", [count, consts["zero"]], "count")
-        empty = make("Slice", [site.v, consts["zero"], consts["zero"], consts["two"]], "acc0")
-        true = make("Constant", [], "true", value=numpy_helper.from_array(np.array(True), "true"))
-        graph.node.insert(position + len(added), helper.make_node(
-            "Loop", [count, true, empty], [site.out], name=f"{prefix}loop", body=_body(site, prefix, block)))
-    _drop_orphan_constants(graph)
+        new = og.NewNodes(prefix)
+        t1 = new.op("Shape", [site.qu], "T", start=2, end=3)
+        count = new.op("Div", [new.op("Add", [t1, new.ints("up", block - 1)], "T_up"), new.ints("per", block)],
+                       "blocks")
+        count = new.op("Squeeze", [count, new.ints("zero", [0])], "count")
+        empty = new.op("Slice", [site.v, new.ints("from", [0]), new.ints("to", [0]), new.ints("two", [2])], "acc0")
+        true = new.op("Constant", [], "true", value=numpy_helper.from_array(np.array(True), f"{prefix}true"))
+        new.nodes.append(helper.make_node("Loop", [count, true, empty], [site.out], name=f"{prefix}loop",
+                                          body=_body(site, prefix, block)))
+        og.insert_before_first_reader(graph, site.out, new.nodes)
+    og.drop_orphan_constants(graph)
     return out, refused
-
-
-def _drop_orphan_constants(graph: onnx.GraphProto) -> None:
-    """Constant nodes only the replaced nodes read (the rel_shift's pads and shapes)."""
-    def names_read(g: onnx.GraphProto) -> set[str]:  # the Loop bodies read outer-scope constants too
-        return {name for node in g.node for name in node.input} | {
-            name for node in g.node for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
-            for name in names_read(attr.g)}
-
-    read = names_read(graph) | {o.name for o in graph.output}
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in read]:
-        graph.node.remove(node)

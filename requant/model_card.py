@@ -20,8 +20,8 @@ LABELS = {
     "nbits_w8": "w8 weight-only (MatMulNBits 8-bit)",
     "nbits_w4": "w4 weight-only (MatMulNBits 4-bit)",
     "int8_mixed": "int8 SmoothQuant, worst MatMuls fp32 (mixed)",
-    "fp32_blockwise": "fp32, blockwise attention (exact rewrite)",
-    "int8_blockwise": "int8 SmoothQuant, blockwise attention",
+    "fp32_blockwise": "fp32, blockwise (exact long-pass rewrite)",
+    "int8_blockwise": "int8 SmoothQuant, blockwise",
 }
 FILES = [
     ("encoder-model.onnx (+ .data)", "fp32 encoder, unchanged"),
@@ -33,8 +33,9 @@ FILES = [
      "weight-only 8- and 4-bit encoders (MatMulNBits, block 32, no calibration); their decoder_joint files "
      "are the int8 decoder, named to pair with them (onnx-asr: quantization=\"w8\")"),
     ("blockwise/encoder-model.onnx (+ .data), blockwise/encoder-model.int8.onnx",
-     "fp32 and SmoothQuant int8 with the attention computed over blocks of queries (an exact rewrite, ONNX "
-     "Loop): a long pass needs memory linear in its length; pair them with the decoders above"),
+     "fp32 and SmoothQuant int8 rewritten for long passes, exactly (ONNX Loops): the attention over blocks of "
+     "queries and the convolutional subsampling over chunks, so a pass needs memory linear in its length, not "
+     "quadratic; they run on onnxruntime CPU, onnx-asr and onnxruntime-web. Pair them with the decoders above"),
     ("decoder_joint-model.onnx / .int8.onnx / .fp16.onnx", "decoder and joint network per precision"),
     ("nemo128.onnx, vocab.txt, config.json", "preprocessor, tokenizer and config, unchanged"),
 ]

@@ -130,6 +130,43 @@ def extract(model: onnx.ModelProto, target: str, source: str = "") -> onnx.Model
     return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
+class NewNodes:
+    """Nodes for a rewrite, kept in order: each output is named prefix + name, so that nodes added to a
+    graph, or written into a Loop body, never shadow a name of the graph around them."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self.nodes = prefix, []
+
+    def op(self, kind: str, inputs: Sequence[str], name: str, **attrs: object) -> str:
+        out = f"{self.prefix}{name}"
+        self.nodes.append(helper.make_node(kind, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def ints(self, name: str, values: int | Sequence[int]) -> str:
+        """An int64 Constant (a scalar for an int, a 1-D tensor for a list)."""
+        return self.op("Constant", [], name, value=numpy_helper.from_array(np.array(values, np.int64),
+                                                                         f"{self.prefix}{name}"))
+
+
+def insert_before_first_reader(graph: onnx.GraphProto, tensor: str, nodes: list[onnx.NodeProto]) -> None:
+    """Put the nodes computing `tensor` where its first reader is: everything they read comes before."""
+    position = min((i for i, n in enumerate(graph.node) if tensor in n.input), default=len(graph.node))
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+
+
+def drop_orphan_constants(graph: onnx.GraphProto) -> None:
+    """Remove Constant nodes nothing reads any more (after a rewrite replaced their readers)."""
+    def names_read(g: onnx.GraphProto) -> set[str]:  # the Loop bodies read outer-scope constants too
+        return {name for node in g.node for name in node.input} | {
+            name for node in g.node for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
+            for name in names_read(attr.g)}
+
+    read = names_read(graph) | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in read]:
+        graph.node.remove(node)
+
+
 def name_nodes(graph: onnx.GraphProto) -> int:
     """Give every unnamed node a unique, deterministic name (quantizers exclude nodes by name)."""
     taken = {node.name for node in graph.node if node.name}

@@ -140,9 +140,10 @@ class BeamParams:
 
 @dataclass(frozen=True)
 class BlockwiseParams:
-    """The exact blockwise attention rewrite (stage blockwise, requant/attention.py)."""
+    """The exact long-pass rewrites (stage blockwise: requant/attention.py, requant/subsampling.py)."""
 
     block: int  # queries per block: peak activations ~ heads x block x 2T floats per layer
+    subsampling_block: int  # encoder frames per chunk of the convolutional subsampling
     max_rel_error: float  # the exactness gate, relative to the largest output
 
 
@@ -311,7 +312,8 @@ RANGES = (
     ("eval.section_s", 0, 400, False), ("eval.max_s", 0, 400, False),
     ("eval.bootstrap_resamples", 100, 10**6, True), ("corpus.max_per_language", 0, 10**6, True),
     ("beam.width", 1, 64, True), ("beam.expansion_beta", 0, 64, True), ("beam.expansion_gamma", 0, 100, False),
-    ("beam.prefix_alpha", 0, 1, True), ("blockwise.block", 1, 100000, True), ("blockwise.max_rel_error", 0, 1, False),
+    ("beam.prefix_alpha", 0, 1, True), ("blockwise.block", 1, 100000, True),
+    ("blockwise.subsampling_block", 1, 100000, True), ("blockwise.max_rel_error", 0, 1, False),
 )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 
 from requant import onnx_graph as og
+from requant import subsampling
 from requant.attention import find_sites
 from requant import patterns
 from requant.common import run_cli
@@ -58,7 +59,15 @@ def census(model: onnx.ModelProto) -> dict:
         "findings": patterns.findings(model),
         "attention": {"blockwise_ready": len(sites), "loops": sum(n.op_type == "Loop" for n in graph.node),
                       "refused": refused},
+        "subsampling": _subsampling(graph),
     }
+
+
+def _subsampling(graph: onnx.GraphProto) -> dict:
+    chunked = any(n.op_type == "Loop" and n.name.startswith(subsampling.PREFIX) for n in graph.node)
+    stack, reason = subsampling.find_stack(graph)
+    return {"chunkable": stack is not None, "chunked": chunked, "stride": stack and stack.stride,
+            "convs": stack and len(stack.time_strides), "refused": "" if chunked else reason}
 
 
 def _width(graph: onnx.GraphProto, matmul: onnx.NodeProto) -> int:
@@ -95,6 +104,13 @@ def report(path: Path, data: dict) -> str:
     lines.append(f"attention: {attention['blockwise_ready']} sites match the export's relative-position pattern "
                  f"(the blockwise rewrite takes them), {attention['loops']} already run as Loops")
     lines += [f"  left as it is: {reason}" for reason in attention["refused"]]
+    sub = data["subsampling"]
+    if sub["chunked"]:
+        lines.append("subsampling: already runs in chunks (a Loop)")
+    elif sub["chunkable"]:
+        lines.append(f"subsampling: {sub['convs']} Convs, stride {sub['stride']} in time: the chunked rewrite takes it")
+    else:
+        lines.append(f"subsampling: left as it is: {sub['refused']}")
     lines += [f"finding: {line}" for line in data["findings"]] or ["findings: none; the pipeline knows every pattern"]
     return "\n".join(lines)
 

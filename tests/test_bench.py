@@ -8,6 +8,7 @@ variant was measured, with positive figures, and that the recorded sizes are the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,21 @@ def test_passes_only_keeps_the_stages(bench_run: tuple[dict, Path, Path], tmp_pa
     assert again["complete"] and again["stages"] == result["stages"]
     assert [p["audio_s"] for p in again["variants"]["fp32"]["passes"]] == [3, 6]
     assert [p["audio_s"] for p in again["variants"]["fp16"]["passes"]] == [6]
+
+
+def test_the_long_pass_bench_checks_both_rewrites_and_plots_the_block_sweep(bench_run: tuple[dict, Path, Path],
+                                                                            tmp_path: Path) -> None:
+    _, twin, _ = bench_run
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "bench.blockwise", "--twin", str(twin), "--int8", str(twin),
+                           "--lengths", "2", "5", "--block", "5", "--subsampling-block", "3", "--sweep", "4", "16"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "metrics/bench_blockwise.json").read_text())
+    assert {(r["variant"], r["form"], r["audio_s"]) for r in data["passes"]} == {
+        (v, f, s) for v in ("fp32", "int8_smoothquant") for f in ("original", "attention", "both") for s in (2, 5)}
+    assert all(0 <= r["max_rel_diff"] <= 1e-5 and r["peak_rss_gb"] > 0 for r in data["passes"])
+    assert [r["block"] for r in data["sweep"]["passes"]] == [4, 16]
+    assert (tmp_path / "metrics/plots/blockwise_block.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(twin.glob("*.both*.onnx")) and "int8_smoothquant" in done.stdout  # scratch graphs removed

@@ -34,7 +34,7 @@ from stages.fp16 import build_fp16
 from stages.int8_dynamic import build_dynamic_int8
 from stages.package import package
 from requant.asr import decodings_for
-from requant.params import BeamParams, EvalParams, NbitsRecipe, parse_params
+from requant.params import BeamParams, BlockwiseParams, EvalParams, NbitsRecipe, parse_params
 from stages.corpus import build_corpus
 from stages.reference import build_reference
 from requant.scoring import Section, split_by_section
@@ -67,7 +67,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_dynamic_int8(base / "encoder-model.onnx", variants / "int8_smoothquant")  # a stand-in int8 file
     for name, src in (("fp32_blockwise", base / "encoder-model.onnx"),
                       ("int8_blockwise", variants / "int8_smoothquant/encoder-model.int8.onnx")):
-        build_blockwise(src, variants / name, 64, 1e-5, [audio[:48_000]])
+        build_blockwise(src, variants / name, BlockwiseParams(64, 256, 1e-5), [audio[:48_000]])
     for recipe, bits in (("w8", 8), ("w4", 4)):
         build_nbits(base / "encoder-model.onnx", variants / f"nbits_{recipe}", f"encoder-model.{recipe}.onnx",
                     NbitsRecipe(bits, 32, True, 4))

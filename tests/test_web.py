@@ -48,7 +48,7 @@ def run_page(release: Path, wav: Path, *precisions: str) -> list[dict]:
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model's release folder, every variant made by its real stage (SmoothQuant calibrated on
     speech-like windows), packaged by the package stage."""
-    from requant.params import NbitsRecipe
+    from requant.params import BlockwiseParams, NbitsRecipe
     from stages.base_model import demo_model
     from stages.blockwise import build_blockwise
     from stages.fp16 import build_fp16
@@ -72,8 +72,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
             build_nbits(base / "encoder-model.onnx", folder, f"encoder-model.{recipe}.onnx",
                         NbitsRecipe(bits, 32, True, level))
     checks = list(np.load(windows / "windows.npy"))
-    build_blockwise(base / "encoder-model.onnx", variants / "fp32_blockwise", 16, 1e-5, checks)
-    build_blockwise(variants / "int8_smoothquant/encoder-model.int8.onnx", variants / "int8_blockwise", 16, 1e-5,
+    small_blocks = BlockwiseParams(block=16, subsampling_block=8, max_rel_error=1e-5)  # many Loop turns
+    build_blockwise(base / "encoder-model.onnx", variants / "fp32_blockwise", small_blocks, checks)
+    build_blockwise(variants / "int8_smoothquant/encoder-model.int8.onnx", variants / "int8_blockwise", small_blocks,
                     checks)
     (root / "reports").mkdir()
     (root / "reports/MODEL_CARD.md").write_text("# demo\n")
