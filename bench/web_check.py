@@ -148,7 +148,8 @@ def web_check(work: Path, audio_s: float, windows: int, long_s: float) -> dict:
         sf.write(long_clip, speech(long_s, 8), 16_000, subtype="PCM_16")
         runs = in_browser(release, long_clip, LONG_PRECISIONS)
         texts = {r["text_sha256"] for r in runs.values()}
-        result["long"] = {"audio_s": long_s, "precisions": runs, "same_transcript": len(texts) == 1 and None not in texts}
+        result["long"] = {"audio_s": long_s, "precisions": runs,
+                          "same_transcript": len(texts) == 1 and None not in texts}
     return result
 
 
@@ -173,9 +174,11 @@ def main() -> None:
         if part is None:
             continue
         print(f"{title}{part['audio_s']:g} s of audio")
-        print(f"{'precision':<15} {'encoder MB':>10} {'load s':>7} {'encoder s':>9} {'pass s':>7} {'peak MB':>8}  error")
+        print(f"{'precision':<15} {'encoder MB':>10} {'load s':>7} {'encoder s':>9} {'pass s':>7} {'peak MB':>8}"
+              "  error")
         for name, r in part["precisions"].items():
-            load, encode, run = ("–" if r.get(k) is None else f"{r[k] / 1e3:.1f}" for k in ("loadMs", "encodeMs", "passMs"))
+            load, encode, run = ("–" if r.get(k) is None else f"{r[k] / 1e3:.1f}"
+                                 for k in ("loadMs", "encodeMs", "passMs"))
             print(f"{name:<15} {r['encoder_mb']:>10} {load:>7} {encode:>9} {run:>7} {r['peakMb'] or '–':>8}  "
                   f"{r['error'] or ''}")
     if "long" in result:

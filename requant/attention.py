@@ -136,7 +136,8 @@ def _body(site: Site, prefix: str, block: int) -> onnx.GraphProto:
     mask = op("Slice", [site.mask, start, end, axis2], "mask")
     scores = op("Div", [op("Add", [scores_ac, shifted], "sum"), site.scale], "scaled")
     masked = op("Where", [mask, site.fill, scores], "masked")
-    softmax = op("Softmax", [masked], "softmax", **{a.name: helper.get_attribute_value(a) for a in site.softmax.attribute})
+    softmax = op("Softmax", [masked], "softmax",
+                 **{a.name: helper.get_attribute_value(a) for a in site.softmax.attribute})
     attn = op("Where", [mask, site.zero, softmax], "attn")
     context = op("MatMul", [attn, site.v], "ctx")
     op("Concat", [f"{inner}acc", context], "acc_out", axis=2)
