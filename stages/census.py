@@ -57,8 +57,9 @@ def census(model: onnx.ModelProto) -> dict:
         "length_path_kept_fp32": sum(n.name in islands for n in float_on_path),
         "fp32_islands": len(islands),
         "findings": patterns.findings(model),
-        "attention": {"blockwise_ready": len(sites), "loops": sum(n.op_type == "Loop" for n in graph.node),
-                      "refused": refused},
+        "attention": {"blockwise_ready": len(sites), "refused": refused,
+                      "loops": sum(n.op_type == "Loop" and not n.name.startswith(subsampling.PREFIX)
+                                   for n in graph.node)},
         "subsampling": _subsampling(graph),
     }
 
