@@ -17,6 +17,7 @@ from requant.beam import BeamParams, JointFn, beam_search
 
 from requant.common import fail
 from requant.features import SAMPLE_RATE
+from requant.onnx_graph import load_graph
 
 
 # --- Variants and speech recognition through onnx-asr -------------------------------------------
@@ -110,6 +111,8 @@ class Transcript:
 
 def load_asr(model_dir: Path) -> TimestampedResultsAsrAdapter:
     """Load an assembled model folder offline (CPU) with timestamped results."""
+    for path in sorted(Path(model_dir).glob("*.onnx")):
+        load_graph(path)  # missing or truncated weights: one line naming the file
     try:
         model = onnx_asr.load_model(None, model_dir, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime/onnx-asr raise many types; the user needs one line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -70,6 +71,12 @@ def _options(dest: Path, start_s: float, crop_s: float, fetch: FetchParams) -> d
         "download_ranges": download_range_func(None, [(start_s, start_s + crop_s)]),
         "ffmpeg_location": ffmpeg,
         "socket_timeout": fetch.timeout_s,
+        # ffmpeg reads ahead instead of seeking when the crop starts within its "short seek" threshold,
+        # which defaults to the TCP receive buffer: it varies with the kernel's autotuning, so the same
+        # crop sometimes fetched the whole file. A threshold of 1 byte makes it seek every time. rw_timeout
+        # ends ffmpeg on a dead socket even if our watchdog (_attempt) were gone.
+        "external_downloader_args": {"ffmpeg_i": ["-short_seek_size", "1",
+                                                  "-rw_timeout", str(int(2 * fetch.timeout_s * 1e6))]},
         "retries": 0,  # the retry loop below owns retries and backoff
         "noplaylist": True,
         "overwrites": True,
@@ -95,13 +102,13 @@ def _one_line(err: Exception) -> str:
 def download_crop(url: str, dest: Path, start_s: float, crop_s: float, fetch: FetchParams, label: str) -> Path:
     """Download [start_s, start_s + crop_s) of `url` into dest/download.<ext> (dest exists); return the path.
 
-    Each attempt runs in a child process group bounded by fetch.attempt_timeout_s of wall clock (a
-    stalled or trickling server, and the ffmpeg yt-dlp hands the crop to, are killed with it) and is
+    Each attempt runs in a child process group (yt-dlp and the ffmpeg it hands the crop to) that a
+    watchdog kills on a stall or a trickle, or after fetch.attempt_timeout_s of wall clock, and is
     checked by decoding it: a truncated or broken file counts as a failed attempt. Transient failures
-    are retried `fetch.retries` times with exponential backoff; permanent ones (unknown id, HTTP 404,
-    ...) and a source known to be shorter than the crop fail at once.
+    are retried `fetch.retries` times with exponential backoff, a stall once; permanent ones (unknown
+    id, HTTP 404, ...), a trickle and a source known to be shorter than the crop fail at once.
     """
-    problem = ""
+    problem, stalls = "", 0
     for attempt in range(fetch.retries + 1):
         if attempt:
             delay = fetch.backoff_s * 2 ** (attempt - 1)
@@ -114,6 +121,11 @@ def download_crop(url: str, dest: Path, start_s: float, crop_s: float, fetch: Fe
             problem = result["error"]
             if PERMANENT.search(problem):
                 fail(f"{label}: cannot download {url}: {problem}; check the id/URL in params.yaml")
+            # a stall may be a dead connection, so it gets one fresh try; a trickle over a whole
+            # window, or an attempt that ran out of wall clock, would only repeat itself
+            stalls += "stalled" in problem
+            if result.get("slow") and ("stalled" not in problem or stalls > 1):
+                fail(f"{label}: could not download {url} ({problem}); check the network or the source, then re-run")
             continue
         duration = result.get("duration")
         if duration and duration < start_s + crop_s - 0.5:
@@ -133,16 +145,69 @@ def download_crop(url: str, dest: Path, start_s: float, crop_s: float, fetch: Fe
          "and that the source covers the crop, then re-run")
 
 
+def _progress(group: int, dest: Path, seen: dict[int, int]) -> int:
+    """A count that grows while an attempt makes progress: the bytes written into dest (ffmpeg's output
+    grows with what it receives) plus the file and pipe bytes the group's processes have read (rchar,
+    remembered after a process exits: yt-dlp and its JavaScript runtime at work before ffmpeg starts).
+    Socket reads are not in rchar, so a stalled or trickling server shows as little or no growth."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            rchar = re.search(r"^rchar: (\d+)", (entry / "io").read_text(), re.MULTILINE)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        if rchar:
+            seen[int(entry.name)] = max(seen.get(int(entry.name), 0), int(rchar[1]))
+    written = 0
+    for path in dest.iterdir():
+        with contextlib.suppress(OSError):
+            written += path.stat().st_size
+    return written + sum(seen.values())
+
+
+def _too_slow(history: list[tuple[float, int]], fetch: FetchParams) -> str | None:
+    """Why the attempt should end now, from (time, bytes read) samples: a stall or a trickle, else None."""
+    now, total = history[-1]
+    idle = [t for t, b in history if b == total]
+    if now - idle[0] >= fetch.timeout_s:
+        return f"the server stalled: no progress for fetch.timeout_s={fetch.timeout_s:g} s"  # "stalled": retried once
+    if now - history[0][0] >= fetch.rate_window_s:
+        start = next(b for t, b in reversed(history) if now - t >= fetch.rate_window_s)
+        rate = (total - start) / 1e3 / fetch.rate_window_s
+        if rate < fetch.min_rate_kb_s:
+            return (f"the server trickles: {rate:.2f} kB/s over the last {fetch.rate_window_s:g} s, below "
+                    f"fetch.min_rate_kb_s={fetch.min_rate_kb_s:g}")
+    return None
+
+
 def _attempt(url: str, dest: Path, start_s: float, crop_s: float, fetch: FetchParams) -> dict:
-    """One yt-dlp run in a child process group: {"duration": s} or {"error": one line}."""
+    """One yt-dlp run in a child process group: {"duration": s} or {"error": one line, "slow": bool}.
+
+    A watchdog samples its progress once a second and ends the attempt on a stall (no progress for
+    fetch.timeout_s) or a trickle (below fetch.min_rate_kb_s over fetch.rate_window_s);
+    fetch.attempt_timeout_s stays the last-resort bound on the whole attempt."""
     job = {"url": url, "dest": str(dest), "start_s": start_s, "crop_s": crop_s, "socket_timeout": fetch.timeout_s}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with child_process([sys.executable, "-m", "requant.download", json.dumps(job)], env=env) as proc:
-        try:
-            out, err = proc.communicate(timeout=fetch.attempt_timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"error": f"no complete download within fetch.attempt_timeout_s={fetch.attempt_timeout_s:g} s "
-                             "(the server stalled or sends too slowly)"}
+        started, seen, history = time.monotonic(), {}, []
+        while True:
+            try:
+                out, err = proc.communicate(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if now - started >= fetch.attempt_timeout_s:
+                return {"error": f"no complete download within fetch.attempt_timeout_s={fetch.attempt_timeout_s:g} s",
+                        "slow": True}
+            history.append((now, _progress(proc.pid, dest, seen)))
+            history = [h for h in history if now - h[0] <= max(fetch.timeout_s, fetch.rate_window_s) + 2]
+            reason = _too_slow(history, fetch)
+            if reason:
+                return {"error": reason, "slow": True}
     lines = out.strip().splitlines()
     if proc.returncode != 0 or not lines:
         last = err.strip().splitlines()[-1] if err.strip() else f"exit status {proc.returncode}"
@@ -152,7 +217,8 @@ def _attempt(url: str, dest: Path, start_s: float, crop_s: float, fetch: FetchPa
 
 def _download(job: dict) -> dict:
     """The child's side of _attempt: yt-dlp with the crop, in this process."""
-    fetch = FetchParams(retries=0, backoff_s=0.0, timeout_s=job["socket_timeout"], local_dir="")
+    fetch = FetchParams(retries=0, backoff_s=0.0, timeout_s=job["socket_timeout"], local_dir="", min_rate_kb_s=0.0,
+                        rate_window_s=0.0)
     try:
         with YoutubeDL(_options(Path(job["dest"]), job["start_s"], job["crop_s"], fetch)) as ydl:
             info = ydl.extract_info(job["url"], download=True)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from requant.common import fail
 from requant.features import features
+from requant.onnx_graph import load_graph
 
 ENCODER_INPUTS = ("audio_signal", "length")
 ENCODER_OUTPUT = "outputs"
@@ -31,6 +32,7 @@ def open_session(model: Path | onnx.ModelProto, weights_dir: Path | None = None,
     if isinstance(model, onnx.ModelProto):
         options.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(Path(weights_dir or ".").resolve()))
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    load_graph(Path(model))  # a missing or truncated file: one line, not onnxruntime's traceback
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 

@@ -38,10 +38,30 @@ SELF_CONTAINED_BELOW = 256 << 20
 
 
 def load_graph(path: Path) -> onnx.ModelProto:
-    """The model proto without external weight bytes (read them with read_tensor)."""
-    if not Path(path).is_file():
-        fail(f"{path} not found; run the stage that produces it first")
-    return onnx.load(str(path), load_external_data=False)
+    """The model proto without external weight bytes (read them with read_tensor), after checking that the
+    file exists and that every external-data file holds the bytes its tensors claim: a missing input or a
+    truncated copy (a full disk, a killed copy) gets one line here instead of a traceback in onnxruntime."""
+    path = Path(path)
+    if not path.is_file():
+        fail(f"{path} not found; run the stage that produces it first (`dvc repro` runs every stage it needs)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several types for a broken file
+        fail(f"{path}: not a readable ONNX model ({type(err).__name__}); rerun the stage that produces it")
+    claimed: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        if is_external(tensor):
+            info = external_info(tensor)
+            end = int(info.get("offset", 0)) + int(info.get("length", tensor_nbytes(tensor)))
+            claimed[info["location"]] = max(claimed.get(info["location"], 0), end)
+    for location, end in claimed.items():
+        data = path.parent / location
+        size = data.stat().st_size if data.is_file() else None
+        if size is None or size < end:
+            found = "is missing" if size is None else f"holds {size} bytes"
+            fail(f"{data}: {found}, but {path.name}'s tensors need {end}: the file is truncated; rerun the stage "
+                 "that produces it (or download the model again)")
+    return model
 
 
 def is_external(tensor: onnx.TensorProto) -> bool:

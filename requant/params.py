@@ -76,9 +76,11 @@ class ModelParams:
 class FetchParams:
     retries: int
     backoff_s: float
-    timeout_s: float  # a socket read that waits longer fails the attempt
+    timeout_s: float  # no data for this long: the attempt has stalled
     local_dir: str
-    attempt_timeout_s: float = 900.0  # wall clock of one download attempt, ffmpeg included (stalls, trickles)
+    min_rate_kb_s: float  # a download slower than this over rate_window_s trickles: it fails
+    rate_window_s: float
+    attempt_timeout_s: float = 900.0  # wall clock of one download attempt, ffmpeg included: the last resort
 
 
 @dataclass(frozen=True)

@@ -119,18 +119,7 @@ def check_weights(path: Path) -> None:
     """Every external-data file holds exactly the bytes its tensors claim, and every float weight is
     finite: a truncated or corrupted download fails here, not later inside onnxruntime or as a NaN
     metric. Streamed one tensor at a time (2.4 GB at disk speed)."""
-    model = og.load_graph(path)
-    claimed: dict[str, int] = {}
-    for tensor in model.graph.initializer:
-        if og.is_external(tensor):
-            info = og.external_info(tensor)
-            end = int(info.get("offset", 0)) + int(info.get("length", og.tensor_nbytes(tensor)))
-            claimed[info["location"]] = max(claimed.get(info["location"], 0), end)
-    for location, end in claimed.items():
-        size = (path.parent / location).stat().st_size
-        if size < end:
-            fail(f"{path.parent / location}: {size} bytes, but {path.name}'s tensors need {end}: the file is "
-                 "truncated; download it again")
+    model = og.load_graph(path)  # lengths checked there
     for tensor in model.graph.initializer:
         if tensor.data_type in FLOAT_TYPES:
             values = og.read_tensor(tensor, path.parent)

@@ -50,8 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", help="a speech key from params.yaml, or 'eval' and an eval_clips key")
     parser.add_argument("clip", nargs="?", help="the evaluation clip (with 'eval')")
+    params = load_params()  # first: a key that DVC split into two arguments is named by the params check
     args = parser.parse_args()
-    params = load_params()
     if args.name == "eval":
         if args.clip not in params.eval_clips:
             fail(f"'{args.clip}' is not in params.yaml eval_clips ({', '.join(params.eval_clips)})")

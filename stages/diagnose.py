@@ -93,8 +93,10 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
     bounded at Parakeet size (217 MatMuls at 390 s hold about 13 GB of activations)."""
     pairs, kernels = {}, {}
     for name, (source_path, variant_path) in variants.items():
+        source = og.load_graph(source_path)  # first: checks the source exists (the variant derives from it)
+        og.load_graph(variant_path)
         variant = onnx.load(str(variant_path))  # quantized variants are under 2 GB; the source stays on disk
-        pairs[name] = quantized_matmuls(og.load_graph(source_path), variant)
+        pairs[name] = quantized_matmuls(source, variant)
         if not pairs[name]:
             fail(f"{variant_path}: no quantized MatMul found against {source_path}; is it a quantized variant?")
         for i, (matmul, (x, y)) in enumerate(pairs[name].items()):

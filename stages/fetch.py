@@ -125,8 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["speech", "eval"])
     parser.add_argument("name", help="the speech's (or evaluation clip's) key in params.yaml")
+    params = load_params()  # first: a key that DVC split into two arguments is named by the params check
     args = parser.parse_args()
-    params = load_params()
     clips = params.eval_clips if args.kind == "eval" else params.speeches
     group = "eval_clips" if args.kind == "eval" else "speeches"
     if args.name not in clips:

@@ -12,9 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class HostileServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, audio: bytes) -> None:
+    def __init__(self, audio: bytes, long_audio: bytes | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.audio = audio  # a valid WAV, served whole at /good.wav
+        self.long_audio = long_audio or audio  # served slowly at /slow.wav: ffmpeg's probe ends early in it
         self.closing = threading.Event()
 
     def url(self, path: str) -> str:
@@ -47,6 +48,19 @@ class _Handler(BaseHTTPRequestHandler):
                         return
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
+            elif path in ("/stall-after-header.wav", "/slow.wav"):
+                # the first 2 kB at once (yt-dlp's probe is satisfied and hands over to ffmpeg), then
+                # nothing, or 5 kB every 0.1 s: only ffmpeg is left waiting
+                audio = self.server.long_audio if path == "/slow.wav" else audio
+                self._headers(200, "audio/wav", len(audio))
+                self.wfile.write(audio[:2048])
+                self.wfile.flush()
+                for start in range(2048, len(audio), 5000) if path == "/slow.wav" else []:
+                    if self.server.closing.wait(0.1):
+                        return
+                    self.wfile.write(audio[start : start + 5000])
+                    self.wfile.flush()
+                self.server.closing.wait(600)
             elif path == "/truncated.wav":  # promises the whole file, sends a third, hangs up
                 self._headers(200, "audio/wav", len(audio))
                 self.wfile.write(audio[: len(audio) // 3])
@@ -74,8 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def hostile_server(audio: bytes) -> Iterator[HostileServer]:
-    server = HostileServer(audio)
+def hostile_server(audio: bytes, long_audio: bytes | None = None) -> Iterator[HostileServer]:
+    server = HostileServer(audio, long_audio)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

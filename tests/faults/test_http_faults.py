@@ -32,7 +32,8 @@ CASES = [  # path, words of the error line, the longest the stage may take (s)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> HostileServer:
     wav = make_tone(tmp_path_factory.mktemp("tone") / "tone.wav", 4.0, rate=16000, channels=1)
-    with hostile_server(wav.read_bytes()) as srv:
+    long_wav = make_tone(tmp_path_factory.mktemp("tone") / "long.wav", 60.0, rate=16000, channels=1)
+    with hostile_server(wav.read_bytes(), long_wav.read_bytes()) as srv:
         yield srv
 
 
@@ -57,6 +58,32 @@ def test_hostile_source(server: HostileServer, project: Path, path: str, words: 
     assert not list((project / "data" / "raw" / "eval").glob(".jfk.tmp-*")) if (project / "data" / "raw" / "eval").exists() else True
     succeeds(_fetch_from(project, server.url("/good.wav")))  # the same stage, a sound source: it completes
     assert (project / "data" / "raw" / "eval" / "jfk" / "provenance.json").is_file()
+
+
+@pytest.mark.parametrize(("path", "words", "attempts", "changes"), [
+    ("/stall-after-header.wav", ["the server stalled", "fetch.timeout_s=3 s"], 2, {}),
+    ("/trickle.wav", ["the server stalled"], 2, {}),  # a byte every 0.2 s fills no buffer: no progress
+    ("/slow.wav", ["the server trickles", "below fetch.min_rate_kb_s=500"], 1,
+     {"fetch.timeout_s": 5, "fetch.min_rate_kb_s": 500, "eval_clips.jfk.crop_s": 30}),  # 50 kB/s: below the floor
+], ids=["stall", "trickle", "slow"])
+def test_stall_and_trickle_end_the_attempt_long_before_its_timeout(server: HostileServer, project: Path, path: str,
+                                                                   words: list[str], attempts: int,
+                                                                   changes: dict) -> None:
+    """With the last-resort bound at 900 s, a stall (no progress for fetch.timeout_s) or a trickle (below
+    fetch.min_rate_kb_s over fetch.rate_window_s) ends the attempt at once: a stall gets one fresh try, a
+    trickle none, however many retries are allowed. The defaults (30 s; 4 kB/s over 60 s) end both within
+    about a minute; here they are scaled down."""
+    started = time.monotonic()
+    result = _fetch_from(project, server.url(path), **{"fetch.attempt_timeout_s": 900, "fetch.retries": 4,
+                                                       "fetch.timeout_s": 3, "fetch.rate_window_s": 5, **changes})
+    took = time.monotonic() - started
+    error_line(result, "evaluation clip", server.url(path), *words)
+    assert took < 6 * attempts + 20, took
+    assert result.stderr.count("retrying in") == attempts - 1
+    nothing_under(project / "data" / "raw" / "eval" / "jfk")
+    write_params(project, read_params(project), **{"fetch.attempt_timeout_s": 4, "fetch.retries": 0,
+                                                   "fetch.timeout_s": 3, "fetch.min_rate_kb_s": 4,
+                                                   "eval_clips.jfk.crop_s": 3.0})
 
 
 def _download_processes(marker: str) -> list[int]:

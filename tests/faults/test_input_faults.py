@@ -156,7 +156,7 @@ def test_random_bytes_in_the_weights(clean: Path) -> None:
 def test_truncated_weights(clean: Path) -> None:
     data = clean / "demo" / "model" / "encoder-model.onnx.data"
     data.write_bytes(data.read_bytes()[:1000])
-    _model_case(clean, ["encoder-model.onnx.data: 1000 bytes", "truncated"])
+    _model_case(clean, ["encoder-model.onnx.data: holds 1000 bytes", "truncated"])
 
 
 @pytest.mark.parametrize(("name", "content", "words"), [
@@ -181,3 +181,68 @@ def test_an_encoder_pattern_the_census_does_not_know(clean: Path) -> None:
         "Erf", ["/pre_encode/out/MatMul_output_0"], ["odd"], name="/odd/Erf"))
     path.write_bytes(model.SerializeToString())
     _model_case(clean, ["encoder-model.onnx: op types the pipeline has never been tested on: Erf"])
+
+
+# --- a stage run alone before the stage that produces its input ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def data_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project where the data stages and base_model have run, and no encoder variant exists yet."""
+    root = make_project(tmp_path_factory.mktemp("alone") / "repo", **{"diagnose.lengths_s": [2.0]})
+    params = read_params(root)
+    for kind, names in (("speech", params["speeches"]), ("eval", params["eval_clips"])):
+        for name in names:
+            succeeds(run_stage(root, "fetch", kind, name))
+            succeeds(run_stage(root, "decode", *(["eval"] if kind == "eval" else []), name))
+    for stage in ("windows", "base_model", "corpus"):
+        succeeds(run_stage(root, stage))
+    return root
+
+
+ALONE = [  # (stage and arguments, remove models/base too, what its line must name)
+    (["smoothquant"], True, "models/base"), (["int8_dynamic"], True, "models/base"), (["fp16"], True, "models/base"),
+    (["shard"], True, "models/base"), (["nbits", "w4"], True, "models/base"), (["reference", "jfk"], True, "models/base"),
+    (["int8"], False, "models/smoothed"), (["diagnose"], False, "models/smoothed"),
+    (["int8_mixed"], False, "metrics/diagnosis.json"), (["blockwise"], False, "models/variants"),
+    (["fidelity"], False, "models/"), (["evaluate", "int8_smoothquant"], False, "models/"),
+    (["package"], False, "models/"),
+]
+
+
+@pytest.mark.parametrize(("command", "without_base", "names"), ALONE, ids=[" ".join(c) for c, _, _ in ALONE])
+def test_a_stage_whose_input_is_missing_says_which(data_built: Path, command: list[str], without_base: bool,
+                                                   names: str) -> None:
+    """`dvc repro -s <stage>` with the model it reads never built: one line naming it and what to run,
+    not onnxruntime's NoSuchFile traceback."""
+    base, aside = data_built / "models" / "base", data_built / "base-aside"
+    if without_base:
+        base.rename(aside)
+    try:
+        line = error_line(run_stage(data_built, *command), names)
+    finally:
+        if without_base:
+            aside.rename(base)
+    assert "run" in line, line
+
+
+def test_a_truncated_intermediate_model_is_named(data_built: Path) -> None:
+    """models/base/encoder-model.onnx.data cut short (a full disk, a killed copy): smoothquant names the file
+    instead of ending in onnxruntime's 'out of bounds' traceback."""
+    data = data_built / "models" / "base" / "encoder-model.onnx.data"
+    whole = data.read_bytes()
+    data.write_bytes(whole[: len(whole) // 2])
+    try:
+        error_line(run_stage(data_built, "smoothquant"), "models/base/encoder-model.onnx.data", "truncated")
+    finally:
+        data.write_bytes(whole)
+    nothing_under(data_built / "models" / "smoothed")
+
+
+def test_a_speech_key_with_a_space_is_named(clean: Path) -> None:
+    """`de gaulle:` in speeches: DVC's foreach hands the stage two words; the params check names the key
+    instead of argparse's 'unrecognized arguments: gaulle'."""
+    params = read_params(clean)
+    params["speeches"]["de gaulle"] = params["speeches"].pop("veil")
+    write_params(clean, params)
+    for command in (["fetch", "speech", "de", "gaulle"], ["decode", "de", "gaulle"]):
+        error_line(run_stage(clean, *command), "speeches", "de gaulle", "rename")
