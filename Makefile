@@ -41,11 +41,12 @@ train-demo: $(BIN)/.torch
 rehearse: $(BIN)/.installed
 	$(BIN)/python -m bench.rehearse
 
-# Paste the report stage's results table (reports/results.md) into README.md's Results section.
+# Paste the report stage's headline (reports/headline.md: a short table and the picks) into README.md;
+# docs/results.md (every table) is written by the report stage itself. tests/test_docs.py checks they agree.
 readme: $(BIN)/.installed
 	$(BIN)/python -c "import re, pathlib; r = pathlib.Path('README.md'); t = r.read_text(); \
-	new = pathlib.Path('reports/results.md').read_text().strip(); \
-	r.write_text(re.sub(r'(<!-- results:start.*?-->\n).*?(<!-- results:end -->)', lambda m: m[1] + new + '\n' + m[2], t, flags=re.S))"
+	new = pathlib.Path('reports/headline.md').read_text().strip(); \
+	r.write_text(re.sub(r'(<!-- headline:start.*?-->\n).*?(<!-- headline:end -->)', lambda m: m[1] + new + '\n' + m[2], t, flags=re.S))"
 
 lock:
 	uv pip compile pyproject.toml --extra test --python-version 3.11 \

@@ -4,8 +4,8 @@ Outputs: metrics/wer.json (headline: pooled long passes and corpus macro average
 difference to fp32 and its paired bootstrap interval) and metrics/cost.json, small and in git so
 `dvc metrics diff` compares commits and experiments; metrics/eval_summary.json (every set: each clip,
 each language, with intervals, and the per-section WERs); metrics/plots/section_wer.png (per clip and
-section) and language_wer.png (per language); reports/MODEL_CARD.md (the release folder's README)
-and reports/results.md (the README's "Results" section).
+section) and language_wer.png (per language); reports/MODEL_CARD.md (the release folder's README),
+docs/results.md (every table) and reports/headline.md (the README's short table and picks: `make readme`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from requant.asr import VARIANTS  # noqa: E402
 from requant.common import atomic_path, fail, read_json, run_cli, write_json  # noqa: E402
 from stages.evaluate import METRICS_DIR  # noqa: E402
-from requant.model_card import render_card, render_results  # noqa: E402
+from requant.model_card import render_card, render_headline, render_results  # noqa: E402
 from requant.params import Params, load_params  # noqa: E402
 from requant.summary import BASELINE, MACRO, POOLED, decoding_view, headline, summarize  # noqa: E402
 
@@ -30,7 +30,7 @@ log = logging.getLogger("pipeline.report")
 
 WER_FILE, COST_FILE, SUMMARY_FILE = Path("metrics/wer.json"), Path("metrics/cost.json"), Path("metrics/eval_summary.json")
 PLOT_FILE, LANG_PLOT_FILE = Path("metrics/plots/section_wer.png"), Path("metrics/plots/language_wer.png")
-CARD_FILE, RESULTS_FILE = Path("reports/MODEL_CARD.md"), Path("reports/results.md")
+CARD_FILE, RESULTS_FILE, HEADLINE_FILE = Path("reports/MODEL_CARD.md"), Path("docs/results.md"), Path("reports/headline.md")
 COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf")
 
 
@@ -161,10 +161,12 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         "decodings": summaries,
     }
     for path, text in ((CARD_FILE, render_card(p, evals, summary, extras)),
-                       (RESULTS_FILE, render_results(p, evals, summary, extras))):
+                       (RESULTS_FILE, render_results(p, evals, summary, extras)),
+                       (HEADLINE_FILE, render_headline(p, evals, summary, extras))):
         with atomic_path(root / path) as tmp:
             tmp.write_text(text)
-    log.info("wrote %s, %s, %s, %s, %s, %s", WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, CARD_FILE, RESULTS_FILE)
+    log.info("wrote %s, %s, %s, %s, %s, %s, %s", WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, CARD_FILE, RESULTS_FILE,
+             HEADLINE_FILE)
     return wer
 
 

@@ -11,7 +11,7 @@ import yaml
 from requant.common import StageError, write_json
 from requant.scoring import score_sections
 from requant.params import parse_params
-from stages.report import (CARD_FILE, COST_FILE, LANG_PLOT_FILE, PLOT_FILE, RESULTS_FILE, SUMMARY_FILE, WER_FILE,
+from stages.report import (CARD_FILE, COST_FILE, HEADLINE_FILE, LANG_PLOT_FILE, PLOT_FILE, RESULTS_FILE, SUMMARY_FILE, WER_FILE,
                            build_report)
 from requant.scoring import Section
 
@@ -110,7 +110,7 @@ def test_wer_and_cost_metrics_schema(root: Path):
 def test_outputs_are_byte_identical_on_a_rerun(root: Path):
     build_report(params(), root)
     first = {p: (root / p).read_bytes() for p in (WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, LANG_PLOT_FILE,
-                                                  CARD_FILE, RESULTS_FILE)}
+                                                  CARD_FILE, RESULTS_FILE, HEADLINE_FILE)}
     build_report(params(), root)
     assert first == {p: (root / p).read_bytes() for p in first}
 
@@ -135,7 +135,10 @@ def test_demo_card_says_plainly_it_is_not_parakeet(root: Path):
     assert "| int8 SmoothQuant (this) | 0.9991 | 0.9995 | 0.04 | 0.03 | MatMul 3, QuantizeLinear 6 |" in card
     assert "(not available: its stage has not run)" in card  # no smoothquant.json here
     results = (root / RESULTS_FILE).read_text()
-    assert results.startswith("## Results\n") and "not of Parakeet" in results
+    assert results.startswith("# Results\n") and "not of Parakeet" in results
+    headline = (root / HEADLINE_FILE).read_text()  # the README's: the short table and the picks
+    assert "not of Parakeet" in headline and "| int8 SmoothQuant (this) | " in headline
+    assert "Ship this for" in headline and "Every evaluation set" not in headline
 
 
 def test_parakeet_card_names_the_upstream_model(root: Path):
