@@ -26,6 +26,7 @@ from tqdm import tqdm  # noqa: E402
 
 from requant import encoder_runs as runs  # noqa: E402
 from requant import onnx_graph as og  # noqa: E402
+from requant import stable  # noqa: E402
 from requant.asr import VARIANTS  # noqa: E402
 from requant.audio import read_wav  # noqa: E402
 from requant.common import atomic_path, fail, run_cli, write_json  # noqa: E402
@@ -135,7 +136,9 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
 def summarize(result: dict, threshold: float) -> dict:
     """MatMuls ranked by their error at the longest length, with the first length where they break."""
     longest = max(result["output_rel_error"], key=float)
-    ranked = sorted(result["matmuls"], key=lambda m: -result["matmuls"][m][longest])
+    # ranked on errors snapped to a coarse grid, ties by name: the ranking picks int8_mixed's fp32 MatMuls,
+    # and must not follow another CPU's last bits (requant/stable.py)
+    ranked = sorted(result["matmuls"], key=lambda m: (-stable.snap_mantissa(result["matmuls"][m][longest]), m))
     worst = []
     for matmul in ranked:
         by_length = result["matmuls"][matmul]

@@ -1,5 +1,5 @@
 """Static int8 of the smoothed encoder: QDQ, per-channel int8 MatMul weights (7-bit range), Percentile
-uint8 activations.
+uint8 activations, whose ranges are snapped to a grid so that the model is the same bytes on any CPU.
 
 Only the MatMuls SmoothQuant classes as weighted are quantized (two-activation, tied- and
 transposed-weight MatMuls and every convolution stay fp32), and only their inputs: their outputs stay fp32, so onnxruntime runs each as one
@@ -25,12 +25,12 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import PercentileCalibrater, save_tensors_data
+from onnxruntime.quantization.calibrate import PercentileCalibrater, TensorData, TensorsData, save_tensors_data
 from tqdm import tqdm
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import patterns
+from requant import patterns, stable
 from requant.features import features
 from requant.common import atomic_path, fail, run_cli
 from requant.params import load_params
@@ -78,6 +78,22 @@ class _QuantizedMatMulCalibrater(PercentileCalibrater):
         return tensors & needed, value_infos
 
 
+def snap_ranges(ranges: TensorsData) -> tuple[TensorsData, int]:
+    """Every calibrated range end snapped to a 3-bit mantissa (requant/stable.py), so the int8 scales are the
+    same on any CPU; and how many ends lie near a grid edge, where another CPU's last bits could still flip
+    them."""
+    snapped, near_edge = {}, 0
+    for name, data in ranges.data.items():
+        fields = {k: v for k, v in data.to_dict().items() if k != "CLS"}
+        for end in ("lowest", "highest"):
+            values = np.asarray(fields[end])
+            near_edge += sum(stable.mantissa_edge_distance(float(v)) < stable.NEAR_EDGE for v in values.flat)
+            fields[end] = np.array([stable.snap_mantissa(float(v)) for v in values.flat],
+                                   dtype=values.dtype).reshape(values.shape)
+        snapped[name] = TensorData(**fields)
+    return TensorsData(ranges.calibration_method, snapped), near_edge
+
+
 def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, excluded: list[str],
               external: bool) -> Path:
     """Activation ranges of the quantized MatMuls over the calibration windows, saved as onnxruntime's
@@ -94,7 +110,10 @@ def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, exc
         reader.set_range(start, start + 1)
         calibrater.collect_data(reader)
     cache = work / "ranges.json"
-    save_tensors_data(calibrater.compute_data(), cache)
+    ranges, near_edge = snap_ranges(calibrater.compute_data())
+    log.info("%d activation ranges snapped to %d-bit mantissas; %d within %g of a grid edge", len(ranges.data),
+             stable.MANTISSA_BITS, near_edge, stable.NEAR_EDGE)
+    save_tensors_data(ranges, cache)
     del calibrater
     gc.collect()
     for leftover in work.glob("augmented.onnx*"):

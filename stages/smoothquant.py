@@ -1,6 +1,7 @@
 """SmoothQuant on the ONNX graph: move activation outliers into the MatMul weights, exactly in fp32.
 
-For y = X W (W [K,N]): s_j = max|X_j|^a / max_n|W_jn|^(1-a), W' = diag(s) W, X' = X diag(1/s).
+For y = X W (W [K,N]): s_j = max|X_j|^a / max_n|W_jn|^(1-a), W' = diag(s) W, X' = X diag(1/s), with s_j
+snapped to the nearest power of two (requant/stable.py): the same scales on any CPU, and an exact fold.
 One scale per MatMul input (Q, K and V share their LayerNorm's output). 1/s goes into the LayerNorm's
 gamma and beta when every reader of its output is smoothed (Shape readers aside), else into one
 inserted Mul. Activation
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import patterns
+from requant import patterns, stable
 from requant.common import atomic_path, fail, run_cli, write_json
 from requant.params import load_params
 
@@ -58,12 +59,13 @@ def activation_absmax(model: onnx.ModelProto, weights_dir: Path, tensors: list[s
 
 
 def smoothing_scale(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
-    """s_j = max|X_j|^a / max|W_j|^(1-a); 1 where a channel is never active or has no weight."""
+    """s_j = max|X_j|^a / max|W_j|^(1-a), unsnapped (float64); 1 where a channel is never active or has no
+    weight."""
     x, w = x_max.astype(np.float64), w_max.astype(np.float64)
     live = (x > 0) & (w > 0)
     scale = np.ones_like(x)
     scale[live] = x[live] ** alpha / w[live] ** (1 - alpha)
-    return np.clip(scale, 1e-5, 1e5).astype(np.float32)
+    return np.clip(scale, 2.0**-17, 2.0**17)
 
 
 def smooth(model: onnx.ModelProto, weights_dir: Path, windows: runs.Windows, alpha: float
@@ -86,14 +88,16 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: runs.Windows, alp
              "its weights are corrupt; rebuild models/base (dvc repro base_model) from a good download")
     replace: dict[str, Callable[[], np.ndarray]] = {}
     counts = Counter(folded_matmuls=0, folded_norms=0, mul_inserted=0, mul_matmuls=0)
-    scale_range = [np.inf, 0.0]
+    scale_range, near_edge = [np.inf, 0.0], 0
     for tensor, readers in groups.items():
         weights = [inits[n.input[1]] for n in readers]
         width = int(weights[0].dims[0])
         if absmax[tensor].shape != (width,):
             fail(f"activation {tensor} has {absmax[tensor].shape[0]} channels, its MatMul weights {width}")
         w_max = np.max([np.abs(og.read_tensor(w, weights_dir)).max(axis=1) for w in weights], axis=0)
-        scale = smoothing_scale(absmax[tensor], w_max, alpha)
+        raw = smoothing_scale(absmax[tensor], w_max, alpha)
+        near_edge += int((stable.pow2_edge_distance(raw) < stable.NEAR_EDGE).sum())
+        scale = stable.snap_pow2(raw).astype(np.float32)  # a power of two: the same on any CPU, and exact
         scale_range = [min(scale_range[0], float(scale.min())), max(scale_range[1], float(scale.max()))]
         for w in weights:
             replace[w.name] = lambda w=w, s=scale: og.read_tensor(w, weights_dir) * s[:, None]
@@ -112,6 +116,7 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: runs.Windows, alp
         "smoothed": sum(len(r) for r in groups.values()), "smoothed_inputs": len(groups),
         **counts, "skipped": dict(sorted(skipped.items())),
         "scale_min": runs.round_sig(scale_range[0]), "scale_max": runs.round_sig(scale_range[1]),
+        "scales": int(sum(absmax[t].size for t in groups)), "scales_near_grid_edge": near_edge,
     }
     return replace, summary
 

@@ -1,0 +1,107 @@
+"""Stand-ins for a second kind of CPU: onnxruntime sessions whose float results differ in the last bits.
+
+MLAS picks its kernels by instruction set, so calibration statistics computed on another x86 CPU differ in
+their last bits. With one CPU kind at hand, the same kind of difference comes from running every session
+(ours and onnxruntime's calibrators) with all graph optimizations or none, and with 1 or 2 intra-op
+threads. `python -m bench.standins` rebuilds the calibrated encoders under each and compares their bytes
+with the ones dvc.lock records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import onnxruntime as ort
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# (graph optimization level, intra-op threads); None keeps what the code asks for
+KINDS = {
+    "optimizations-all": (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, None),
+    "optimizations-none": (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, None),
+    "threads-1": (None, 1),
+    "threads-2": (None, 2),
+}
+# the stages whose outputs rest on calibration statistics, in pipeline order, and their model outputs
+CALIBRATED = {"smoothquant": "models/smoothed", "int8": "models/variants/int8_smoothquant",
+              "diagnose": "metrics/diagnosis.json", "int8_mixed": "models/variants/int8_mixed"}
+
+
+def apply(kind: str) -> None:
+    """From now on, every onnxruntime session of this process runs as the stand-in `kind` does, whatever
+    its code sets (onnxruntime's calibrators switch optimizations off themselves)."""
+    level, threads = KINDS[kind]
+    base = ort.SessionOptions
+
+    class StandIn(base):  # type: ignore[misc, valid-type]
+        def __setattr__(self, name: str, value: object) -> None:
+            if name == "graph_optimization_level" and level is not None:
+                value = level
+            if name == "intra_op_num_threads" and threads is not None:
+                value = threads
+            super().__setattr__(name, value)
+
+        def __init__(self) -> None:
+            super().__init__()
+            if level is not None:
+                self.graph_optimization_level = level
+            if threads is not None:
+                self.intra_op_num_threads = threads
+
+    ort.SessionOptions = StandIn
+
+
+def tree_md5(path: Path) -> str:
+    """The hash DVC records for a file, or for a folder (the md5 of its sorted listing, ending '.dir')."""
+    if path.is_file():
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    listing = [{"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(path).as_posix()}
+               for f in sorted(path.rglob("*")) if f.is_file()]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def locked_md5(stage: str, out: str) -> str:
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == out)
+
+
+def run_stage(project: Path, stage: str, kind: str) -> None:
+    code = f"from bench.standins import apply; apply({kind!r}); import runpy; " \
+           f"runpy.run_module('stages.{stage}', run_name='__main__')"
+    env = {**os.environ, "PYTHONPATH": str(project)}
+    subprocess.run([sys.executable, "-c", code], cwd=project, env=env, check=True, timeout=3600)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "standins.json")
+    args = parser.parse_args()
+    results = {}
+    for kind in args.kinds:
+        with tempfile.TemporaryDirectory(prefix="standin-") as tmp:
+            project = Path(tmp) / "repo"
+            shutil.copytree(ROOT, project, symlinks=True,
+                            ignore=shutil.ignore_patterns(".venv", ".git", ".dvc", "node_modules", "__pycache__"))
+            for out in CALIBRATED.values():
+                shutil.rmtree(project / out, ignore_errors=True) if (project / out).is_dir() else None
+            row = {}
+            for stage, out in CALIBRATED.items():
+                run_stage(project, stage, kind)
+                row[stage] = tree_md5(project / out) == locked_md5(stage, out)
+            results[kind] = row
+            print(f"{kind:20s} " + "  ".join(f"{s}: {'same bytes' if ok else 'DIFFERENT'}" for s, ok in row.items()),
+                  flush=True)
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
