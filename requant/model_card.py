@@ -180,15 +180,29 @@ def recipe_table(summary: dict[str, dict[str, dict]], evals: dict[str, dict[str,
         return _cell(summary[n][key], n == BASELINE) if key in summary[n] else "n/a"
 
     rows = [[LABELS.get(n, n), f"{e['cost']['encoder_mb']:.1f}", wer(n, POOLED), wer(n, MACRO), worst_section(e),
-             pct(truth_wer(e)), f"{e['cost']['load_s']:.2f}", f"{e['cost']['pass_s']:.1f}",
-             f"{e['cost']['peak_rss_mb']:.0f}", *_twin(bench, n)] for n, e in evals.items()]
+             pct(truth_wer(e)), *_twin(bench, n)] for n, e in evals.items()]
     header = ["encoder", "MB", "long passes WER (Δ [95 % CI])", "corpus macro WER (Δ [95 % CI])", "worst section",
-              "long WER vs truth", "load (s)", "passes (s)", "peak RSS (MB)", "twin MB", "twin 30 s", "twin 120 s",
-              "twin 390 s"]
+              "long WER vs truth", "twin MB", "twin 30 s", "twin 120 s", "twin 390 s"]
     picks = "".join(f"- **{use}:** {LABELS.get(n, n)}\n" for use, n in recommendations(summary, evals, bench))
     return (table(header, rows) + "\nShip this for (computed from the table above):\n\n" + picks
-            + "\nMB, load, passes and peak RSS: this model, one pass over each long clip. Twin columns: "
-            "`python -m bench.cost` on the Parakeet-size random twin (pass time / peak RSS; – where not measured).\n")
+            + "\nMB: this model's encoder files. Twin columns: `python -m bench.cost` on the Parakeet-size random "
+            "twin (pass time / peak RSS; – where not measured). This run's own times and memory: "
+            "`docs/costs.md`.\n")
+
+
+def timing_table(evals: dict[str, dict[str, Any]]) -> str:
+    """This run's load, encoder and decoding times per variant (greedy first, then the others vs greedy)."""
+    names = list(next(iter(evals.values()))["decodings"])
+    rows = []
+    for n, e in evals.items():
+        cost = e["cost"]
+        ratio = [cost["decode_s"][d] / max(1e-9, cost["decode_s"][names[0]]) for d in names[1:]]
+        corpus = [cost["corpus_decode_s"][d] / max(1e-9, cost["corpus_decode_s"][names[0]]) for d in names[1:]]
+        rows.append([LABELS.get(n, n), f"{cost['load_s']:.2f}", f"{cost['encode_s']:.1f}", f"{cost['pass_s']:.1f}",
+                     " / ".join(f"{r:.1f}x" for r in ratio) or "–", " / ".join(f"{r:.1f}x" for r in corpus) or "–"])
+    return table(["encoder", "load (s)", "encoder, long passes (s)", f"encoder + {names[0]} (s)",
+                  f"{' / '.join(names[1:]) or 'other'} decoding vs {names[0]}, long",
+                  f"{' / '.join(names[1:]) or 'other'} decoding vs {names[0]}, corpus"], rows)
 
 
 def scoring_note(p: Params, evals: dict[str, dict[str, Any]]) -> str:
@@ -203,9 +217,9 @@ def scoring_note(p: Params, evals: dict[str, dict[str, Any]]) -> str:
         f"scored against their true transcripts. WER is corpus WER (total edits / total reference words); CER "
         f"the same in characters. Text normalisation: `{e['normalize']}`. Intervals: "
         f"{p.eval.bootstrap_resamples} paired bootstrap draws (seed {p.eval.bootstrap_seed}) of sections or "
-        f"utterances, stratified by clip or language, the same draws for the variant and fp32. MB = 10^6 bytes; "
-        f"peak RSS is the largest long pass's own peak (VmHWM, one fresh session per clip); RTF = (encoder + "
-        f"decoding time) / audio time.\n"
+        f"utterances, stratified by clip or language, the same draws for the variant and fp32. MB = 10^6 bytes. "
+        f"Times and memory of this run are kept apart (`docs/costs.md`, `metrics/cost.json`): they move with the "
+        f"machine, these figures do not.\n"
     )
 
 
@@ -291,19 +305,13 @@ def decoding_table(summaries: dict[str, dict[str, dict[str, dict]]], evals: dict
     names = list(summaries)
     first = summaries[names[0]]
     sets = list(next(iter(first.values())))
-    rows = []
-    for n in first:
-        cells = [" / ".join(pct(summaries[d][n][k]["wer_pct"]).rstrip("%") for d in names) for k in sets]
-        cost = evals[n]["cost"]
-        ratio = [cost["decode_s"][d] / max(1e-9, cost["decode_s"][names[0]]) for d in names[1:]]
-        corpus = [cost["corpus_decode_s"][d] / max(1e-9, cost["corpus_decode_s"][names[0]]) for d in names[1:]]
-        rows.append([LABELS.get(n, n), *cells, " / ".join(f"{r:.1f}x" for r in ratio),
-                     " / ".join(f"{r:.1f}x" for r in corpus)])
+    rows = [[LABELS.get(n, n), *[" / ".join(pct(summaries[d][n][k]["wer_pct"]).rstrip("%") for d in names)
+                                 for k in sets]] for n in first]
     beam = next((e["beam"] for e in evals.values() if e.get("beam")), None)
     settings = "" if beam is None else ", ".join(f"{k} {v}" for k, v in beam.items())
-    return (table(["encoder", *sets, "decode time long", "decode time corpus"], rows)
-            + f"\nWER % as {' / '.join(names)} from the same encoder output; decode time relative to "
-            f"{names[0]} (encoder excluded). Beam: {settings}.\n")
+    return (table(["encoder", *sets], rows)
+            + f"\nWER % as {' / '.join(names)} from the same encoder output; decoding times in `docs/costs.md`. "
+            f"Beam: {settings}.\n")
 
 
 def render_headline(p: Params, evals: dict[str, dict[str, Any]], summary: dict[str, dict[str, dict]],
@@ -314,10 +322,10 @@ def render_headline(p: Params, evals: dict[str, dict[str, Any]], summary: dict[s
     def wer(n: str, key: str) -> str:
         return _cell(summary[n][key], n == BASELINE) if key in summary[n] else "n/a"
 
-    rows = [[LABELS.get(n, n), f"{e['cost']['encoder_mb']:.1f}", wer(n, POOLED), wer(n, MACRO),
-             f"{e['cost']['peak_rss_mb']:.0f}", _twin(bench, n)[1]] for n, e in evals.items()]
+    rows = [[LABELS.get(n, n), f"{e['cost']['encoder_mb']:.1f}", wer(n, POOLED), wer(n, MACRO), _twin(bench, n)[1]]
+            for n, e in evals.items()]
     header = ["encoder", "MB", "long passes WER % (Δ [95 % CI])", "corpus WER % (Δ [95 % CI])",
-              "peak RSS MB (390 s)", "Parakeet-size twin, 30 s pass"]
+              "Parakeet-size twin, 30 s pass"]
     picks = "".join(f"- **{use}:** {LABELS.get(n, n)}\n" for use, n in recommendations(summary, evals, bench))
     return (preset_note(p) + "\n" + table(header, rows)
             + "\nWER against the fp32 encoder (long passes, per 60 s section) and the true transcripts (corpus, macro "
@@ -335,10 +343,20 @@ def render_results(p: Params, evals: dict[str, dict[str, Any]], summary: dict[st
         + "\nEvery evaluation set:\n\n" + summary_table(summary)
         + "\nShort utterances per language:\n\n" + corpus_table(summary, evals)
         + "\nGreedy and beam search:\n\n" + decoding_table(extras.get("decodings") or {}, evals)
-        + "\nCosts:\n\n" + cost_table(evals)
         + "\nGenerated by `dvc repro report` from `metrics/eval/*.json`; every interval in "
         "`metrics/eval_summary.json`; plots: `metrics/plots/section_wer.png`, `metrics/plots/language_wer.png`.\n"
     )
+
+
+def render_costs(evals: dict[str, dict[str, Any]]) -> str:
+    """docs/costs.md: this run's times and memory, which move with the machine and its load (the accuracy
+    figures in docs/results.md do not)."""
+    return ("# Costs of this run\n\n<!-- generated by the report stage (`dvc repro report`) from metrics/timing/: "
+            "do not edit -->\n\nMeasured where `dvc repro` last ran the evaluation (`metrics/timing/*.json`, summed "
+            "up in `metrics/cost.json`): they move with the machine and its load, so they live apart from the "
+            "accuracy figures of [results.md](results.md). Peak RSS is the largest long pass's own peak (VmHWM, "
+            "one fresh session per clip); RTF = (encoder + decoding time) / audio time.\n\n"
+            + cost_table(evals) + "\nTimes:\n\n" + timing_table(evals))
 
 
 def render_card(p: Params, evals: dict[str, dict[str, Any]], summary: dict[str, dict[str, dict]],
@@ -355,7 +373,6 @@ def render_card(p: Params, evals: dict[str, dict[str, Any]], summary: dict[str, 
         + "\n### Every evaluation set\n\n" + summary_table(summary)
         + "\n### Short utterances per language\n\n" + corpus_table(summary, evals)
         + "\n### Greedy and beam search\n\n" + decoding_table(extras.get("decodings") or {}, evals)
-        + "\n### Costs\n\n" + cost_table(evals)
         + "\n### Fidelity of encoder outputs vs fp32 (held-out windows)\n\n"
         + (fidelity_table(extras["fidelity"]) if extras.get("fidelity") is not None else missing)
         + "\n### SmoothQuant pass\n\n"

@@ -15,7 +15,14 @@ from where a few ULPs can reach, except for the rare statistic that lies right o
 
 from __future__ import annotations
 
+import platform
+import re
+from pathlib import Path
+
 import numpy as np
+import onnxruntime as ort
+
+from requant.common import write_json
 
 # a statistic within this relative distance of a grid edge may still flip on another CPU: ten times the
 # largest last-bit difference measured between the stand-ins (1.5e-6)
@@ -52,3 +59,26 @@ def mantissa_edge_distance(value: float, bits: int = MANTISSA_BITS) -> float:
     mantissa, _ = np.frexp(abs(value))
     scaled = mantissa * 2 ** (bits + 1)
     return float(abs(scaled - (np.floor(scaled) + 0.5)) / scaled)
+
+
+# the cpuid features MLAS (onnxruntime's CPU kernels) dispatches on, as Linux names them
+KERNEL_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+PROVENANCE_DIR = Path("data/provenance")
+
+
+def machine() -> dict[str, object]:
+    """The CPU model, the instruction sets onnxruntime's kernels choose from that it has, and onnxruntime's
+    version: what decides the last bits of a calibration statistic."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = set((re.search(r"^flags\s*:\s*(.+)$", info, re.M) or [None, ""])[1].split())
+    return {"cpu": model[1].strip() if model else platform.processor() or platform.machine(),
+            "kernel_isa": [f for f in KERNEL_FLAGS if f in flags], "onnxruntime": ort.__version__,
+            "numpy": np.__version__}
+
+
+def record_machine(stage: str) -> None:
+    """data/provenance/<stage>.json: where a calibrated stage ran. Kept out of its outputs and of git, so that
+    the outputs stay the same bytes whichever machine made them."""
+    write_json(PROVENANCE_DIR / f"{stage}.json", machine())

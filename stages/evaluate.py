@@ -33,6 +33,8 @@ from stages.reference import SECTIONS_FILE, TRUTH_FILE
 log = logging.getLogger("pipeline.evaluate")
 
 METRICS_DIR = Path("metrics/eval")
+TIMING_DIR = Path("metrics/timing")  # run-time figures apart: a re-run changes them, never the accuracy files
+CLIP_TIMING = ("load_s", "encode_s", "baseline_rss_mb", "peak_rss_mb")
 MB = 1e6
 CORPUS_BATCH = 16  # utterances per encoder call: bounded padding and memory
 CORPUS_ITEM_KEYS = ("ids", "ref_words", "edits", "ref_chars", "char_edits")
@@ -117,10 +119,35 @@ def score_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
     return scores, seconds, encode_s, decode_s
 
 
+def split_timing(result: dict) -> tuple[dict, dict]:
+    """(accuracy, timing): the figures a re-run reproduces byte for byte (transcripts, WER, file sizes), and
+    the run-time ones (seconds, RSS) that move with the machine and its load."""
+    accuracy = {**result, "cost": {"encoder_mb": result["cost"]["encoder_mb"]}, "long": {}}
+    timing = {"variant": result["variant"], "cost": {k: v for k, v in result["cost"].items() if k != "encoder_mb"},
+              "long": {}}
+    for clip, c in result["long"].items():
+        accuracy["long"][clip] = {k: v for k, v in c.items() if k not in CLIP_TIMING}
+        accuracy["long"][clip]["by_decoding"] = {name: {k: v for k, v in d.items() if k != "decode_s"}
+                                                 for name, d in c["by_decoding"].items()}
+        timing["long"][clip] = {**{k: c[k] for k in CLIP_TIMING},
+                                "decode_s": {name: d["decode_s"] for name, d in c["by_decoding"].items()}}
+    return accuracy, timing
+
+
+def merge_timing(accuracy: dict, timing: dict) -> dict:
+    """The evaluation as one dict again (split_timing's inverse), for the report."""
+    merged = {**accuracy, "cost": {**accuracy["cost"], **timing["cost"]}, "long": {}}
+    for clip, c in accuracy["long"].items():
+        t = timing["long"][clip]
+        merged["long"][clip] = {**c, **{k: t[k] for k in CLIP_TIMING}, "by_decoding": {
+            name: {**d, "decode_s": t["decode_s"][name]} for name, d in c["by_decoding"].items()}}
+    return merged
+
+
 def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path = Path("."),
-             out_dir: Path | None = None, beam: BeamParams = BeamParams()) -> dict:
-    """Score one variant on every scored clip and the corpus, under each decoding; write and return
-    metrics/eval/<variant>.json."""
+             out_dir: Path | None = None, beam: BeamParams = BeamParams(), timing_dir: Path | None = None) -> dict:
+    """Score one variant on every scored clip and the corpus, under each decoding; write
+    metrics/eval/<variant>.json (accuracy) and metrics/timing/<variant>.json (run time), return both merged."""
     out_dir = root / METRICS_DIR if out_dir is None else out_dir
     clips = scored_clips(clips, root / EVAL_AUDIO_DIR)
     utterances = read_corpus(root)
@@ -159,7 +186,9 @@ def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path
             "rss_delta_mb": round(worst["peak_rss_mb"] - worst["baseline_rss_mb"], 1),
         },
     }
-    write_json(out_dir / f"{variant}.json", result)
+    accuracy, timing = split_timing(result)
+    write_json(out_dir / f"{variant}.json", accuracy)
+    write_json((root / TIMING_DIR if timing_dir is None else timing_dir) / f"{variant}.json", timing)
     log.info("%s: %s", variant, ", ".join(f"{clip} {c['by_decoding'][primary]['overall_wer_pct']} %"
                                           for clip, c in long.items()))
     return result

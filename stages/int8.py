@@ -190,6 +190,7 @@ def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, c
 
 def main() -> None:
     params = load_params()
+    stable.record_machine("int8")
     build_int8(SOURCE, OUT_DIR, WINDOWS, params.quant.percentile, params.quant.calib_windows,
                params.fidelity.min_cosine, reduce_range=params.quant.reduce_range)
 

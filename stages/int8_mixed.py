@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from requant import stable
 from requant.common import fail, read_json, run_cli
 from stages.int8 import build_int8
 from requant.params import load_params
@@ -37,6 +38,7 @@ def most_sensitive(diagnosis_path: Path, k: int) -> list[str]:
 
 def main() -> None:
     params = load_params()
+    stable.record_machine("int8_mixed")
     keep = most_sensitive(DIAGNOSIS, params.mixed.keep_fp32)
     log.info("keeping %d MatMuls in fp32: %s", len(keep), keep)
     build_int8(SOURCE, OUT_DIR, WINDOWS, params.quant.percentile, params.quant.calib_windows,

@@ -5,7 +5,8 @@ difference to fp32 and its paired bootstrap interval) and metrics/cost.json, sma
 `dvc metrics diff` compares commits and experiments; metrics/eval_summary.json (every set: each clip,
 each language, with intervals, and the per-section WERs); metrics/plots/section_wer.png (per clip and
 section) and language_wer.png (per language); reports/MODEL_CARD.md (the release folder's README),
-docs/results.md (every table) and reports/headline.md (the README's short table and picks: `make readme`).
+docs/results.md (every accuracy table), docs/costs.md (this run's times and memory, apart because they
+move with the machine) and reports/headline.md (the README's short table and picks: `make readme`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from requant.asr import VARIANTS  # noqa: E402
 from requant.common import atomic_path, fail, read_json, run_cli, write_json  # noqa: E402
-from stages.evaluate import METRICS_DIR  # noqa: E402
-from requant.model_card import render_card, render_headline, render_results  # noqa: E402
+from stages.evaluate import METRICS_DIR, TIMING_DIR, merge_timing  # noqa: E402
+from requant.model_card import render_card, render_costs, render_headline, render_results  # noqa: E402
 from requant.params import Params, load_params  # noqa: E402
 from requant.summary import BASELINE, MACRO, POOLED, decoding_view, headline, summarize  # noqa: E402
 
@@ -31,6 +32,7 @@ log = logging.getLogger("pipeline.report")
 WER_FILE, COST_FILE, SUMMARY_FILE = Path("metrics/wer.json"), Path("metrics/cost.json"), Path("metrics/eval_summary.json")
 PLOT_FILE, LANG_PLOT_FILE = Path("metrics/plots/section_wer.png"), Path("metrics/plots/language_wer.png")
 CARD_FILE, RESULTS_FILE, HEADLINE_FILE = Path("reports/MODEL_CARD.md"), Path("docs/results.md"), Path("reports/headline.md")
+COSTS_FILE = Path("docs/costs.md")
 COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf")
 
 
@@ -44,6 +46,11 @@ def read_evaluations(metrics_dir: Path) -> dict[str, dict[str, Any]]:
     found = {p.stem: read_json(p) for p in sorted(metrics_dir.glob("*.json"))}
     if not found:
         fail(f"no evaluation in {metrics_dir}; run `dvc repro evaluate` first")
+    timing_dir = metrics_dir.parent / TIMING_DIR.name
+    missing = sorted(name for name in found if not (timing_dir / f"{name}.json").is_file())
+    if missing:
+        fail(f"{timing_dir}: no run-time figures for {missing}; re-run `dvc repro evaluate`")
+    found = {name: merge_timing(e, read_json(timing_dir / f"{name}.json")) for name, e in found.items()}
     unknown = sorted(set(found) - set(VARIANTS))
     if unknown:
         fail(f"{metrics_dir}: unknown variant file(s) {unknown}; remove them or re-run `dvc repro evaluate`")
@@ -162,11 +169,12 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
     }
     for path, text in ((CARD_FILE, render_card(p, evals, summary, extras)),
                        (RESULTS_FILE, render_results(p, evals, summary, extras)),
-                       (HEADLINE_FILE, render_headline(p, evals, summary, extras))):
+                       (HEADLINE_FILE, render_headline(p, evals, summary, extras)),
+                       (COSTS_FILE, render_costs(evals))):
         with atomic_path(root / path) as tmp:
             tmp.write_text(text)
-    log.info("wrote %s, %s, %s, %s, %s, %s, %s", WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, CARD_FILE, RESULTS_FILE,
-             HEADLINE_FILE)
+    log.info("wrote %s, %s, %s, %s, %s, %s, %s, %s", WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, CARD_FILE,
+             RESULTS_FILE, HEADLINE_FILE, COSTS_FILE)
     return wer
 
 

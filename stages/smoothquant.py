@@ -166,6 +166,7 @@ def smooth_encoder(src: Path, dst_dir: Path, windows_dir: Path, alpha: float) ->
 
 def main() -> None:
     params = load_params()
+    stable.record_machine("smoothquant")
     summary = smooth_encoder(SOURCE, OUT_DIR, WINDOWS, params.smooth.alpha)
     write_json(METRICS, summary)
 

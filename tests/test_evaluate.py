@@ -28,7 +28,7 @@ from stages.base_model import demo_model, verify_model_dir
 from stages.blockwise import build_blockwise
 from requant.common import StageError
 from requant.evalsets import clip_audio
-from stages.evaluate import evaluate
+from stages.evaluate import evaluate, merge_timing
 from requant.scoring import score_sections
 from stages.fp16 import build_fp16
 from stages.int8_dynamic import build_dynamic_int8
@@ -123,8 +123,10 @@ def test_reference_sections_cover_the_clip(root: Path):
 
 
 def test_evaluate_schema_and_arithmetic(root: Path, tmp_path: Path):
-    result = evaluate("fp32", PARAMS, CLIPS, root, tmp_path)
-    assert json.loads((tmp_path / "fp32.json").read_text()) == result
+    result = evaluate("fp32", PARAMS, CLIPS, root, tmp_path, timing_dir=tmp_path / "timing")
+    accuracy, timing = (json.loads((tmp_path / folder / "fp32.json").read_text()) for folder in (".", "timing"))
+    assert merge_timing(accuracy, timing) == result
+    assert "load_s" not in json.dumps(accuracy) and "rss" not in json.dumps(accuracy)  # run time kept apart
     assert result["normalize"] == "lower_nopunct" and result["decoder"] == "fp32"
     assert result["encoder_files"] == ["encoder-model.onnx", "encoder-model.onnx.data"]
     assert list(result["long"]) == CLIPS
