@@ -65,14 +65,44 @@ def preset_note(p: Params) -> str:
     )
 
 
-def _cell(c: dict[str, Any], baseline: bool) -> str:
-    """'5.22 (+3.87 [+1.20, +6.50])', bold where the interval excludes 0; the baseline shows its WER alone."""
+def _cell(c: dict[str, Any], baseline: bool, say_noise: bool = False) -> str:
+    """'5.22 (+3.87 [+1.20, +6.50])', bold where the difference is called (its interval excludes 0 and it
+    exceeds the noise floors); with say_noise, ', within noise' where it is not. The baseline: its WER alone."""
     if c["wer_pct"] is None:
         return "n/a"
     if baseline:
         return f"{c['wer_pct']:.2f}"
-    text = f"{c['wer_pct']:.2f} ({c['delta_pct']:+.2f} [{c['ci_low_pct']:+.2f}, {c['ci_high_pct']:+.2f}])"
-    return f"**{text}**" if c["significant"] else text
+    called = c.get("called", c["significant"])
+    noise = ", within noise" if say_noise and not called else ""
+    text = f"{c['wer_pct']:.2f} ({c['delta_pct']:+.2f} [{c['ci_low_pct']:+.2f}, {c['ci_high_pct']:+.2f}]{noise})"
+    return f"**{text}**" if called else text
+
+
+def floors_table(summary: dict[str, dict[str, dict]], floors: Any) -> str:
+    """Per calibrated variant and set: the interval's width beside the two floors' WER spreads."""
+    if not floors:
+        return ("(not measured: `python -m bench.floors` writes metrics/floors.json; until then a difference is "
+                "called on its interval alone)\n")
+    sets = list(next(iter(summary.values())))
+    rows = []
+    for n, row in summary.items():
+        measured = floors.get("shared_with", {}).get(n, n)
+        if measured not in floors["perturbation"]:
+            continue
+        cells = []
+        for k in sets:
+            pert, cal = floors["perturbation"][measured].get(k), floors["calibration"][measured].get(k)
+            cells.append(f"{row[k]['ci_high_pct'] - row[k]['ci_low_pct']:.2f} / "
+                         f"{pert['range']:.2f} (σ {pert['std']:.2f}) / {cal['range']:.2f} (σ {cal['std']:.2f})"
+                         if pert and cal else "n/a")
+        rows.append([LABELS.get(n, n), *cells])
+    return (table(["encoder", *sets], rows)
+            + f"\nPer cell: the width of the 95 % interval / the perturbation floor / the calibration floor, each floor "
+            f"the WER range (max - min, points) over {floors['k']} builds, σ its standard deviation ({floors['decoding']} "
+            f"decoding). Perturbation: calibration statistics with relative noise {floors['noise']:g}, unsnapped; "
+            "calibration: as many seeds of the calibration-window draw. Variants with nothing calibrated have floors "
+            "of 0; int8 SmoothQuant blockwise shares int8 SmoothQuant's (the same outputs, bit for bit). "
+            "`python -m bench.floors`, metrics/floors.json.\n")
 
 
 def summary_table(summary: dict[str, dict[str, dict]]) -> str:
@@ -80,8 +110,9 @@ def summary_table(summary: dict[str, dict[str, dict]]) -> str:
     sets = list(next(iter(summary.values())))
     rows = [[LABELS.get(n, n), *(_cell(row[k], n == BASELINE) for k in sets)] for n, row in summary.items()]
     return (table(["encoder", *sets], rows)
-            + "\nWER % (difference to fp32 in points [95 % paired bootstrap interval]); **bold**: the interval "
-            "excludes 0, a real difference rather than noise. Long clips are scored against the fp32 short-clip "
+            + "\nWER % (difference to fp32 in points [95 % paired bootstrap interval]); **bold**: a difference "
+            "called, its interval excludes 0 and it exceeds the noise floors below; every other cell is within noise. "
+            "Long clips are scored against the fp32 short-clip "
             f"reference, per section; `{POOLED}` pools every section of every clip. Corpus languages are scored "
             f"against the true transcripts; `{MACRO}` is the mean over languages.\n")
 
@@ -177,7 +208,7 @@ def recommendations(summary: dict[str, dict[str, dict]], evals: dict[str, dict[s
 def recipe_table(summary: dict[str, dict[str, dict]], evals: dict[str, dict[str, Any]], bench: Any) -> str:
     """Every variant side by side: size, WER against fp32 and the truth, costs here and on the twin."""
     def wer(n: str, key: str) -> str:
-        return _cell(summary[n][key], n == BASELINE) if key in summary[n] else "n/a"
+        return _cell(summary[n][key], n == BASELINE, say_noise=True) if key in summary[n] else "n/a"
 
     rows = [[LABELS.get(n, n), f"{e['cost']['encoder_mb']:.1f}", wer(n, POOLED), wer(n, MACRO), worst_section(e),
              pct(truth_wer(e)), *_twin(bench, n)] for n, e in evals.items()]
@@ -320,7 +351,7 @@ def render_headline(p: Params, evals: dict[str, dict[str, Any]], summary: dict[s
     bench = extras.get("bench")
 
     def wer(n: str, key: str) -> str:
-        return _cell(summary[n][key], n == BASELINE) if key in summary[n] else "n/a"
+        return _cell(summary[n][key], n == BASELINE, say_noise=True) if key in summary[n] else "n/a"
 
     rows = [[LABELS.get(n, n), f"{e['cost']['encoder_mb']:.1f}", wer(n, POOLED), wer(n, MACRO), _twin(bench, n)[1]]
             for n, e in evals.items()]
@@ -329,7 +360,8 @@ def render_headline(p: Params, evals: dict[str, dict[str, Any]], summary: dict[s
     picks = "".join(f"- **{use}:** {LABELS.get(n, n)}\n" for use, n in recommendations(summary, evals, bench))
     return (preset_note(p) + "\n" + table(header, rows)
             + "\nWER against the fp32 encoder (long passes, per 60 s section) and the true transcripts (corpus, macro "
-            "over languages); **bold**: the interval excludes 0. Twin: pass time / peak RSS at Parakeet's size.\n"
+            "over languages); **bold**: a difference called (its interval excludes 0 and it exceeds the noise floors, "
+            "`docs/results.md`). Twin: pass time / peak RSS at Parakeet's size.\n"
             "\nShip this for (computed from these figures by the report stage):\n\n" + picks)
 
 
@@ -341,6 +373,8 @@ def render_results(p: Params, evals: dict[str, dict[str, Any]], summary: dict[st
         + preset_note(p) + "\n" + scoring_note(p, evals) + "\nLong clips:\n\n" + clips_table(p, evals)
         + "\nEvery recipe:\n\n" + recipe_table(summary, evals, bench)
         + "\nEvery evaluation set:\n\n" + summary_table(summary)
+        + "\nNoise floors (interval width / perturbation floor / calibration floor, points):\n\n"
+        + floors_table(summary, extras.get("floors"))
         + "\nShort utterances per language:\n\n" + corpus_table(summary, evals)
         + "\nGreedy and beam search:\n\n" + decoding_table(extras.get("decodings") or {}, evals)
         + "\nGenerated by `dvc repro report` from `metrics/eval/*.json`; every interval in "

@@ -103,3 +103,23 @@ def headline(summaries: dict[str, dict[str, dict[str, dict]]]) -> dict[str, dict
                                                      f"{prefix}_lo": cell["ci_low_pct"],
                                                      f"{prefix}_hi": cell["ci_high_pct"]})
     return out
+
+
+def noise_floor(floors: dict[str, Any] | None, variant: str, name: str) -> float:
+    """The larger WER range of a variant's two floors on one set (bench/floors.py); 0 for a variant with nothing
+    calibrated, or when the floors were not measured."""
+    if not floors:
+        return 0.0
+    measured = floors.get("shared_with", {}).get(variant, variant)
+    ranges = [floors[kind].get(measured, {}).get(name, {}).get("range", 0.0) for kind in ("perturbation", "calibration")]
+    return float(max(ranges))
+
+
+def apply_floors(summary: dict[str, dict[str, dict]], floors: dict[str, Any] | None) -> None:
+    """Each cell gets its noise floor and `called`: a difference is called only when its interval excludes 0
+    and it exceeds the floor; everything else is within noise."""
+    for variant, row in summary.items():
+        for name, cell in row.items():
+            floor = noise_floor(floors, variant, name)
+            cell["floor_pct"] = round(floor, 4)
+            cell["called"] = bool(cell["significant"] and abs(cell["delta_pct"]) > floor)

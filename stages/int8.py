@@ -32,7 +32,7 @@ from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant import patterns, stable
 from requant.features import features
-from requant.common import atomic_path, fail, run_cli
+from requant.common import atomic_path, fail, read_json, run_cli, write_json
 from requant.params import load_params
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ SOURCE = Path("models/smoothed/encoder-model.onnx")
 WINDOWS = Path("data/windows")
 OUT_DIR = Path("models/variants/int8_smoothquant")
 NAME = "encoder-model.int8.onnx"
+METRICS = Path("metrics/int8.json")  # how many ranges were snapped, how many lie near a grid edge
+SNAPPING = "snapping.json"
 
 
 class WindowReader(CalibrationDataReader):
@@ -111,8 +113,7 @@ def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, exc
         calibrater.collect_data(reader)
     cache = work / "ranges.json"
     ranges, near_edge = snap_ranges(calibrater.compute_data())
-    log.info("%d activation ranges snapped to %d-bit mantissas; %d within %g of a grid edge", len(ranges.data),
-             stable.MANTISSA_BITS, near_edge, stable.NEAR_EDGE)
+    write_json(work / SNAPPING, {"ranges": len(ranges.data), "ranges_near_grid_edge": near_edge})
     save_tensors_data(ranges, cache)
     del calibrater
     gc.collect()
@@ -177,6 +178,9 @@ def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, c
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))
         written = quantize_encoder(src, work, calib, percentile, external, reduce_range, keep_fp32)
+        snapping = read_json(work / "tmp" / SNAPPING)
+        log.info("%d activation ranges snapped to %d-bit mantissas, %d within %g of a grid edge", snapping["ranges"],
+                 stable.MANTISSA_BITS, snapping["ranges_near_grid_edge"], stable.NEAR_EDGE)
         og.save_self_contained_if_small(written, tmp / NAME)
         shutil.rmtree(work)
         fidelity = runs.compare(reference, runs.encoder_outputs(tmp / NAME, heldout, "int8 heldout"))
@@ -185,14 +189,15 @@ def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, c
             shutil.rmtree(dst_dir, ignore_errors=True)  # an older model under the final name would look valid
             fail(f"int8 encoder cosine vs fp32 is {fidelity['cosine_min']:.6f} on a held-out window, below "
                  f"fidelity.min_cosine={min_cosine}; try another smooth.alpha or quant.percentile. Nothing written")
-    return fidelity
+    return {**fidelity, **snapping}
 
 
 def main() -> None:
     params = load_params()
     stable.record_machine("int8")
-    build_int8(SOURCE, OUT_DIR, WINDOWS, params.quant.percentile, params.quant.calib_windows,
-               params.fidelity.min_cosine, reduce_range=params.quant.reduce_range)
+    result = build_int8(SOURCE, OUT_DIR, WINDOWS, params.quant.percentile, params.quant.calib_windows,
+                        params.fidelity.min_cosine, reduce_range=params.quant.reduce_range)
+    write_json(METRICS, {k: result[k] for k in ("ranges", "ranges_near_grid_edge")})
 
 
 if __name__ == "__main__":

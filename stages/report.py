@@ -25,14 +25,14 @@ from requant.common import atomic_path, fail, read_json, run_cli, write_json  # 
 from stages.evaluate import METRICS_DIR, TIMING_DIR, merge_timing  # noqa: E402
 from requant.model_card import render_card, render_costs, render_headline, render_results  # noqa: E402
 from requant.params import Params, load_params  # noqa: E402
-from requant.summary import BASELINE, MACRO, POOLED, decoding_view, headline, summarize  # noqa: E402
+from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize  # noqa: E402
 
 log = logging.getLogger("pipeline.report")
 
 WER_FILE, COST_FILE, SUMMARY_FILE = Path("metrics/wer.json"), Path("metrics/cost.json"), Path("metrics/eval_summary.json")
 PLOT_FILE, LANG_PLOT_FILE = Path("metrics/plots/section_wer.png"), Path("metrics/plots/language_wer.png")
 CARD_FILE, RESULTS_FILE, HEADLINE_FILE = Path("reports/MODEL_CARD.md"), Path("docs/results.md"), Path("reports/headline.md")
-COSTS_FILE = Path("docs/costs.md")
+COSTS_FILE, FLOORS_FILE = Path("docs/costs.md"), Path("metrics/floors.json")  # floors: `python -m bench.floors`
 COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf")
 
 
@@ -149,6 +149,9 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         e["long"] = {clip: e["long"][clip] for clip in sorted(e["long"], key=[*p.eval_clips, *e["long"]].index)}
     views = {d: {name: decoding_view(e, d) for name, e in raw.items()} for d in decodings}
     summaries = {d: summarize(views[d], p.eval.bootstrap_resamples, p.eval.bootstrap_seed) for d in decodings}
+    floors = read_json(root / FLOORS_FILE) if (root / FLOORS_FILE).is_file() else None
+    for summary in summaries.values():  # floors measured with greedy decoding stand for the beam's too
+        apply_floors(summary, floors)
     if not summaries:  # no fp32: summarize names what is missing
         summarize(raw, p.eval.bootstrap_resamples, p.eval.bootstrap_seed)
     evals, summary = views[decodings[0]], summaries[decodings[0]]  # the first decoding heads every table
@@ -166,6 +169,7 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         "windows": optional_json(root / "data/windows/index.json"),
         "bench": optional_json(root / "metrics/bench.json"),
         "decodings": summaries,
+        "floors": floors,
     }
     for path, text in ((CARD_FILE, render_card(p, evals, summary, extras)),
                        (RESULTS_FILE, render_results(p, evals, summary, extras)),

@@ -12,6 +12,7 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
+from requant import stable
 from requant.common import StageError
 from stages.int8 import NAME, build_int8, calibrate
 from requant.patterns import fp32_matmuls
@@ -109,7 +110,10 @@ def test_calibration_covers_the_quantized_matmuls_only(setup: dict[str, Path], t
     excluded = fp32_matmuls(graph)
     cache = calibrate(setup["smoothed"], tmp_path, runs.Windows(setup["windows"], "calib"), 99.999, excluded, False)
     ranges = load_tensors_data(cache)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name, "snapping.json"]  # no augmented model
+    for name, data in ranges.data.items():  # every range end on the grid: 3-bit mantissas
+        for end in (*np.ravel(data.range_value[0]), *np.ravel(data.range_value[1])):
+            assert stable.snap_mantissa(float(end)) == float(end), (name, end)
     inits = {t.name for t in graph.initializer}
     quantized = [n for n in graph.node if n.op_type == "MatMul" and n.name not in excluded]
     assert quantized and all(n.input[0] in ranges for n in quantized)

@@ -104,7 +104,7 @@ def test_wer_and_cost_metrics_schema(root: Path):
     assert sets["long_pooled"]["sections"] == 6 and sets["en_us"]["utterances"] == 4
     en = summary["variants"]["int8_smoothquant"]["en_us"]
     assert en == {"wer_pct": 20.0, "cer_pct": 10.0, "delta_pct": 20.0, "ci_low_pct": 20.0, "ci_high_pct": 20.0,
-                  "significant": True}
+                  "significant": True, "floor_pct": 0.0, "called": True}  # no floors measured: the interval decides
     assert summary["variants"]["int8_smoothquant"]["fr_fr"]["significant"] is False
     assert summary["sections"]["int8_smoothquant"]["jfk"] == {"00_0-60s": 0.0, "01_60-120s": 50.0,
                                                               "02_120-150s": 100.0}
@@ -228,3 +228,20 @@ def test_the_browser_pick_breaks_a_size_tie_by_memory():
     evals = {name: decoding_view(e, "greedy") for name, e in evals.items()}
     picks = {use.split(" (")[0]: n for use, n in recommendations(summarize(evals, 200, 0), evals)}
     assert picks["smallest download"] == "int8_smoothquant" and picks["browser / WASM"] == "int8_blockwise"
+
+
+def test_a_difference_inside_the_noise_floor_is_not_called(root: Path):
+    """en_us's +20 pt has an interval excluding 0; a floor of 25 pt (bench.floors) makes it 'within noise'."""
+    build_report(params("demo"), root)
+    assert "| **20.00 (+20.00 [+20.00, +20.00])** |" in (root / CARD_FILE).read_text()
+    spread = {"min": 0.0, "max": 25.0, "range": 25.0, "std": 10.0}
+    floors = {"k": 5, "noise": 1e-6, "decoding": "greedy", "shared_with": {},
+              "perturbation": {"int8_smoothquant": {"en_us": spread}}, "calibration": {"int8_smoothquant": {}}}
+    write_json(root / "metrics/floors.json", floors)
+    build_report(params("demo"), root)
+    card, results = (root / CARD_FILE).read_text(), (root / RESULTS_FILE).read_text()
+    assert "| 20.00 (+20.00 [+20.00, +20.00]) |" in card and "**20.00 (+20.00" not in card
+    summary = json.loads((root / SUMMARY_FILE).read_text())["greedy"]["variants"]["int8_smoothquant"]
+    assert summary["en_us"]["significant"] is True and summary["en_us"]["called"] is False
+    assert summary["en_us"]["floor_pct"] == 25.0
+    assert "within noise" in results and "| 0.00 / 25.00 (σ 10.00) / n/a" not in results
