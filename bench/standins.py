@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import yaml
 
@@ -83,12 +84,57 @@ def run_stage(project: Path, stage: str, kind: str) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=project, env=env, check=True, timeout=3600)
 
 
+def flip_nearest_range(windows: Path = ROOT / "data/windows") -> dict[str, float]:
+    """What a flip costs: the int8 activation range nearest a grid edge snapped the other way (what another
+    CPU could do to it), the encoder rebuilt, and its outputs on the held-out windows compared with the
+    committed int8 encoder's."""
+    from requant import encoder_runs as runs
+    from requant import stable
+    from stages import int8
+
+    seen: list[tuple[float, float]] = []
+    snap = stable.snap_mantissa
+
+    def record(value: float, bits: int = stable.MANTISSA_BITS) -> float:
+        seen.append((stable.mantissa_edge_distance(value, bits), value))
+        return snap(value, bits)
+
+    def flip(value: float, bits: int = stable.MANTISSA_BITS) -> float:
+        """The target to the grid neighbour on the other side of its edge; every other value as usual."""
+        if value != target:
+            return snap(value, bits)
+        mantissa, exponent = np.frexp(abs(value))
+        steps = 2 ** (bits + 1)
+        low, high = (np.ldexp(k, int(exponent) - bits - 1) for k in (np.floor(mantissa * steps),
+                                                                      np.floor(mantissa * steps) + 1))
+        return float(np.copysign(low if snap(value, bits) == np.copysign(high, value) else high, value))
+
+    source, committed = ROOT / int8.SOURCE, ROOT / int8.OUT_DIR / int8.NAME
+    with tempfile.TemporaryDirectory(prefix="flip-") as tmp:
+        stable.snap_mantissa = record
+        int8.build_int8(source, Path(tmp) / "again", windows, 99.999, 0, min_cosine=0.9)
+        distance, target = min(seen)
+        stable.snap_mantissa = flip
+        try:
+            int8.build_int8(source, Path(tmp) / "flipped", windows, 99.999, 0, min_cosine=0.9)
+        finally:
+            stable.snap_mantissa = snap
+        heldout = runs.Windows(windows, "heldout")
+        before = runs.encoder_outputs(committed, heldout, "committed int8")
+        after = runs.encoder_outputs(Path(tmp) / "flipped" / int8.NAME, heldout, "flipped int8")
+    return {"edge_distance": distance, "range_end": target, **runs.compare(before, after)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--with-diagnose", action="store_true", help="rebuild the diagnosis too (6 min each)")
     parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "standins.json")
+    parser.add_argument("--flip", action="store_true", help="only measure what flipping one range does")
     args = parser.parse_args()
+    if args.flip:
+        print(json.dumps(flip_nearest_range(), indent=2))
+        return
     stages = {s: o for s, o in CALIBRATED.items() if s != "diagnose" or args.with_diagnose}
     results = {}
     for kind in args.kinds:

@@ -70,7 +70,8 @@ def _options(dest: Path, start_s: float, crop_s: float, fetch: FetchParams) -> d
         # only [start, start + crop) is fetched (ffmpeg seeks with HTTP range requests)
         "download_ranges": download_range_func(None, [(start_s, start_s + crop_s)]),
         "ffmpeg_location": ffmpeg,
-        "socket_timeout": fetch.timeout_s,
+        # twice the watchdog's stall bound, so that a stall is always the watchdog's to report (_attempt)
+        "socket_timeout": 2 * fetch.timeout_s,
         # ffmpeg reads ahead instead of seeking when the crop starts within its "short seek" threshold,
         # which defaults to the TCP receive buffer: it varies with the kernel's autotuning, so the same
         # crop sometimes fetched the whole file. A threshold of 1 byte makes it seek every time. rw_timeout
@@ -125,7 +126,8 @@ def download_crop(url: str, dest: Path, start_s: float, crop_s: float, fetch: Fe
             # window, or an attempt that ran out of wall clock, would only repeat itself
             stalls += "stalled" in problem
             if result.get("slow") and ("stalled" not in problem or stalls > 1):
-                fail(f"{label}: could not download {url} ({problem}); check the network or the source, then re-run")
+                fail(f"{label}: could not download {url} after {attempt + 1} attempts ({problem}); check the network "
+                     "or the source, then re-run")
             continue
         duration = result.get("duration")
         if duration and duration < start_s + crop_s - 0.5:

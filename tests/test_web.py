@@ -117,13 +117,17 @@ def test_every_precision_matches_onnx_asr_word_for_word(release: Path, clip: Pat
         assert "error" not in result, result
         if precision in ("w8", "w4"):
             # onnxruntime-web's MatMulNBits ignores accuracy_level 4 (int8 activations, a CPU-only kernel) and
-            # computes in fp32 on the dequantized weights: it matches CPU onnxruntime at accuracy_level 0 word
-            # for word, and differs from the shipped level-4 file's CPU transcript (measured on this clip: w8
-            # 5 of 27 words, 19 %; w4 9 of 26, 35 %: the demo model's 4-bit weights are near its noise floor)
+            # computes in fp32 on the dequantized weights: it matches CPU onnxruntime at accuracy_level 0, and
+            # differs from the shipped level-4 file's CPU transcript (measured on this clip: w8 5 of 27 words,
+            # 19 %; w4 9 of 26, 35 %: the demo model's 4-bit weights are near its noise floor). Level 0 on the
+            # CPU sums in the order of the CPU's kernels: word for word on an AVX-512 machine, two words of 26
+            # apart on an AVX2 one ('mère' / 'mer', 'letter' / 'lettre'), so up to 10 % may differ, and the page
+            # must stay closer to level 0 than to level 4.
             level0 = release.parent.parent / f"level0_{precision}" / f"encoder-model.{precision}.onnx"
-            assert result["text"].split() == python_text(release, precision, clip, level0).split(), precision
+            cpu_level0 = python_text(release, precision, clip, level0)
             shipped = python_text(release, precision, clip)
-            assert 0 < jiwer.wer(shipped, result["text"]) < 0.5, (precision, shipped, result["text"])
+            assert jiwer.wer(cpu_level0, result["text"]) <= 0.1, (precision, cpu_level0, result["text"])
+            assert jiwer.wer(cpu_level0, result["text"]) < jiwer.wer(shipped, result["text"]) < 0.5, precision
             continue
         assert result["text"].split() == python_text(release, precision, clip).split(), precision
         assert len(result["text"].split()) >= 15 and result["loadMs"] > 0 and result["passMs"] > 0
