@@ -122,7 +122,7 @@ def floors(k: int, noise: float, variants: tuple[str, ...], log: Callable[[str],
                           sample_rate=p.audio.sample_rate)
             reseeded.append(build_and_score(project, windows, variants))
             log(f"calibration seed {p.seed + 1 + i}: {json.dumps(reseeded[-1])} ({time.monotonic() - started:.0f} s)")
-    return {"k": k, "noise": noise, "decoding": "greedy", "seconds": round(time.monotonic() - started),
+    return {"preset": p.preset, "k": k, "noise": noise, "decoding": "greedy", "seconds": round(time.monotonic() - started),
             "perturbation": spread(perturbed), "calibration": spread(reseeded),
             "shared_with": {"int8_blockwise": "int8_smoothquant"}}
 

@@ -54,6 +54,9 @@ def copy_project(repo: Path) -> None:
             shutil.copyfile(src, dst)
     (repo / "calibration_audio").mkdir()
     (repo / "eval_corpus").mkdir()
+    (repo / "metrics").mkdir(exist_ok=True)
+    for name in ("bench.json", "floors.json"):  # report deps in git, not made by dvc repro (the floors: demo only)
+        shutil.copyfile(ROOT / "metrics" / name, repo / "metrics" / name)
 
 
 def place_twin_in_hf_cache(twin: Path, hf_home: Path) -> Path:

@@ -150,6 +150,9 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
     views = {d: {name: decoding_view(e, d) for name, e in raw.items()} for d in decodings}
     summaries = {d: summarize(views[d], p.eval.bootstrap_resamples, p.eval.bootstrap_seed) for d in decodings}
     floors = read_json(root / FLOORS_FILE) if (root / FLOORS_FILE).is_file() else None
+    if floors and floors.get("preset") != p.preset:  # another model's noise says nothing about this one's
+        log.warning("%s was measured under preset %s; not applied", FLOORS_FILE, floors.get("preset"))
+        floors = None
     for summary in summaries.values():  # floors measured with greedy decoding stand for the beam's too
         apply_floors(summary, floors)
     if not summaries:  # no fp32: summarize names what is missing

@@ -235,7 +235,7 @@ def test_a_difference_inside_the_noise_floor_is_not_called(root: Path):
     build_report(params("demo"), root)
     assert "| **20.00 (+20.00 [+20.00, +20.00])** |" in (root / CARD_FILE).read_text()
     spread = {"min": 0.0, "max": 25.0, "range": 25.0, "std": 10.0}
-    floors = {"k": 5, "noise": 1e-6, "decoding": "greedy", "shared_with": {},
+    floors = {"preset": "demo", "k": 5, "noise": 1e-6, "decoding": "greedy", "shared_with": {},
               "perturbation": {"int8_smoothquant": {"en_us": spread}}, "calibration": {"int8_smoothquant": {}}}
     write_json(root / "metrics/floors.json", floors)
     build_report(params("demo"), root)
