@@ -305,7 +305,8 @@ def parse_params(raw: dict[str, Any]) -> Params:
 # hand to a library, checked here so that a stage run alone fails with the same line as under dvc repro
 RANGES = (
     ("fetch.retries", 0, 100, True), ("fetch.backoff_s", 0, 3600, True), ("fetch.timeout_s", 0, 3600, False),
-    ("fetch.attempt_timeout_s", 0, 86400, False), ("audio.sample_rate", 16000, 16000, True),
+    ("fetch.attempt_timeout_s", 0, 86400, False), ("fetch.min_rate_kb_s", 0, 1e6, True),
+    ("fetch.rate_window_s", 0, 3600, False), ("audio.sample_rate", 16000, 16000, True),
     ("windows.window_s", 0, 400, False), ("windows.count", 1, 100000, True),
     ("windows.heldout_per_speaker", 0, 1000, True), ("smooth.alpha", 0, 1, True),
     ("quant.percentile", 0, 100, False), ("quant.calib_windows", 0, 100000, True),
