@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from requant.params import Params
-from requant.summary import BASELINE, MACRO, POOLED
+from requant.summary import BASELINE, MACRO, POOLED, measured_as
 
 LABELS = {
     "fp32": "fp32 (unchanged)",
@@ -86,7 +86,7 @@ def floors_table(summary: dict[str, dict[str, dict]], floors: Any) -> str:
     sets = list(next(iter(summary.values())))
     rows = []
     for n, row in summary.items():
-        measured = floors.get("shared_with", {}).get(n, n)
+        measured = measured_as(floors, n)
         if measured not in floors["perturbation"]:
             continue
         cells = []

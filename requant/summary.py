@@ -105,12 +105,17 @@ def headline(summaries: dict[str, dict[str, dict[str, dict]]]) -> dict[str, dict
     return out
 
 
+def measured_as(floors: dict[str, Any], variant: str) -> str:
+    """The variant whose floors stand for this one's (int8_blockwise: int8_smoothquant's, the same outputs)."""
+    return floors.get("shared_with", {}).get(variant, variant)
+
+
 def noise_floor(floors: dict[str, Any] | None, variant: str, name: str) -> float:
     """The larger WER range of a variant's two floors on one set (bench/floors.py); 0 for a variant with nothing
     calibrated, or when the floors were not measured."""
     if not floors:
         return 0.0
-    measured = floors.get("shared_with", {}).get(variant, variant)
+    measured = measured_as(floors, variant)
     ranges = [floors[kind].get(measured, {}).get(name, {}).get("range", 0.0) for kind in ("perturbation", "calibration")]
     return float(max(ranges))
 

@@ -32,7 +32,7 @@ from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant import patterns, stable
 from requant.features import features
-from requant.common import atomic_path, fail, read_json, run_cli, write_json
+from requant.common import atomic_path, fail, run_cli, write_json
 from requant.params import load_params
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ WINDOWS = Path("data/windows")
 OUT_DIR = Path("models/variants/int8_smoothquant")
 NAME = "encoder-model.int8.onnx"
 METRICS = Path("metrics/int8.json")  # how many ranges were snapped, how many lie near a grid edge
-SNAPPING = "snapping.json"
 
 
 class WindowReader(CalibrationDataReader):
@@ -97,9 +96,10 @@ def snap_ranges(ranges: TensorsData) -> tuple[TensorsData, int]:
 
 
 def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, excluded: list[str],
-              external: bool) -> Path:
-    """Activation ranges of the quantized MatMuls over the calibration windows, saved as onnxruntime's
-    calibration cache (JSON). The calibration session is gone when this returns, so quantizing after it
+              external: bool) -> tuple[Path, dict[str, int]]:
+    """Activation ranges of the quantized MatMuls over the calibration windows, snapped and saved as
+    onnxruntime's calibration cache (JSON); and how many ranges there are and lie near a grid edge. The
+    calibration session is gone when this returns, so quantizing after it
     never holds a second copy of the model (Parakeet-size twin, 8 windows: 9.7 -> 3.5 GB peak)."""
     calibrater = _QuantizedMatMulCalibrater(
         src, ["MatMul"], str(work / "augmented.onnx"), use_external_data_format=external,
@@ -113,18 +113,19 @@ def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, exc
         calibrater.collect_data(reader)
     cache = work / "ranges.json"
     ranges, near_edge = snap_ranges(calibrater.compute_data())
-    write_json(work / SNAPPING, {"ranges": len(ranges.data), "ranges_near_grid_edge": near_edge})
     save_tensors_data(ranges, cache)
     del calibrater
     gc.collect()
     for leftover in work.glob("augmented.onnx*"):
         leftover.unlink()
-    return cache
+    return cache, {"ranges": len(ranges.data), "ranges_near_grid_edge": near_edge}
 
 
 def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: float,
-                     external: bool | None = None, reduce_range: bool = True, keep_fp32: Sequence[str] = ()) -> Path:
-    """Quantize src into work/; return the written model path (with external data if `external`)."""
+                     external: bool | None = None, reduce_range: bool = True, keep_fp32: Sequence[str] = ()
+                     ) -> tuple[Path, dict[str, int]]:
+    """Quantize src into work/; return the written model path (with external data if `external`) and the
+    calibration's snapping counts."""
     og.require_single_links(src)
     graph = og.load_graph(src).graph
     excluded = [*patterns.fp32_matmuls(graph), *keep_fp32]
@@ -137,7 +138,7 @@ def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: flo
     log.info("static int8: %d MatMuls, %d without a private constant weight left in fp32, %d calibration windows",
              sum(n.op_type == "MatMul" for n in graph.node), len(excluded), len(calib))
     with og.quantizer_scratch(work / "tmp"):
-        ranges = calibrate(src, work / "tmp", calib, percentile, excluded, external)
+        ranges, snapping = calibrate(src, work / "tmp", calib, percentile, excluded, external)
         quantize_static(
             str(src), str(work / "out" / NAME), None, calibration_cache_path=ranges,
             quant_format=QuantFormat.QDQ,
@@ -160,7 +161,7 @@ def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: flo
             # keeping their fp32 outputs alive all pass (Parakeet-size 390 s pass: 6.2 -> 4.7 GB peak RSS).
             extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
         )
-    return work / "out" / NAME
+    return work / "out" / NAME, snapping
 
 
 def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, calib_windows: int,
@@ -177,8 +178,7 @@ def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, c
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))
-        written = quantize_encoder(src, work, calib, percentile, external, reduce_range, keep_fp32)
-        snapping = read_json(work / "tmp" / SNAPPING)
+        written, snapping = quantize_encoder(src, work, calib, percentile, external, reduce_range, keep_fp32)
         log.info("%d activation ranges snapped to %d-bit mantissas, %d within %g of a grid edge", snapping["ranges"],
                  stable.MANTISSA_BITS, snapping["ranges_near_grid_edge"], stable.NEAR_EDGE)
         og.save_self_contained_if_small(written, tmp / NAME)

@@ -108,9 +108,11 @@ def test_calibration_covers_the_quantized_matmuls_only(setup: dict[str, Path], t
     augmented model copy left behind."""
     graph = og.load_graph(setup["smoothed"]).graph
     excluded = fp32_matmuls(graph)
-    cache = calibrate(setup["smoothed"], tmp_path, runs.Windows(setup["windows"], "calib"), 99.999, excluded, False)
+    cache, snapping = calibrate(setup["smoothed"], tmp_path, runs.Windows(setup["windows"], "calib"), 99.999,
+                                excluded, False)
     ranges = load_tensors_data(cache)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name, "snapping.json"]  # no augmented model
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]  # no augmented model left behind
+    assert snapping == {"ranges": len(ranges.data), "ranges_near_grid_edge": 0}
     for name, data in ranges.data.items():  # every range end on the grid: 3-bit mantissas
         for end in (*np.ravel(data.range_value[0]), *np.ravel(data.range_value[1])):
             assert stable.snap_mantissa(float(end)) == float(end), (name, end)
