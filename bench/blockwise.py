@@ -27,6 +27,7 @@ import onnx
 from bench.cost import run_task
 from requant import attention
 from requant.common import run_cli, write_json
+from requant.params import BlockwiseParams
 from stages.blockwise import rewrite_long_pass
 
 matplotlib.use("Agg")  # files only, no display
@@ -43,7 +44,7 @@ def rewritten_beside(src: Path, form: str, block: int, subsampling_block: int) -
     if form == "attention":
         new, refused = attention.rewrite(model, block)
     else:
-        new, report = rewrite_long_pass(model, block, subsampling_block, src.parent)
+        new, report = rewrite_long_pass(model, BlockwiseParams(block, subsampling_block, 0.0), src.parent)
         refused = report["refused"] + [report["subsampling_refused"]] * bool(report["subsampling_refused"])
     if refused:
         log.warning("%s: left as it was: %s", src, refused[0])

@@ -66,7 +66,7 @@ elif step == "blockwise":  # graph only: the weights stay in int8/, linked from 
     from stages.blockwise import rewrite_long_pass
     p = pipeline_params().blockwise
     model, _ = rewrite_long_pass(onnx.load(work / "int8/encoder-model.int8.onnx", load_external_data=False),
-                                 p.block, p.subsampling_block, work / "int8")
+                                 p, work / "int8")
     (work / "blockwise").mkdir()
     onnx.save(model, work / "blockwise/encoder-model.int8.onnx")
 """

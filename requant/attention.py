@@ -109,38 +109,125 @@ def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
     return sites, refused
 
 
-def _body(site: Site, prefix: str, block: int) -> onnx.GraphProto:
-    """One Loop iteration: queries [i*block, min((i+1)*block, T)) appended to the context so far."""
+@dataclass(frozen=True)
+class MaskSource:
+    """What the export's attention mask [B, 1, T, T] is made of: not(valid_i and valid_j [and |i-j| <= band])."""
+
+    valid: str  # [B, T] True for the frames within each item's length
+    band: int | None  # the model's own local window, if its mask has one
+    nodes: tuple[onnx.NodeProto, ...]  # the nodes that build the [B, 1, T, T] mask
+
+
+def find_mask_source(graph: onnx.GraphProto, mask: str) -> MaskSource | None:
+    """The [B, T] validity the mask is built from, if the mask is the export's construction node for node:
+    Unsqueeze(Not(And(Tile(valid), Transpose(Tile(valid))) [And band])); None for anything else."""
+    makers = og.producers(graph)
+
+    def made_by(tensor: str, op: str) -> onnx.NodeProto | None:
+        node = makers.get(tensor)
+        return node if node is not None and node.op_type == op else None
+
+    unsqueeze = made_by(mask, "Unsqueeze")
+    negate = made_by(unsqueeze.input[0], "Not") if unsqueeze is not None else None
+    both = made_by(negate.input[0], "And") if negate is not None else None
+    if both is None or _constant(graph, unsqueeze.input[1]) is None or _constant(graph, unsqueeze.input[1]).tolist() != [1]:
+        return None
+    band, band_nodes, pair = None, [], both
+    inner = [made_by(t, "And") for t in both.input]
+    if any(inner):  # (pad pair) And band
+        pair = next(n for n in inner if n is not None)
+        band_term = both.input[1] if inner[0] is not None else both.input[0]
+        band, band_nodes = _band(graph, band_term, made_by)
+        if band is None:
+            return None
+    tiles = [made_by(t, "Tile") for t in pair.input]
+    transposes = [made_by(t, "Transpose") for t in pair.input]
+    if not (tiles[0] and transposes[1]) and not (tiles[1] and transposes[0]):
+        return None
+    tile = tiles[0] or tiles[1]
+    transpose = transposes[1] if tiles[0] else transposes[0]
+    lift = made_by(tile.input[0], "Unsqueeze")
+    if transpose.input[0] != tile.output[0] or lift is None or _constant(graph, lift.input[1]) is None \
+            or _constant(graph, lift.input[1]).tolist() != [1] \
+            or [a.ints for a in transpose.attribute if a.name == "perm"] != [[0, 2, 1]]:
+        return None
+    return MaskSource(valid=lift.input[0], band=band, nodes=(unsqueeze, negate, both, pair, tile, transpose, *band_nodes))
+
+
+def _band(graph: onnx.GraphProto, tensor: str, made_by) -> tuple[int | None, list[onnx.NodeProto]]:
+    """The width c of a Not(Greater(Abs(Sub(i, j)), c)) band, and its nodes."""
+    negate = made_by(tensor, "Not")
+    greater = made_by(negate.input[0], "Greater") if negate is not None else None
+    distance = made_by(greater.input[0], "Abs") if greater is not None else None
+    width = _constant(graph, greater.input[1]) if greater is not None else None
+    if distance is None or width is None or width.size != 1:
+        return None, []
+    return int(width.reshape(())), [negate, greater, distance]
+
+
+def _body(site: Site, prefix: str, block: int, context: tuple[int, int] | None,
+          mask_source: MaskSource | None) -> onnx.GraphProto:
+    """One Loop iteration: queries [s, e) = [i*block, min((i+1)*block, T)) against the keys [k0, k1) they
+    can see (all T, or the local band [s-left, e-1+right]), appended to the context so far."""
     inner = f"{prefix}body/"  # the body's own names: none may shadow the outer graph's
     b = og.NewNodes(inner)
     op, const = b.op, b.ints
     t1, two, one, zero = f"{prefix}T", const("c2", [2]), const("c1", [1]), const("c0", [0])
-    axis2, axis3 = const("axis2", [2]), const("axis3", [3])
+    axis1, axis2, axis3 = const("axis1", [1]), const("axis2", [2]), const("axis3", [3])
     start = op("Mul", [op("Unsqueeze", [f"{inner}i", zero], "i1"), const("block", [block])], "start")
     end = op("Min", [op("Add", [start, const("block2", [block])], "end_raw"), t1], "end")
     rows = op("Sub", [end, start], "rows")
-    scores_ac = op("MatMul", [op("Slice", [site.qu, start, end, axis2], "qu"), site.k], "ac")
-    window = op("Slice", [site.pe, op("Sub", [t1, end], "w0"),
-                          op("Sub", [op("Sub", [op("Mul", [t1, two], "t2"), one], "t2m1"), start], "w1"), axis3],
+    if context is None:
+        k0, k1, keys = zero, t1, t1
+    else:
+        k0 = op("Max", [op("Sub", [start, const("left", [context[0]])], "k0_raw"), zero], "k0")
+        k1 = op("Min", [op("Add", [end, const("right", [context[1]])], "k1_raw"), t1], "k1")
+        keys = op("Sub", [k1, k0], "keys")
+    key_slice = (lambda x, name, axis: op("Slice", [x, k0, k1, axis], name)) if context is not None else \
+        (lambda x, name, axis: x)
+    scores_ac = op("MatMul", [op("Slice", [site.qu, start, end, axis2], "qu"), key_slice(site.k, "k", axis3)], "ac")
+    # the positions of keys [k0, k1) seen from queries [s, e): relative positions e-1-k0 down to s-k1+1
+    window = op("Slice", [site.pe, op("Add", [op("Sub", [t1, end], "w0_raw"), k0], "w0"),
+                          op("Add", [op("Sub", [op("Sub", [t1, one], "t_m1"), start], "w1_raw"), k1], "w1"), axis3],
                 "pe")
-    raw = op("MatMul", [op("Slice", [site.qv, start, end, axis2], "qv"), window], "bd_raw")  # [B,H,R,T+R-1]
-    # rel_shift of the block: pad one column at the end, flatten the rows, drop R-1, fold to T+R-1 columns
+    raw = op("MatMul", [op("Slice", [site.qv, start, end, axis2], "qv"), window], "bd_raw")  # [B,H,R,K+R-1]
+    # rel_shift of the block: pad one column at the end, flatten the rows, drop R-1, fold to K+R-1 columns
     padded = op("Pad", [raw, const("pads", [0, 0, 0, 0, 0, 0, 0, 1])], "bd_pad")
     flat = op("Reshape", [padded, const("flat", [0, 0, -1])], "bd_flat")
-    width = op("Sub", [op("Add", [t1, rows], "t_r"), one], "width")
+    width = op("Sub", [op("Add", [keys, rows], "k_r"), one], "width")
     skip = op("Sub", [rows, one], "skip")
     cut = op("Slice", [flat, skip, op("Add", [skip, op("Mul", [rows, width], "cells")], "stop"), axis2], "bd_cut")
     folded = op("Reshape", [cut, op("Concat", [const("keep", [0, 0]), rows, const("rest", [-1])], "fold", axis=0)],
                 "bd_fold")
-    shifted = op("Slice", [folded, zero, t1, axis3], "bd")
-    mask = op("Slice", [site.mask, start, end, axis2], "mask")
+    shifted = op("Slice", [folded, zero, keys, axis3], "bd")
+    if mask_source is None:
+        mask = key_slice(op("Slice", [site.mask, start, end, axis2], "mask_rows"), "mask", axis3)
+    else:  # the block's mask computed from the [B, T] validity: no [B, 1, T, T] tensor anywhere
+        ok = op("And", [op("Unsqueeze", [op("Slice", [mask_source.valid, start, end, axis1], "valid_q"), two],
+                           "valid_q3"),
+                        op("Unsqueeze", [op("Slice", [mask_source.valid, k0, k1, axis1], "valid_k"), one],
+                           "valid_k3")], "ok_pad")  # [B, R, K]
+        bounds = [] if mask_source.band is None else [(-mask_source.band, mask_source.band)]
+        bounds += [] if context is None else [(-context[0], context[1])]
+        if bounds:  # offset d = j - i of each (query, key) pair, [R, K]
+            scalar = lambda x, name: op("Squeeze", [x, zero], name)  # noqa: E731
+            offset = op("Sub", [op("Unsqueeze", [op("Range", [scalar(k0, "k0s"), scalar(k1, "k1s"), const("step", 1)],
+                                                   "key_idx"), zero], "key_idx2"),
+                                op("Unsqueeze", [op("Range", [scalar(start, "s0"), scalar(end, "e0"),
+                                                              const("step_q", 1)], "query_idx"), one], "query_idx2")], "offset")
+            for index, (low, high) in enumerate(bounds):
+                inside = op("And", [op("GreaterOrEqual", [offset, const(f"low{index}", low)], f"ge{index}"),
+                                    op("LessOrEqual", [offset, const(f"high{index}", high)], f"le{index}")],
+                            f"inside{index}")
+                ok = op("And", [ok, inside], f"ok{index}")
+        mask = op("Unsqueeze", [op("Not", [ok], "not_ok"), one], "mask")
     scores = op("Div", [op("Add", [scores_ac, shifted], "sum"), site.scale], "scaled")
     masked = op("Where", [mask, site.fill, scores], "masked")
     softmax = op("Softmax", [masked], "softmax",
                  **{a.name: helper.get_attribute_value(a) for a in site.softmax.attribute})
     attn = op("Where", [mask, site.zero, softmax], "attn")
-    context = op("MatMul", [attn, site.v], "ctx")
-    op("Concat", [f"{inner}acc", context], "acc_out", axis=2)
+    context_out = op("MatMul", [attn, key_slice(site.v, "v", axis2)], "ctx")
+    op("Concat", [f"{inner}acc", context_out], "acc_out", axis=2)
     op("Identity", [f"{inner}cond"], "cond_out")
     inputs = [helper.make_tensor_value_info(f"{inner}i", TensorProto.INT64, []),
               helper.make_tensor_value_info(f"{inner}cond", TensorProto.BOOL, []),
@@ -150,17 +237,25 @@ def _body(site: Site, prefix: str, block: int) -> onnx.GraphProto:
     return helper.make_graph(b.nodes, f"{prefix}body", inputs, outputs)
 
 
-def rewrite(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of model with every matching attention computed over blocks of `block` queries; and the
-    reasons any softmax was left as it was."""
+def rewrite(model: onnx.ModelProto, block: int,
+            context: tuple[int, int] | None = None) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of model with every matching attention computed over blocks of `block` queries, each
+    against all keys (context None) or only those in the local band [i - left, i + right] (NeMo's
+    rel_pos_local_attn); and the reasons any softmax was left as it was. When the mask is the export's
+    construction, each block computes its own rows of it and the [B, 1, T, T] mask is gone."""
     if block < 1:
         raise ValueError(f"block={block}: must be a positive number of queries")
+    if context is not None and (len(context) != 2 or min(context) < 0):
+        raise ValueError(f"context={context}: must be [left, right], frames >= 0")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     sites, refused = find_sites(graph)
+    if context is not None and not sites:
+        return model, refused  # local attention must take every site or none
     for index, site in enumerate(sites):
         prefix = f"/blockwise.{index}/"
+        mask_source = find_mask_source(graph, site.mask)
         for node in site.nodes:
             graph.node.remove(node)
         new = og.NewNodes(prefix)
@@ -171,7 +266,34 @@ def rewrite(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, list[s
         empty = new.op("Slice", [site.v, new.ints("from", [0]), new.ints("to", [0]), new.ints("two", [2])], "acc0")
         true = new.op("Constant", [], "true", value=numpy_helper.from_array(np.array(True), f"{prefix}true"))
         new.nodes.append(helper.make_node("Loop", [count, true, empty], [site.out], name=f"{prefix}loop",
-                                          body=_body(site, prefix, block)))
+                                          body=_body(site, prefix, block, tuple(context) if context else None,
+                                                     mask_source)))
         og.insert_before_first_reader(graph, site.out, new.nodes)
-    og.drop_orphan_constants(graph)
+    og.drop_dead_nodes(graph)
     return out, refused
+
+
+def band_masked(model: onnx.ModelProto, context: tuple[int, int]) -> onnx.ModelProto:
+    """The reference local attention is checked against: the original full attention, quadratic as it is,
+    with every key outside [i - left, i + right] masked too (same positions, same padding masks)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    sites, _ = find_sites(graph)
+    banded: dict[str, str] = {}
+    for index, site in enumerate(sites):
+        if site.mask not in banded:
+            new = og.NewNodes(f"/band_reference.{index}/")
+            frames = new.op("Squeeze", [new.op("Shape", [site.mask], "T", start=2, end=3), new.ints("ax0", [0])], "t")
+            idx = new.op("Range", [new.ints("zero", 0), frames, new.ints("one", 1)], "idx")
+            offset = new.op("Sub", [new.op("Unsqueeze", [idx, new.ints("ax_row", [0])], "keys"),
+                                    new.op("Unsqueeze", [idx, new.ints("ax_col", [1])], "queries")], "offset")
+            outside = new.op("Or", [new.op("Less", [offset, new.ints("left", -context[0])], "before"),
+                                    new.op("Greater", [offset, new.ints("right", context[1])], "after")], "outside")
+            banded[site.mask] = new.op("Or", [site.mask, new.op("Unsqueeze", [outside, new.ints("ax01", [0, 1])],
+                                                                 "outside4")], "mask")
+            og.insert_before_first_reader(graph, site.mask, new.nodes)
+        for node in site.nodes:
+            if node.op_type == "Where" and node.input[0] == site.mask:
+                node.input[0] = banded[site.mask]
+    return out

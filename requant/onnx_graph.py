@@ -175,16 +175,32 @@ def insert_before_first_reader(graph: onnx.GraphProto, tensor: str, nodes: list[
         graph.node.insert(position + offset, node)
 
 
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node reads, Loop and If bodies included (they read outer-scope names too)."""
+    return {name for node in graph.node for name in node.input} | {
+        name for node in graph.node for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
+        for name in _names_read(attr.g)}
+
+
 def drop_orphan_constants(graph: onnx.GraphProto) -> None:
     """Remove Constant nodes nothing reads any more (after a rewrite replaced their readers)."""
-    def names_read(g: onnx.GraphProto) -> set[str]:  # the Loop bodies read outer-scope constants too
-        return {name for node in g.node for name in node.input} | {
-            name for node in g.node for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
-            for name in names_read(attr.g)}
-
-    read = names_read(graph) | {o.name for o in graph.output}
+    read = _names_read(graph) | {o.name for o in graph.output}
     for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in read]:
         graph.node.remove(node)
+
+
+def drop_dead_nodes(graph: onnx.GraphProto) -> int:
+    """Remove every node none of whose outputs is read (repeatedly): onnxruntime would still run them, and a
+    rewrite that replaced their readers (a [B, 1, T, T] mask) must not keep paying for them."""
+    removed = 0
+    while True:
+        read = _names_read(graph) | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(name in read for name in n.output if name)]
+        if not dead:
+            return removed
+        for node in dead:
+            graph.node.remove(node)
+        removed += len(dead)
 
 
 def name_nodes(graph: onnx.GraphProto) -> int:

@@ -147,6 +147,14 @@ class BlockwiseParams:
     block: int  # queries per block: peak activations ~ heads x block x 2T floats per layer
     subsampling_block: int  # encoder frames per chunk of the convolutional subsampling
     max_rel_error: float  # the exactness gate, relative to the largest output
+    pos_tolerance: float = 2e-3  # the stored positional table against NeMo's formula, before rows past it are computed
+
+
+@dataclass(frozen=True)
+class LocalParams:
+    """Local attention (variants fp32_local, int8_local): NeMo's rel_pos_local_attn."""
+
+    context: list[int] | None  # [left, right] frames each frame attends to; None = full attention
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,7 @@ class Params:
     mixed: MixedParams
     beam: BeamParams
     blockwise: BlockwiseParams
+    local: LocalParams
     fidelity: FidelityParams
     shard: ShardParams
     eval: EvalParams
@@ -204,7 +213,8 @@ class Params:
 
 GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "audio": AudioParams,
           "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "diagnose": DiagnoseParams,
-          "mixed": MixedParams, "beam": BeamParams, "blockwise": BlockwiseParams, "fidelity": FidelityParams,
+          "mixed": MixedParams, "beam": BeamParams, "blockwise": BlockwiseParams, "local": LocalParams,
+          "fidelity": FidelityParams,
           "shard": ShardParams, "eval": EvalParams}
 
 
@@ -214,6 +224,9 @@ _EXPECTED = {"float": "a finite number", "int": "an integer", "bool": "true or f
 
 def _value(value: Any, annotation: str, where: str) -> Any:
     """value checked (and ints widened to float) against a field's annotation: 'float', 'str | None', ..."""
+    if value is None and annotation.endswith(" | None"):
+        return None
+    annotation = annotation.removesuffix(" | None") if annotation.startswith("list[") else annotation
     if annotation.startswith("list["):
         if not isinstance(value, list) or not value:
             raise ParamsError(f"params.yaml: {where} is {value!r}; it must be a non-empty list")
@@ -317,6 +330,7 @@ RANGES = (
     ("beam.width", 1, 64, True), ("beam.expansion_beta", 0, 64, True), ("beam.expansion_gamma", 0, 100, False),
     ("beam.prefix_alpha", 0, 1, True), ("blockwise.block", 1, 100000, True),
     ("blockwise.subsampling_block", 1, 100000, True), ("blockwise.max_rel_error", 0, 1, False),
+    ("blockwise.pos_tolerance", 0, 1, False),
 )
 
 
@@ -327,6 +341,10 @@ def _check_ranges(p: Params) -> None:
         if not ((value >= low if low_ok else value > low) and value <= high):
             raise ParamsError(f"params.yaml: {dotted}={value} must be {'>=' if low_ok else '>'} {low:g} "
                               f"and <= {high:g}")
+    context = p.local.context
+    if context is not None and (len(context) != 2 or min(context) < 0 or max(context) < 1):
+        raise ParamsError(f"params.yaml: local.context={context} must be [left, right], frames >= 0 (not both 0), "
+                          "or null for full attention")
     if any(not 0 < s <= 400 for s in p.diagnose.lengths_s):
         raise ParamsError(f"params.yaml: diagnose.lengths_s={p.diagnose.lengths_s} must lie in (0, 400] s")
     for name, recipe in p.nbits.items():

@@ -9,6 +9,7 @@ so the census (stages/census.py), SmoothQuant, int8 and fp16 agree on one readin
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -83,7 +84,14 @@ def length_path(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 def positional_limit(model: onnx.ModelProto) -> int | None:
     """Largest number of encoder frames one pass can hold, from the relative-position table that the
     linear_pos MatMuls read: a table of 2M-1 rows sliced [M-T : M+T-1] holds T <= M. None if the graph
-    has no such table (positions computed from T, no cap)."""
+    has no such table (positions computed from T, or the table extended by requant/positions.py)."""
+    found = positional_slice(model)
+    return None if found is None else (max(found[1]) + 1) // 2
+
+
+def positional_slice(model: onnx.ModelProto) -> tuple[onnx.NodeProto, list[int]] | None:
+    """The Slice that cuts a pass's positions out of a constant table (stored or computed from
+    constants), and that table's shape; None if no weighted MatMul reads such a slice."""
     graph = model.graph
     audio, makers = audio_dependent(graph), og.producers(graph)
     kinds = og.classify_matmuls(graph)
@@ -91,20 +99,41 @@ def positional_limit(model: onnx.ModelProto) -> int | None:
     for node in graph.node:
         if kinds.get(node.name) != "weighted" or node.input[0] in audio:
             continue
-        table = _slice_source(node.input[0], makers)
-        if table is None:
+        slice_node = _slice_node(node.input[0], makers)
+        if slice_node is None:
             continue
-        rows = list(inits[table].dims) if table in inits else list(_evaluate_constant(model, table).shape)
-        return (max(rows) + 1) // 2
+        table = slice_node.input[0]
+        if table in inits:
+            return slice_node, list(inits[table].dims)
+        if table in audio or any(name in (i.name for i in graph.input) for name in _sources(graph, table)):
+            return None
+        return slice_node, list(_evaluate_constant(model, table).shape)
     return None
 
 
-def _slice_source(tensor: str, makers: dict[str, onnx.NodeProto]) -> str | None:
-    """The data input of the Slice that produces `tensor` (through reshapes), if there is one."""
+def positional_table(model: onnx.ModelProto, base_dir: Path) -> np.ndarray:
+    """The values of the table positional_slice found (its stored rows, or the constants' result)."""
+    found = positional_slice(model)
+    if found is None:
+        raise ValueError("the encoder has no constant positional table")
+    table = found[0].input[0]
+    for tensor in model.graph.initializer:
+        if tensor.name == table:
+            return og.read_tensor(tensor, base_dir)
+    return _evaluate_constant(model, table)
+
+
+def _sources(graph: onnx.GraphProto, tensor: str) -> set[str]:
+    """Every tensor `tensor` is computed from."""
+    return {name for node in og.upstream(graph, tensor) for name in node.input}
+
+
+def _slice_node(tensor: str, makers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The Slice that produces `tensor` (through reshapes), if there is one."""
     node = makers.get(tensor)
     while node is not None and node.op_type in ("Reshape", "Unsqueeze", "Squeeze", "Identity"):
         node = makers.get(node.input[0])
-    return node.input[0] if node is not None and node.op_type == "Slice" else None
+    return node if node is not None and node.op_type == "Slice" else None
 
 
 def _evaluate_constant(model: onnx.ModelProto, tensor: str) -> np.ndarray:

@@ -1,14 +1,16 @@
-"""Stage `blockwise`: the fp32 and SmoothQuant int8 encoders rewritten for long passes, exactly.
+"""Stage `blockwise`: the fp32 and SmoothQuant int8 encoders rewritten for passes of any length.
 
-requant/attention.py rewrites every relative-position attention of the export into an ONNX Loop over
-blocks of `blockwise.block` queries: the same arithmetic, but no [B, H, T, 2T-1] or [B, H, T, T] tensor,
-so a pass's activation memory grows linearly with its length. requant/subsampling.py runs the
-convolutional subsampling, whose first outputs are at the feature frame rate, over chunks of
-`blockwise.subsampling_block` output frames. Exactness gate: the rewritten encoder
-must equal its source within blockwise.max_rel_error (relative to the largest output) on every held-out
-window and on one pass over the longest calibration speech (up to eval.max_s), and give the same
-encoded lengths; else the stage fails and writes nothing. Weights are copied byte for byte.
-Outputs: models/variants/fp32_blockwise/encoder-model.onnx and int8_blockwise/encoder-model.int8.onnx.
+requant/positions.py lets the positional table take any pass length (stored rows bit for bit, NeMo's
+formula past them). requant/attention.py rewrites every relative-position attention of the export into
+an ONNX Loop over blocks of `blockwise.block` queries: the same arithmetic, but no [B, H, T, 2T-1] or
+[B, H, T, T] tensor, so a pass's activation memory grows linearly with its length; with `local.context`
+each block only meets the keys in its band (NeMo's rel_pos_local_attn), so time is linear too.
+requant/subsampling.py runs the convolutional subsampling over chunks of `blockwise.subsampling_block`
+output frames. Exactness gate: each rewritten encoder must equal its reference (the source; for local
+attention the source with the band added to its mask) within blockwise.max_rel_error (relative to the
+largest output) on every held-out window and on one pass over the longest calibration speech (up to
+eval.max_s), with the same encoded lengths; else the stage fails and writes nothing. Weights are copied
+byte for byte. Outputs: models/variants/{fp32,int8}_{blockwise,local}/encoder-model[.int8].onnx.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from requant import attention, subsampling
+from requant import attention, patterns, positions, subsampling
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant.audio import read_wav
@@ -28,8 +30,9 @@ from requant.params import BlockwiseParams, load_params
 
 log = logging.getLogger("pipeline.blockwise")
 
-SOURCES = {"fp32_blockwise": Path("models/base/encoder-model.onnx"),
-           "int8_blockwise": Path("models/variants/int8_smoothquant/encoder-model.int8.onnx")}
+FP32, INT8 = Path("models/base/encoder-model.onnx"), Path("models/variants/int8_smoothquant/encoder-model.int8.onnx")
+SOURCES = {"fp32_blockwise": (FP32, False), "int8_blockwise": (INT8, False),  # variant: source, local attention
+           "fp32_local": (FP32, True), "int8_local": (INT8, True)}
 OUT_ROOT, WINDOWS, AUDIO = Path("models/variants"), Path("data/windows"), Path("data/audio")
 
 
@@ -41,22 +44,39 @@ def longest_speech(audio_dir: Path, speeches: list[str], max_s: float) -> np.nda
     return max((read_wav(p) for p in paths), key=len)[: int(max_s * 16000)]
 
 
-def rewrite_long_pass(model: onnx.ModelProto, block: int, subsampling_block: int,
-                      base_dir: Path) -> tuple[onnx.ModelProto, dict]:
-    """Both rewrites, and what each took or refused (base_dir: where the model's external weights are)."""
+def rewrite_long_pass(model: onnx.ModelProto, params: BlockwiseParams, base_dir: Path,
+                      context: list[int] | None = None) -> tuple[onnx.ModelProto, dict]:
+    """The positions extended, then both rewrites; and what each took or refused (base_dir: where the
+    model's external weights are). Raises ValueError if the stored table is not NeMo's formula."""
+    report: dict = {"context": context}
+    if patterns.positional_slice(model) is not None:
+        model, report["positions"] = positions.extend(model, patterns.positional_table(model, base_dir),
+                                                      params.pos_tolerance)
+    else:
+        report["positions"] = {"extended": False, "refused": "no stored table: no cap"}
     loops = sum(n.op_type == "Loop" for n in model.graph.node)
-    rewritten, refused = attention.rewrite(model, block)
+    rewritten, refused = attention.rewrite(model, params.block, tuple(context) if context else None)
     sites = sum(n.op_type == "Loop" for n in rewritten.graph.node) - loops
-    rewritten, subsampling_refused = subsampling.rewrite(rewritten, subsampling_block, base_dir)
-    return rewritten, {"sites": sites, "refused": refused, "block": block,
+    masks = sum(n.op_type == "Tile" for n in model.graph.node) - sum(n.op_type == "Tile" for n in rewritten.graph.node)
+    rewritten, subsampling_refused = subsampling.rewrite(rewritten, params.subsampling_block, base_dir)
+    return rewritten, {**report, "sites": sites, "refused": refused, "block": params.block,
+                       "mask_computed_per_block": masks > 0,
                        "subsampling_chunked": not subsampling_refused, "subsampling_refused": subsampling_refused,
-                       "subsampling_block": subsampling_block}
+                       "subsampling_block": params.subsampling_block}
 
 
-def build_blockwise(src: Path, dst_dir: Path, params: BlockwiseParams, checks: list[np.ndarray]) -> dict:
+def build_blockwise(src: Path, dst_dir: Path, params: BlockwiseParams, checks: list[np.ndarray],
+                    context: list[int] | None = None) -> dict:
     """Rewrite src into dst_dir (same file name, atomically) after the exactness gate; return its figures."""
-    rewritten, report = rewrite_long_pass(og.load_graph(src), params.block, params.subsampling_block, src.parent)
+    source = og.load_graph(src)
+    try:
+        rewritten, report = rewrite_long_pass(source, params, src.parent, context)
+    except ValueError as err:
+        fail(f"{src}: {err}; nothing written (if the table is right, raise blockwise.pos_tolerance)")
     if report["sites"] == 0:  # refused, not failed: metrics/blockwise.json says why
+        if context:
+            fail(f"{src}: local attention needs every attention to be the export's pattern; none is "
+                 f"({'; '.join(report['refused'][:2]) or 'no Softmax'}); nothing written")
         log.warning("%s: no attention matches the export's pattern (%s); left as it is", src,
                     "; ".join(report["refused"][:2]) or "no Softmax")
     if report["subsampling_refused"]:
@@ -64,16 +84,27 @@ def build_blockwise(src: Path, dst_dir: Path, params: BlockwiseParams, checks: l
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir(parents=True)
         og.write_model(rewritten, src.parent, tmp / src.name)
-        reference, candidate = (_run_all(path, checks) for path in (src, tmp / src.name))  # one session at a time
+        if context:
+            reference_model = tmp / f"reference-{src.name}"
+            og.write_model(attention.band_masked(source, tuple(context)), src.parent, reference_model)
+        else:
+            reference_model = src
+        reference, candidate = (_run_all(path, checks) for path in (reference_model, tmp / src.name))
+        if context:
+            for stale in tmp.glob("reference-*"):
+                stale.unlink()
         worst, lengths_equal = 0.0, True
         for (ref, ref_len), (new, new_len) in zip(reference, candidate, strict=True):
             worst = max(worst, float(np.abs(ref - new).max()) / (float(np.abs(ref).max()) or 1.0))
             lengths_equal &= bool(np.array_equal(ref_len, new_len))
+        what = f"the band-masked original (context {context})" if context else "the original"
         if not (worst <= params.max_rel_error and lengths_equal):  # NaN fails too
-            fail(f"{src}: the blockwise rewrite differs from the original by {worst:.3g} (relative; allowed "
+            fail(f"{src}: the rewrite differs from {what} by {worst:.3g} (relative; allowed "
                  f"blockwise.max_rel_error={params.max_rel_error:g}, lengths equal: {lengths_equal}); nothing written")
-    log.info("%s: %d attention sites over blocks of %d queries, subsampling %s; max relative difference %.3g", src,
-             report["sites"], params.block, "chunked" if report["subsampling_chunked"] else "whole", worst)
+    log.info("%s -> %s: %d attention sites over blocks of %d queries (%s), subsampling %s; max relative "
+             "difference from %s %.3g", src, dst_dir.name, report["sites"], params.block,
+             f"keys within {context}" if context else "all keys",
+             "chunked" if report["subsampling_chunked"] else "whole", what, worst)
     return {**report, "max_rel_error": worst}
 
 
@@ -86,8 +117,8 @@ def main() -> None:
     p = load_params()
     heldout = [w for w in runs.Windows(WINDOWS, "heldout")]
     checks = [*heldout, longest_speech(AUDIO, list(p.speeches), p.eval.max_s)]
-    report = {name: build_blockwise(src, OUT_ROOT / name, p.blockwise, checks)
-              for name, src in SOURCES.items()}
+    report = {name: build_blockwise(src, OUT_ROOT / name, p.blockwise, checks, p.local.context if local else None)
+              for name, (src, local) in SOURCES.items()}
     write_json(Path("metrics/blockwise.json"), report)
 
 

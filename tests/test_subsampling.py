@@ -12,6 +12,7 @@ from onnx import helper
 from demo.fastconformer import TINY, build_random_model
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
+from requant.params import BlockwiseParams
 from requant.subsampling import PREFIX, find_stack, rewrite
 from stages.blockwise import rewrite_long_pass
 from stages.census import census
@@ -63,7 +64,7 @@ def test_both_rewrites_together_are_exact_and_the_census_sees_them(encoder: Path
     assert (stack.stride, stack.time_strides, len(stack.nodes)) == (8, (2, 2, 1, 2, 1), 8)  # 5 Convs, 3 Relus
     assert census(model)["subsampling"] == {"chunkable": True, "chunked": False, "stride": 8, "convs": 5,
                                             "refused": ""}
-    rewritten, report = rewrite_long_pass(model, 7, 3, encoder.parent)
+    rewritten, report = rewrite_long_pass(model, BlockwiseParams(7, 3, 1e-5), encoder.parent)
     assert (report["sites"], report["subsampling_chunked"]) == (1, True)
     assert_same_encoding(rewritten, encoder)
     after = census(rewritten)
