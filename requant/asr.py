@@ -51,6 +51,9 @@ VARIANTS: dict[str, ModelFile] = {
     # the exact long-pass rewrite of fp32 and SmoothQuant int8 (memory linear in the pass length)
     "fp32_blockwise": ModelFile(Path("models/variants/fp32_blockwise"), "encoder-model.onnx", "blockwise"),
     "int8_blockwise": ModelFile(Path("models/variants/int8_blockwise"), "encoder-model.int8.onnx", "blockwise"),
+    # the same with local attention (local.context): time and memory linear in the pass length
+    "fp32_local": ModelFile(Path("models/variants/fp32_local"), "encoder-model.onnx", "blockwise"),
+    "int8_local": ModelFile(Path("models/variants/int8_local"), "encoder-model.int8.onnx", "blockwise"),
 }
 
 # Decoder/joint per eval.decoder precision; the same one is paired with every encoder.

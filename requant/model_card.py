@@ -22,6 +22,8 @@ LABELS = {
     "int8_mixed": "int8 SmoothQuant, worst MatMuls fp32 (mixed)",
     "fp32_blockwise": "fp32, blockwise (exact long-pass rewrite)",
     "int8_blockwise": "int8 SmoothQuant, blockwise",
+    "fp32_local": "fp32, local attention",
+    "int8_local": "int8 SmoothQuant, local attention",
 }
 FILES = [
     ("encoder-model.onnx (+ .data)", "fp32 encoder, unchanged"),
@@ -33,9 +35,13 @@ FILES = [
      "weight-only 8- and 4-bit encoders (MatMulNBits, block 32, no calibration); their decoder_joint files "
      "are the int8 decoder, named to pair with them (onnx-asr: quantization=\"w8\")"),
     ("blockwise/encoder-model.onnx (+ .data), blockwise/encoder-model.int8.onnx",
-     "fp32 and SmoothQuant int8 rewritten for long passes, exactly (ONNX Loops): the attention over blocks of "
-     "queries and the convolutional subsampling over chunks, so a pass needs memory linear in its length, not "
-     "quadratic; they run on onnxruntime CPU, onnx-asr and onnxruntime-web. Pair them with the decoders above"),
+     "fp32 and SmoothQuant int8 rewritten for passes of any length, exactly (ONNX Loops): positions past the "
+     "export's 400 s table, the attention over blocks of queries and the convolutional subsampling over chunks, "
+     "so a pass needs memory linear in its length, not quadratic; they run on onnxruntime CPU, onnx-asr and "
+     "onnxruntime-web. Pair them with the decoders above"),
+    ("local/encoder-model.onnx (+ .data), local/encoder-model.int8.onnx",
+     "the same with local attention (NeMo's rel_pos_local_attn, context in the card's parameters): each frame "
+     "attends to a fixed band of frames, so time and memory are linear in the pass length"),
     ("decoder_joint-model.onnx / .int8.onnx / .fp16.onnx", "decoder and joint network per precision"),
     ("nemo128.onnx, vocab.txt, config.json", "preprocessor, tokenizer and config, unchanged"),
 ]

@@ -148,6 +148,7 @@ class BlockwiseParams:
     subsampling_block: int  # encoder frames per chunk of the convolutional subsampling
     max_rel_error: float  # the exactness gate, relative to the largest output
     pos_tolerance: float = 2e-3  # the stored positional table against NeMo's formula, before rows past it are computed
+    quantized_share: float = 0.1  # int8 local attention: its error against the float encoder may grow this much
 
 
 @dataclass(frozen=True)
@@ -330,7 +331,7 @@ RANGES = (
     ("beam.width", 1, 64, True), ("beam.expansion_beta", 0, 64, True), ("beam.expansion_gamma", 0, 100, False),
     ("beam.prefix_alpha", 0, 1, True), ("blockwise.block", 1, 100000, True),
     ("blockwise.subsampling_block", 1, 100000, True), ("blockwise.max_rel_error", 0, 1, False),
-    ("blockwise.pos_tolerance", 0, 1, False),
+    ("blockwise.pos_tolerance", 0, 1, False), ("blockwise.quantized_share", 0, 1, True),
 )
 
 

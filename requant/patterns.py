@@ -90,24 +90,27 @@ def positional_limit(model: onnx.ModelProto) -> int | None:
 
 
 def positional_slice(model: onnx.ModelProto) -> tuple[onnx.NodeProto, list[int]] | None:
-    """The Slice that cuts a pass's positions out of a constant table (stored or computed from
-    constants), and that table's shape; None if no weighted MatMul reads such a slice."""
+    """The Slice that cuts a pass's positions out of a constant [1, 2M-1, D] table (stored, or computed
+    from constants only), and that table's shape; None if there is none. Found from the Slice itself, so
+    that whatever a recipe puts between it and linear_pos (a Mul, Q/DQ, a Cast) does not hide it."""
     graph = model.graph
-    audio, makers = audio_dependent(graph), og.producers(graph)
-    kinds = og.classify_matmuls(graph)
+    audio, inputs = audio_dependent(graph), {i.name for i in graph.input}
     inits = {t.name: t for t in graph.initializer}
     for node in graph.node:
-        if kinds.get(node.name) != "weighted" or node.input[0] in audio:
+        if node.op_type != "Slice" or node.input[0] in audio:
             continue
-        slice_node = _slice_node(node.input[0], makers)
-        if slice_node is None:
-            continue
-        table = slice_node.input[0]
+        table = node.input[0]
         if table in inits:
-            return slice_node, list(inits[table].dims)
-        if table in audio or any(name in (i.name for i in graph.input) for name in _sources(graph, table)):
-            return None
-        return slice_node, list(_evaluate_constant(model, table).shape)
+            shape = list(inits[table].dims)
+        elif og.producers(graph).get(table) is not None and not _sources(graph, table) & inputs:
+            try:
+                shape = list(_evaluate_constant(model, table).shape)
+            except Exception:  # noqa: BLE001 - a constant the reference evaluator cannot run is not the table
+                continue
+        else:
+            continue
+        if len(shape) == 3 and shape[0] == 1 and shape[1] % 2 == 1:
+            return node, shape
     return None
 
 
@@ -126,14 +129,6 @@ def positional_table(model: onnx.ModelProto, base_dir: Path) -> np.ndarray:
 def _sources(graph: onnx.GraphProto, tensor: str) -> set[str]:
     """Every tensor `tensor` is computed from."""
     return {name for node in og.upstream(graph, tensor) for name in node.input}
-
-
-def _slice_node(tensor: str, makers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
-    """The Slice that produces `tensor` (through reshapes), if there is one."""
-    node = makers.get(tensor)
-    while node is not None and node.op_type in ("Reshape", "Unsqueeze", "Squeeze", "Identity"):
-        node = makers.get(node.input[0])
-    return node if node is not None and node.op_type == "Slice" else None
 
 
 def _evaluate_constant(model: onnx.ModelProto, tensor: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from requant import onnx_graph as og
-from requant import subsampling
+from requant import positions, subsampling
 from requant.attention import find_sites
 from requant import patterns
 from requant.common import run_cli
@@ -51,6 +51,7 @@ def census(model: onnx.ModelProto) -> dict:
         "folds_with_shape_readers": folds_beside_shape,
         "muls": muls,
         "max_frames": limit,
+        "positions_extended": any(n.name.startswith(positions.PREFIX) for n in graph.node),
         "max_seconds": None if limit is None else round(limit * patterns.FRAME_SECONDS, 2),
         "length_path": [n.op_type for n in path],
         "length_path_float": len(float_on_path),
@@ -89,7 +90,9 @@ def report(path: Path, data: dict) -> str:
         f"({sum(n for _, n in data['muls'])} MatMuls)",
     ]
     lines += [f"  Mul before the {n} MatMul(s) reading {tensor}" for tensor, n in data["muls"]]
-    if data["max_frames"] is None:
+    if data["positions_extended"]:
+        lines.append("positional table: extended past its stored rows (stage blockwise), no cap")
+    elif data["max_frames"] is None:
         lines.append("positional table: computed from the pass length, no cap")
     else:
         lines.append(f"positional table: at most {data['max_frames']} encoder frames per pass "

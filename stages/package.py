@@ -47,6 +47,8 @@ def release_plan(root: Path) -> dict[str, Path]:
     add(VARIANTS["fp32_sharded"], "sharded fp32 encoder", subdir="sharded/")
     add(VARIANTS["fp32_blockwise"], "blockwise fp32 encoder", subdir="blockwise/")
     add(VARIANTS["int8_blockwise"], "blockwise int8 encoder", subdir="blockwise/")
+    add(VARIANTS["fp32_local"], "local-attention fp32 encoder", subdir="local/")
+    add(VARIANTS["int8_local"], "local-attention int8 encoder", subdir="local/")
     for variant in (v for v in VARIANTS if v.startswith("nbits_")):
         add(VARIANTS[variant], f"{variant} encoder")
         suffix = VARIANTS[variant].name.removeprefix("encoder-model.")  # "w8.onnx": onnx-asr pairs by suffix
