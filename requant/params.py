@@ -159,6 +159,20 @@ class LocalParams:
 
 
 @dataclass(frozen=True)
+class LongformParams:
+    """Recordings past the 400 s cap (stage longform): one pass, or windows and segments as apps cut them."""
+
+    variants: list[str]  # encoders compared (requant.asr.VARIANTS names without a rewrite of their own)
+    modes: list[str]  # full, local, chunk<seconds>, vad
+    overlap_s: float  # between neighbouring windows of the chunk modes
+    merge_gap_s: float  # a word two windows place this close to each other is one word
+    vad_max_speech_s: float  # voice-activity segments longer than this are split (what one pass may take)
+    vad_speech_pad_ms: float  # audio kept on each side of a segment
+    vad_min_silence_ms: float  # a pause shorter than this does not end a segment
+    max_s: float  # the longest long-form clip
+
+
+@dataclass(frozen=True)
 class FidelityParams:
     min_cosine: float
 
@@ -187,6 +201,7 @@ class Params:
     model: ModelParams
     speeches: dict[str, Speech]
     eval_clips: dict[str, EvalClip]
+    longform_clips: dict[str, EvalClip]
     corpus: CorpusParams
     fetch: FetchParams
     audio: AudioParams
@@ -199,6 +214,7 @@ class Params:
     beam: BeamParams
     blockwise: BlockwiseParams
     local: LocalParams
+    longform: LongformParams
     fidelity: FidelityParams
     shard: ShardParams
     eval: EvalParams
@@ -215,11 +231,13 @@ class Params:
 GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "audio": AudioParams,
           "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "diagnose": DiagnoseParams,
           "mixed": MixedParams, "beam": BeamParams, "blockwise": BlockwiseParams, "local": LocalParams,
+          "longform": LongformParams,
           "fidelity": FidelityParams,
           "shard": ShardParams, "eval": EvalParams}
 
 
 KEY = re.compile(r"[A-Za-z0-9_-]+")
+MODE = re.compile(r"full|local|vad|chunk[1-9][0-9]*")
 _EXPECTED = {"float": "a finite number", "int": "an integer", "bool": "true or false", "str": "a non-empty string"}
 
 
@@ -304,13 +322,15 @@ def parse_params(raw: dict[str, Any]) -> Params:
                       "'speeches' is empty; calibration needs at least one speech")
     eval_clips = _named(EvalClip, _section(raw, "eval_clips"), "eval_clips",
                         "'eval_clips' is empty; the evaluation needs at least one long clip")
+    longform_clips = _named(EvalClip, _section(raw, "longform_clips"), "longform_clips",
+                            "'longform_clips' is empty; the long-form comparison needs at least one recording")
     groups = {name: _group(cls, _section(raw, name), name) for name, cls in GROUPS.items()}
     nbits_raw = _section(raw, "nbits")
     if not isinstance(nbits_raw, dict) or any(not KEY.fullmatch(str(name)) for name in nbits_raw):
         raise ParamsError("params.yaml: 'nbits' must map recipe names (letters, digits, '_', '-') to recipes")
     nbits = {name: _group(NbitsRecipe, spec, f"nbits.{name}") for name, spec in nbits_raw.items()}
     params = Params(preset=preset, seed=_value(raw.get("seed", 0), "int", "seed"), speeches=speeches,
-                    eval_clips=eval_clips, nbits=nbits, **groups)
+                    eval_clips=eval_clips, longform_clips=longform_clips, nbits=nbits, **groups)
     _check(params)
     return params
 
@@ -331,7 +351,10 @@ RANGES = (
     ("beam.width", 1, 64, True), ("beam.expansion_beta", 0, 64, True), ("beam.expansion_gamma", 0, 100, False),
     ("beam.prefix_alpha", 0, 1, True), ("blockwise.block", 1, 100000, True),
     ("blockwise.subsampling_block", 1, 100000, True), ("blockwise.max_rel_error", 0, 1, False),
-    ("blockwise.pos_tolerance", 0, 1, False), ("blockwise.quantized_share", 0, 1, True),
+    ("blockwise.pos_tolerance", 0, 1, False), ("longform.overlap_s", 0, 60, True),
+    ("longform.merge_gap_s", 0, 5, True), ("longform.vad_max_speech_s", 1, 400, True),
+    ("longform.vad_speech_pad_ms", 0, 5000, True), ("longform.vad_min_silence_ms", 0, 10000, True),
+    ("longform.max_s", 0, 4 * 3600, False), ("blockwise.quantized_share", 0, 1, True),
 )
 
 
@@ -342,6 +365,14 @@ def _check_ranges(p: Params) -> None:
         if not ((value >= low if low_ok else value > low) and value <= high):
             raise ParamsError(f"params.yaml: {dotted}={value} must be {'>=' if low_ok else '>'} {low:g} "
                               f"and <= {high:g}")
+    if any(not MODE.fullmatch(mode) for mode in p.longform.modes) or not 0 <= p.longform.overlap_s < min(
+            [int(m[5:]) for m in p.longform.modes if m.startswith("chunk")] or [math.inf]):
+        raise ParamsError(f"params.yaml: longform.modes={p.longform.modes} (overlap_s={p.longform.overlap_s:g}): use "
+                          "full, local, vad and chunk<seconds> (chunk30), each window longer than the overlap")
+    for clip in p.longform_clips.values():
+        if not 0 < clip.crop_s <= p.longform.max_s:
+            raise ParamsError(f"params.yaml: longform_clips.{clip.name}.crop_s={clip.crop_s:g} must lie in "
+                              f"(0, longform.max_s={p.longform.max_s:g}]")
     context = p.local.context
     if context is not None and (len(context) != 2 or min(context) < 0 or max(context) < 1):
         raise ParamsError(f"params.yaml: local.context={context} must be [left, right], frames >= 0 (not both 0), "

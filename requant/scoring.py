@@ -64,13 +64,9 @@ def tokens_to_text(tokens: Sequence[str]) -> str:
     return _SPACE_PATTERN.sub(lambda m: " " if m.group(1) else "", "".join(tokens))
 
 
-def split_by_section(tokens: Sequence[str], starts: Sequence[float], sections: Sequence[Section]) -> list[str]:
-    """Text of each section from one long pass.
-
-    Tokens are grouped into words (a word starts at a token beginning with a space); a word belongs to
-    the section holding the start time of its first non-space token (start <= t < end; the last section
-    also takes anything at or after its end). Whole words are assigned, never split across sections.
-    """
+def group_words(tokens: Sequence[str], starts: Sequence[float]) -> list[tuple[float, list[str]]]:
+    """Tokens grouped into words (a word starts at a token beginning with a space), each with the start time
+    of its first non-space token."""
     if len(tokens) != len(starts):
         raise ValueError(f"{len(tokens)} tokens but {len(starts)} start times")
     words: list[tuple[float, list[str]]] = []
@@ -81,8 +77,18 @@ def split_by_section(tokens: Sequence[str], starts: Sequence[float], sections: S
         else:
             time = start if current_is_blank and token.strip() else words[-1][0]
             words[-1] = (time, [*words[-1][1], token])
+    return words
+
+
+def split_by_section(tokens: Sequence[str], starts: Sequence[float], sections: Sequence[Section]) -> list[str]:
+    """Text of each section from one long pass.
+
+    Tokens are grouped into words (a word starts at a token beginning with a space); a word belongs to
+    the section holding the start time of its first non-space token (start <= t < end; the last section
+    also takes anything at or after its end). Whole words are assigned, never split across sections.
+    """
     per_section: list[list[str]] = [[] for _ in sections]
-    for time, word_tokens in words:
+    for time, word_tokens in group_words(tokens, starts):
         index = next((s.index for s in sections if s.start_s <= time < s.end_s), None)
         if index is None:
             index = 0 if time < sections[0].start_s else len(sections) - 1

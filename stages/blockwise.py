@@ -78,7 +78,8 @@ def build_blockwise(src: Path, dst_dir: Path, params: BlockwiseParams, checks: l
     if report["sites"] == 0:  # refused, not failed: metrics/blockwise.json says why
         if context:
             fail(f"{src}: local attention needs the export's attention pattern; none matches "
-                 f"({'; '.join(report['refused'][:2]) or 'no Softmax'}); nothing written")
+                 f"({'; '.join(report['refused'][:2]) or 'no Softmax'}); set local.context to null (full "
+                 "attention) to build the other variants")
         log.warning("%s: no attention matches the export's pattern (%s); left as it is", src,
                     "; ".join(report["refused"][:2]) or "no Softmax")
     if report["subsampling_refused"]:

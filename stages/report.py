@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from requant.asr import VARIANTS  # noqa: E402
 from requant.common import atomic_path, fail, read_json, run_cli, write_json  # noqa: E402
 from stages.evaluate import METRICS_DIR, TIMING_DIR, merge_timing  # noqa: E402
+from requant.longform_report import how_to_run, longform_tables, mode_label  # noqa: E402
 from requant.model_card import render_card, render_costs, render_headline, render_results  # noqa: E402
 from requant.params import Params, load_params  # noqa: E402
 from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize  # noqa: E402
@@ -174,6 +175,10 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         "decodings": summaries,
         "floors": floors,
     }
+    longform = optional_json(root / "metrics/longform.json")
+    if longform and longform.get("variants"):
+        extras["how_to_run"] = {n: mode_label(m, longform) for n, m in how_to_run(longform).items()}
+        extras["longform_md"] = longform_tables(longform).split("\n", 2)[2]  # without its title
     for path, text in ((CARD_FILE, render_card(p, evals, summary, extras)),
                        (RESULTS_FILE, render_results(p, evals, summary, extras)),
                        (HEADLINE_FILE, render_headline(p, evals, summary, extras)),

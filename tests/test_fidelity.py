@@ -97,6 +97,7 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     params["preset"] = "demo"
     params["presets"]["demo"]["shard.budget_mb"] = 0.3  # a few shards of the ~0.9 MB test encoder
     params["fidelity"]["min_cosine"] = 0.9
+    params["presets"]["demo"]["local.context"] = None  # this graph's attention is not the export's: full only
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     base_dir = tmp_path / "models" / "base"
     base = save_encoder(build_encoder(outlier_scale=20), base_dir)
@@ -125,7 +126,7 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     fidelity = json.loads((tmp_path / "metrics" / "fidelity.json").read_text())
     variants = fidelity["variants"]
     assert set(variants) == {"fp16", "fp32_sharded", "int8_dynamic", "int8_smoothquant", "int8_stock", "nbits_w8",
-                             "nbits_w4", "int8_mixed", "fp32_blockwise", "int8_blockwise"}
+                             "nbits_w4", "int8_mixed", "fp32_blockwise", "int8_blockwise", "fp32_local", "int8_local"}
     # this test graph's attention is not the export's: the rewrite refuses it and ships the encoder unchanged
     assert variants["fp32_blockwise"]["rel_error_max"] == 0.0 and "Loop" not in variants["fp32_blockwise"]["ops"]
     blockwise = json.loads((tmp_path / "metrics" / "blockwise.json").read_text())

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -145,3 +147,11 @@ def test_the_demo_layout_keeps_its_own_band_when_local_attention_is_narrower() -
         local, _ = rewrite(model, 8, context)
         assert_close(session(local).run(None, feed), session(band_masked(model, context)).run(None, feed),
                      feed["length"] // 8)
+
+
+def test_the_census_reports_the_extended_table() -> None:
+    from stages.census import report
+
+    text = report(Path("twin.onnx"), census(extended(model_of(CAPPED))))
+    assert "positional table: extended past its stored rows (stage blockwise), no cap" in text
+    assert "at most 40 encoder frames per pass (3.2 s of audio)" in report(Path("twin.onnx"), census(model_of(CAPPED)))

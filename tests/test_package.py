@@ -29,6 +29,8 @@ SOURCES = {
     "models/variants/nbits_w4": ["encoder-model.w4.onnx"],
     "models/variants/fp32_blockwise": ["encoder-model.onnx", "encoder-model.onnx.data"],
     "models/variants/int8_blockwise": ["encoder-model.int8.onnx"],
+    "models/variants/fp32_local": ["encoder-model.onnx", "encoder-model.onnx.data"],
+    "models/variants/int8_local": ["encoder-model.int8.onnx"],
     "reports": ["MODEL_CARD.md"],
 }
 EXPECTED = {
@@ -52,6 +54,9 @@ EXPECTED = {
     "blockwise/encoder-model.onnx": "models/variants/fp32_blockwise/encoder-model.onnx",
     "blockwise/encoder-model.onnx.data": "models/variants/fp32_blockwise/encoder-model.onnx.data",
     "blockwise/encoder-model.int8.onnx": "models/variants/int8_blockwise/encoder-model.int8.onnx",
+    "local/encoder-model.onnx": "models/variants/fp32_local/encoder-model.onnx",
+    "local/encoder-model.onnx.data": "models/variants/fp32_local/encoder-model.onnx.data",
+    "local/encoder-model.int8.onnx": "models/variants/int8_local/encoder-model.int8.onnx",
     "README.md": "reports/MODEL_CARD.md",
 }
 

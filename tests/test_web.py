@@ -27,10 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 RUNNER = WEB / ("run-browser.mjs" if CHROMIUM.is_file() else "run-node.mjs")
-PRECISIONS = ["fp32", "fp32_sharded", "fp16", "int8", "w8", "w4", "fp32_blockwise", "int8_blockwise"]
+PRECISIONS = ["fp32", "fp32_sharded", "fp16", "int8", "w8", "w4", "fp32_blockwise", "int8_blockwise", "int8_local"]
 ONNX_ASR = {"fp32": None, "fp32_sharded": None, "fp16": "fp16", "int8": "int8", "w8": "w8", "w4": "w4",
-            "fp32_blockwise": None, "int8_blockwise": "int8"}
-SUBFOLDER = {"fp32_sharded": "sharded", "fp32_blockwise": "blockwise", "int8_blockwise": "blockwise"}
+            "fp32_blockwise": None, "int8_blockwise": "int8", "int8_local": "int8"}
+SUBFOLDER = {"fp32_sharded": "sharded", "fp32_blockwise": "blockwise", "int8_blockwise": "blockwise",
+             "int8_local": "local"}
 SENTENCES = ["the quiet river runs under the old stone bridge", "nous partons demain matin vers la mer",
              "my brother reads a long letter in the kitchen"]
 
@@ -76,6 +77,10 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_blockwise(base / "encoder-model.onnx", variants / "fp32_blockwise", small_blocks, checks)
     build_blockwise(variants / "int8_smoothquant/encoder-model.int8.onnx", variants / "int8_blockwise", small_blocks,
                     checks)
+    for name, source in (("fp32_local", base / "encoder-model.onnx"),
+                         ("int8_local", variants / "int8_smoothquant/encoder-model.int8.onnx")):  # local attention
+        build_blockwise(source, variants / name, small_blocks, checks, [12, 12],
+                        root / "smoothed/encoder-model.onnx" if "int8" in name else None)
     (root / "reports").mkdir()
     (root / "reports/MODEL_CARD.md").write_text("# demo\n")
     package(root)

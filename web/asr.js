@@ -12,6 +12,8 @@ export const PRECISIONS = {
   w4: { encoder: "encoder-model.w4.onnx", decoder: "decoder_joint-model.w4.onnx" },
   fp32_blockwise: { encoder: "blockwise/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
   int8_blockwise: { encoder: "blockwise/encoder-model.int8.onnx", decoder: "decoder_joint-model.int8.onnx" },
+  fp32_local: { encoder: "local/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
+  int8_local: { encoder: "local/encoder-model.int8.onnx", decoder: "decoder_joint-model.int8.onnx" },
 };
 const SAMPLE_RATE = 16000;
 const FRAME_S = 0.01 * 8; // feature hop x encoder subsampling (config.json: subsampling_factor 8)

@@ -34,7 +34,7 @@ def make_project(dest: Path, **changes: Any) -> Path:
     params = yaml.safe_load((SOURCE / "params.yaml").read_text())
     for speech in params["speeches"].values():
         speech["crop_s"] = 3.0
-    for clip in params.get("eval_clips", {}).values():
+    for clip in [*params.get("eval_clips", {}).values(), *params.get("longform_clips", {}).values()]:
         clip["crop_s"] = 3.0
     if "corpus" in params:
         params["presets"]["demo"]["corpus.max_per_language"] = 3
