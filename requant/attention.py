@@ -251,7 +251,7 @@ def rewrite(model: onnx.ModelProto, block: int,
     out.CopyFrom(model)
     graph = out.graph
     sites, refused = find_sites(graph)
-    if context is not None and not sites:
+    if context is not None and refused:
         return model, refused  # local attention must take every site or none
     for index, site in enumerate(sites):
         prefix = f"/blockwise.{index}/"

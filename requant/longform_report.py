@@ -17,6 +17,11 @@ def mode_label(mode: str, data: dict[str, Any]) -> str:
     return MODE_LABELS[mode]
 
 
+def mode_order(mode: str) -> tuple[int, int]:
+    """One pass first (full, local), then windows by length, then voice-activity segments."""
+    return {"full": (0, 0), "local": (1, 0), "vad": (3, 0)}.get(mode, (2, int(mode[5:]) if mode[5:].isdigit() else 0))
+
+
 def _delta(row: dict[str, Any]) -> str:
     ci = row.get("vs_fp32_full")
     if ci is None:
@@ -34,7 +39,7 @@ def longform_tables(data: dict[str, Any]) -> str:
     if not data.get("variants"):
         return "# Long-form results\n\nNo long-form clip is scored under this preset.\n"
     variants = data["variants"]
-    modes = list(next(iter(variants.values())))
+    modes = sorted(next(iter(variants.values())), key=mode_order)  # JSON keys come back sorted
     seconds = next(iter(next(iter(variants.values())).values()))["audio_s"]
     rows = [[mode_label(m, data), *[f"{pct(variants[v][m]['wer_pct'])} / {pct(variants[v][m]['truth_wer_pct'])}"
                                     for v in variants]] for m in modes]

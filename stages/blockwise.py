@@ -75,7 +75,7 @@ def build_blockwise(src: Path, dst_dir: Path, params: BlockwiseParams, checks: l
         rewritten, report = rewrite_long_pass(source, params, src.parent, context)
     except ValueError as err:
         fail(f"{src}: {err}; nothing written (if the table is right, raise blockwise.pos_tolerance)")
-    if report["sites"] == 0:  # refused, not failed: metrics/blockwise.json says why
+    if report["sites"] == 0 or (context and report["refused"]):  # refused: metrics/blockwise.json says why
         if context:
             fail(f"{src}: local attention needs the export's attention pattern; none matches "
                  f"({'; '.join(report['refused'][:2]) or 'no Softmax'}); set local.context to null (full "

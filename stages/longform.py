@@ -57,7 +57,7 @@ def prepare_encoder(variant: str, mode: str, p: Params, dest: Path, root: Path) 
         model, report = rewrite_long_pass(og.load_graph(files[0]), p.blockwise, files[0].parent, context)
     except ValueError as err:
         fail(f"{variant}: {err}")
-    if context and not report["sites"]:
+    if context and (report["refused"] or not report["sites"]):
         fail(f"{variant}: local attention needs the export's attention pattern, and none matches; set "
              "local.context to null or drop local from longform.modes")
     og.write_model(model, files[0].parent, dest / CANONICAL_ENCODER)

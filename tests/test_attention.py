@@ -68,6 +68,10 @@ def test_a_pattern_that_is_not_the_exports_is_refused_and_left_as_it_was(encoder
     assert ops.count("Loop") == 1 and ops.count("Softmax") == 1 and attention.count("Pad") == 1
     assert census(rewritten)["attention"] == {"blockwise_ready": 0, "loops": 1, "refused": refused}
     assert census(model)["attention"]["blockwise_ready"] == 1
+    # local attention must take every attention or none: half local, half full is neither model
+    before = model.SerializeToString()
+    local, refused = rewrite(model, 16, (8, 8))
+    assert len(refused) == 1 and local.SerializeToString() == before
 
 
 def test_census_counts_the_sites_the_rewrite_takes(encoder: Path) -> None:

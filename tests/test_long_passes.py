@@ -155,3 +155,16 @@ def test_the_census_reports_the_extended_table() -> None:
     text = report(Path("twin.onnx"), census(extended(model_of(CAPPED))))
     assert "positional table: extended past its stored rows (stage blockwise), no cap" in text
     assert "at most 40 encoder frames per pass (3.2 s of audio)" in report(Path("twin.onnx"), census(model_of(CAPPED)))
+
+
+def test_the_cap_is_found_through_a_quantizer_s_nodes(tmp_path: Path) -> None:
+    """int8 puts Mul / Q / DQ or DynamicQuantizeLinear between the table's Slice and linear_pos: the census
+    must still report the cap there (it reported 'no cap' for every quantized encoder before)."""
+    from requant import onnx_graph as og
+    from stages.int8_dynamic import build_dynamic_int8
+
+    (tmp_path / "fp32").mkdir()
+    og.write_model(model_of(CAPPED), tmp_path, tmp_path / "fp32/encoder-model.onnx")
+    build_dynamic_int8(tmp_path / "fp32/encoder-model.onnx", tmp_path / "int8")
+    quantized = og.load_graph(tmp_path / "int8/encoder-model.int8.onnx")
+    assert patterns.positional_limit(quantized) == 40

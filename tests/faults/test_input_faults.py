@@ -205,7 +205,7 @@ ALONE = [  # (stage and arguments, remove models/base too, what its line must na
     (["int8"], False, "models/smoothed"), (["diagnose"], False, "models/smoothed"),
     (["int8_mixed"], False, "metrics/diagnosis.json"), (["blockwise"], False, "models/variants"),
     (["fidelity"], False, "models/"), (["evaluate", "int8_smoothquant"], False, "models/"),
-    (["package"], False, "models/"),
+    (["package"], False, "models/"), (["longform_data"], True, "models/base"), (["longform"], False, "data/longform"),
 ]
 
 
