@@ -14,7 +14,6 @@ JSON: metrics/bench_any_length.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import onnx
 
 from bench.cost import run_task
-from bench.web_check import BUILD, child, speech
+from bench.web_check import BUILD, child, prepare_twin, speech
 from requant.common import run_cli, write_json
 from requant.params import BlockwiseParams
 from stages.blockwise import rewrite_long_pass
@@ -34,17 +33,8 @@ OUT = Path(__file__).resolve().parents[1] / "metrics/bench_any_length.json"
 
 def int8_twin(work: Path, windows: int) -> Path:
     """The twin's SmoothQuant int8 encoder file (built once, as bench.web_check builds it)."""
-    twin = work / "twin"
-    if not (twin / "encoder-model.onnx.data").is_file():
-        child("-m", "bench.twin", "--out", str(twin))
     if not (work / "int8").is_dir():
-        (work / "windows").mkdir(parents=True, exist_ok=True)
-        clips = [speech(30.0, 100 + i) for i in range(windows + 1)]
-        np.save(work / "windows/windows.npy", np.stack(clips).astype(np.float32))
-        (work / "windows/index.json").write_text(json.dumps(
-            [{"speaker": f"s{i}", "start_s": 0.0, "split": "calib" if i < windows else "heldout"}
-             for i in range(len(clips))]))
-        child("-c", BUILD, str(twin), str(work), "int8")
+        child("-c", BUILD, str(prepare_twin(work, windows)), str(work), "int8")
     return work / "int8/encoder-model.int8.onnx"
 
 

@@ -120,11 +120,10 @@ def encoder_mb(release: Path, precision: str) -> int:
     return round(sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(stem) and f.is_file()) / 1e6)
 
 
-def web_check(work: Path, audio_s: float, windows: int, long_s: float) -> dict:
-    import soundfile as sf
-
+def prepare_twin(work: Path, windows: int) -> Path:
+    """work/twin (built once) and work/windows: `windows` calibration windows and two held out, as the
+    stages read them."""
     twin = work / "twin"
-    started = time.perf_counter()
     if not (twin / "encoder-model.onnx.data").is_file():
         child("-m", "bench.twin", "--out", str(twin))
     (work / "windows").mkdir(parents=True, exist_ok=True)
@@ -133,6 +132,14 @@ def web_check(work: Path, audio_s: float, windows: int, long_s: float) -> dict:
     (work / "windows/index.json").write_text(json.dumps(
         [{"speaker": f"s{i}", "start_s": 0.0, "split": "calib" if i < windows else "heldout"}
          for i in range(len(window))]))
+    return twin
+
+
+def web_check(work: Path, audio_s: float, windows: int, long_s: float) -> dict:
+    import soundfile as sf
+
+    started = time.perf_counter()
+    twin = prepare_twin(work, windows)
     for step, folder in (("shard", "sharded"), ("int8", "int8"), ("fp16", "fp16"), ("blockwise", "blockwise")):
         if not (work / folder).is_dir():  # a rerun keeps what an earlier run built
             log.info("building %s", step)
