@@ -59,7 +59,8 @@ def main() -> None:
                                                         folder / f"{name}.onnx", ctx))
                         for name, src in SOURCES.items()}
             results = diagnose(variants, sources[BASE], clips, folder)
-            report["attention"][attention] = {name: {**r, **summarize(r, p.diagnose.break_rel_error)}
+            report["attention"][attention] = {name: {**r, **summarize(r, p.diagnose.break_rel_error),
+                                                     "source": SOURCES[name].as_posix()}  # not the scratch copy
                                               for name, r in results.items()}
     write_json(OUT, report)
     print(f"{'variant':<18} {'attention':<10} " + " ".join(f"{s:>8g}s" for s in sorted(clips)) + "   broken MatMuls")
