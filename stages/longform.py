@@ -29,7 +29,7 @@ from requant import chunking
 from requant import onnx_graph as og
 from requant.asr import CANONICAL_ENCODER, SAMPLE_RATE, assemble_model_dir, load_asr, load_clip, recognize_all
 from requant.bootstrap import Stratum, draw_seed, paired_interval
-from requant.common import fail, memory_bytes, read_json, reset_peak_memory, run_cli, write_json
+from requant.common import atomic_path, fail, memory_bytes, read_json, reset_peak_memory, run_cli, write_json
 from requant.evalsets import SKIPPED, clip_audio
 from requant.longform_report import longform_tables
 from requant.params import LongformParams, Params, load_params
@@ -157,7 +157,8 @@ def main() -> None:
     summary = summarize(cells, p.eval.bootstrap_resamples, p.eval.bootstrap_seed) if clips else {}
     write_json(Path("metrics/longform.json"), {"clips": clips, "context": p.local.context,
                                                "overlap_s": p.longform.overlap_s, "variants": summary})
-    Path("docs/longform-results.md").write_text(longform_tables(read_json(Path("metrics/longform.json"))))
+    with atomic_path(Path("docs/longform-results.md")) as tmp:
+        tmp.write_text(longform_tables(read_json(Path("metrics/longform.json"))))
 
 
 if __name__ == "__main__":

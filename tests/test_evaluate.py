@@ -68,6 +68,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, src in (("fp32_blockwise", base / "encoder-model.onnx"),
                       ("int8_blockwise", variants / "int8_smoothquant/encoder-model.int8.onnx")):
         build_blockwise(src, variants / name, BlockwiseParams(64, 256, 1e-5), [audio[:48_000]])
+    # local attention of the fp32 encoder; the stand-in int8 file has no float source to gate against
+    build_blockwise(base / "encoder-model.onnx", variants / "fp32_local", BlockwiseParams(64, 256, 1e-5),
+                    [audio[:48_000]], [16, 16])
+    shutil.copytree(variants / "int8_blockwise", variants / "int8_local")
     for recipe, bits in (("w8", 8), ("w4", 4)):
         build_nbits(base / "encoder-model.onnx", variants / f"nbits_{recipe}", f"encoder-model.{recipe}.onnx",
                     NbitsRecipe(bits, 32, True, 4))
