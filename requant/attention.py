@@ -45,17 +45,6 @@ class Site:
     nodes: tuple[onnx.NodeProto, ...]
 
 
-def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    for tensor in graph.initializer:
-        if tensor.name == name:
-            return numpy_helper.to_array(tensor)
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            return numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].type == onnx.AttributeProto.TENSOR \
-                else None
-    return None
-
-
 def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
     """Every attention the rewrite can take, and why each other softmax was left alone."""
     makers, readers = og.producers(graph), og.consumers(graph)
@@ -96,7 +85,7 @@ def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
             continue
         chain, ac = chains[shifted[0]], made_by(plain[0], "MatMul")
         pad, bd = chain[4], chain[5]
-        pads = _constant(graph, pad.input[1]) if len(pad.input) > 1 else None
+        pads = og.constant_value(graph, pad.input[1]) if len(pad.input) > 1 else None
         inner = [ac, bd, *chain[:5], add, div, where_in]
         if pads is None or pads.tolist() != REL_SHIFT_PADS or any(
                 single_reader(out) is None for node in inner for out in node.output):
@@ -130,7 +119,7 @@ def find_mask_source(graph: onnx.GraphProto, mask: str) -> MaskSource | None:
     unsqueeze = made_by(mask, "Unsqueeze")
     negate = made_by(unsqueeze.input[0], "Not") if unsqueeze is not None else None
     both = made_by(negate.input[0], "And") if negate is not None else None
-    if both is None or _constant(graph, unsqueeze.input[1]) is None or _constant(graph, unsqueeze.input[1]).tolist() != [1]:
+    if both is None or og.constant_value(graph, unsqueeze.input[1]) is None or og.constant_value(graph, unsqueeze.input[1]).tolist() != [1]:
         return None
     band, band_nodes, pair = None, [], both
     inner = [made_by(t, "And") for t in both.input]
@@ -147,8 +136,8 @@ def find_mask_source(graph: onnx.GraphProto, mask: str) -> MaskSource | None:
     tile = tiles[0] or tiles[1]
     transpose = transposes[1] if tiles[0] else transposes[0]
     lift = made_by(tile.input[0], "Unsqueeze")
-    if transpose.input[0] != tile.output[0] or lift is None or _constant(graph, lift.input[1]) is None \
-            or _constant(graph, lift.input[1]).tolist() != [1] \
+    if transpose.input[0] != tile.output[0] or lift is None or og.constant_value(graph, lift.input[1]) is None \
+            or og.constant_value(graph, lift.input[1]).tolist() != [1] \
             or [a.ints for a in transpose.attribute if a.name == "perm"] != [[0, 2, 1]]:
         return None
     return MaskSource(valid=lift.input[0], band=band, nodes=(unsqueeze, negate, both, pair, tile, transpose, *band_nodes))
@@ -159,7 +148,7 @@ def _band(graph: onnx.GraphProto, tensor: str, made_by) -> tuple[int | None, lis
     negate = made_by(tensor, "Not")
     greater = made_by(negate.input[0], "Greater") if negate is not None else None
     distance = made_by(greater.input[0], "Abs") if greater is not None else None
-    width = _constant(graph, greater.input[1]) if greater is not None else None
+    width = og.constant_value(graph, greater.input[1]) if greater is not None else None
     if distance is None or width is None or width.size != 1:
         return None, []
     return int(width.reshape(())), [negate, greater, distance]

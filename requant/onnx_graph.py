@@ -168,6 +168,18 @@ class NewNodes:
                                                                          f"{self.prefix}{name}"))
 
 
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of an initializer or a Constant node's tensor output; None for anything computed."""
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].type == onnx.AttributeProto.TENSOR \
+                else None
+    return None
+
+
 def insert_before_first_reader(graph: onnx.GraphProto, tensor: str, nodes: list[onnx.NodeProto]) -> None:
     """Put the nodes computing `tensor` where its first reader is: everything they read comes before."""
     position = min((i for i, n in enumerate(graph.node) if tensor in n.input), default=len(graph.node))

@@ -95,14 +95,14 @@ def positional_slice(model: onnx.ModelProto) -> tuple[onnx.NodeProto, list[int]]
     that whatever a recipe puts between it and linear_pos (a Mul, Q/DQ, a Cast) does not hide it."""
     graph = model.graph
     audio, inputs = audio_dependent(graph), {i.name for i in graph.input}
-    inits = {t.name: t for t in graph.initializer}
+    inits, makers = {t.name: t for t in graph.initializer}, og.producers(graph)
     for node in graph.node:
         if node.op_type != "Slice" or node.input[0] in audio:
             continue
         table = node.input[0]
         if table in inits:
             shape = list(inits[table].dims)
-        elif og.producers(graph).get(table) is not None and not _sources(graph, table) & inputs:
+        elif makers.get(table) is not None and not _sources(graph, table) & inputs:
             try:
                 shape = list(_evaluate_constant(model, table).shape)
             except Exception:  # noqa: BLE001 - a constant the reference evaluator cannot run is not the table

@@ -55,15 +55,10 @@ def find_table(model: onnx.ModelProto) -> tuple[Table | None, str]:
     if limit_slice is None:
         return None, "no linear_pos MatMul reads a Slice of a constant table (the positions have no cap)"
     node, shape = limit_slice
-    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-    inits = {t.name: t for t in graph.initializer}
 
     def value(name: str) -> list[int] | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name]).tolist()
-        if name in consts and consts[name].attribute[0].type == onnx.AttributeProto.TENSOR:
-            return numpy_helper.to_array(consts[name].attribute[0].t).tolist()
-        return None
+        found = og.constant_value(graph, name)
+        return None if found is None else found.tolist()
 
     axes = value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     steps = value(node.input[4]) if len(node.input) > 4 and node.input[4] else [1]
