@@ -29,7 +29,8 @@ from stages.fp16 import build_fp16
 from stages.int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
 from stages.nbits import build_nbits
-from requant.params import NbitsRecipe
+from stages.pointwise import rewrite_encoder
+from requant.params import AwareParams, NbitsRecipe
 from stages.shard import shard_encoder
 from stages.smoothquant import smooth_encoder
 
@@ -79,7 +80,8 @@ def int8_static(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     }
     with instrumented(meter, phases):
         fidelity = build_int8(Path(args["src"]), Path(args["dst_dir"]), Path(args["windows_dir"]), args["percentile"],
-                              0, args["min_cosine"], reduce_range=args["reduce_range"])
+                              0, args["min_cosine"], reduce_range=args["reduce_range"],
+                              keep_fp32=args.get("keep_fp32", ()))
     return {"fidelity": fidelity, "files": folder_bytes(Path(args["dst_dir"]))}
 
 
@@ -98,9 +100,21 @@ def int8_dynamic(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 @task
 def nbits(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     recipe = NbitsRecipe(**args["recipe"])
-    with instrumented(meter, {"quantize": "onnxruntime.quantization.matmul_nbits_quantizer:MatMulNBitsQuantizer.process"}):
-        ops = build_nbits(Path(args["src"]), Path(args["dst_dir"]), args["name"], recipe)
-    return {"op_types": ops, "files": folder_bytes(Path(args["dst_dir"]))}
+    settings = AwareParams(**args["aware"]) if "aware" in args else None
+    phases = {"quantize": "onnxruntime.quantization.matmul_nbits_quantizer:MatMulNBitsQuantizer.process",
+              "aware_scaling": "requant.aware:scale_for_grid"}
+    with instrumented(meter, phases):
+        result = build_nbits(Path(args["src"]), Path(args["dst_dir"]), args["name"], recipe,
+                             Path(args.get("windows_dir", ".")), settings)
+    return {"op_types": result["ops"], "aware": result["aware"], "files": folder_bytes(Path(args["dst_dir"]))}
+
+
+@task
+def pointwise(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
+    with instrumented(meter, {"write": "requant.onnx_graph:write_model",
+                              "checks": "requant.encoder_runs:encoder_outputs"}):
+        summary = rewrite_encoder(Path(args["src"]), Path(args["dst_dir"]), Path(args["windows_dir"]))
+    return {"summary": summary, "files": folder_bytes(Path(args["dst_dir"]))}
 
 
 @task

@@ -47,7 +47,15 @@ VARIANTS: dict[str, ModelFile] = {
     # weight-only MatMulNBits recipes, one per params.yaml nbits entry (tests keep the three lists equal)
     "nbits_w8": ModelFile(Path("models/variants/nbits_w8"), "encoder-model.w8.onnx", "nbits@w8"),
     "nbits_w4": ModelFile(Path("models/variants/nbits_w4"), "encoder-model.w4.onnx", "nbits@w4"),
+    "nbits_w8_aware": ModelFile(Path("models/variants/nbits_w8_aware"), "encoder-model.w8_aware.onnx",
+                                "nbits@w8_aware"),
+    "nbits_w4_aware": ModelFile(Path("models/variants/nbits_w4_aware"), "encoder-model.w4_aware.onnx",
+                                "nbits@w4_aware"),
     "int8_mixed": ModelFile(Path("models/variants/int8_mixed"), "encoder-model.int8.onnx", "int8_mixed"),
+    "int8_matmul_only": ModelFile(Path("models/variants/int8_matmul_only"), "encoder-model.int8.onnx",
+                                  "int8_compare@matmul_only"),
+    "int8_subsampling": ModelFile(Path("models/variants/int8_subsampling"), "encoder-model.int8.onnx",
+                                  "int8_compare@subsampling"),
     # the exact long-pass rewrite of fp32 and SmoothQuant int8 (memory linear in the pass length)
     "fp32_blockwise": ModelFile(Path("models/variants/fp32_blockwise"), "encoder-model.onnx", "blockwise"),
     "int8_blockwise": ModelFile(Path("models/variants/int8_blockwise"), "encoder-model.int8.onnx", "blockwise"),

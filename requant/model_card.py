@@ -15,10 +15,14 @@ LABELS = {
     "fp16": "fp16 (naive cast)",
     "fp32_sharded": "fp32 sharded (repack)",
     "int8_dynamic": "int8 dynamic (stock recipe)",
-    "int8_smoothquant": "int8 SmoothQuant (this)",
+    "int8_smoothquant": "int8 SmoothQuant (this; MatMuls and pointwise convs)",
     "int8_stock": "int8 stock (shipped with the base model)",
     "nbits_w8": "w8 weight-only (MatMulNBits 8-bit)",
     "nbits_w4": "w4 weight-only (MatMulNBits 4-bit)",
+    "nbits_w8_aware": "w8 weight-only, activation-aware scales",
+    "nbits_w4_aware": "w4 weight-only, activation-aware scales",
+    "int8_matmul_only": "int8 SmoothQuant, MatMuls only (pointwise convs fp32)",
+    "int8_subsampling": "int8 SmoothQuant + subsampling convs int8",
     "int8_mixed": "int8 SmoothQuant, worst MatMuls fp32 (mixed)",
     "fp32_blockwise": "fp32, blockwise (exact long-pass rewrite)",
     "int8_blockwise": "int8 SmoothQuant, blockwise",
@@ -28,12 +32,14 @@ LABELS = {
 FILES = [
     ("encoder-model.onnx (+ .data)", "fp32 encoder, unchanged"),
     ("encoder-model.int8.onnx (+ .data above 256 MB)",
-     "int8 encoder rebuilt with SmoothQuant + static per-channel int8 (MatMul only)"),
+     "int8 encoder rebuilt with SmoothQuant + static per-channel int8 (every weighted MatMul and the "
+     "conv module's pointwise convs, rewritten as MatMuls)"),
     ("encoder-model.fp16.onnx (+ .data above 256 MB)", "fp16 encoder, a plain cast keeping fp32 inputs and outputs"),
     ("sharded/encoder-model.onnx (+ .data.000, ...)", "the fp32 encoder repacked into shards under the budget"),
-    ("encoder-model.w8.onnx, encoder-model.w4.onnx",
-     "weight-only 8- and 4-bit encoders (MatMulNBits, block 32, no calibration); their decoder_joint files "
-     "are the int8 decoder, named to pair with them (onnx-asr: quantization=\"w8\")"),
+    ("encoder-model.w8.onnx, encoder-model.w4.onnx, encoder-model.w8_aware.onnx, encoder-model.w4_aware.onnx",
+     "weight-only 8- and 4-bit encoders (MatMulNBits, block 32; round-to-nearest, or with activation-aware "
+     "scales searched on the calibration windows); their decoder_joint files are the int8 decoder, named to "
+     "pair with them (onnx-asr: quantization=\"w8\")"),
     ("blockwise/encoder-model.onnx (+ .data), blockwise/encoder-model.int8.onnx",
      "fp32 and SmoothQuant int8 rewritten for passes of any length, exactly (ONNX Loops): positions past the "
      "export's 400 s table, the attention over blocks of queries and the convolutional subsampling over chunks, "
@@ -195,7 +201,8 @@ def recommendations(summary: dict[str, dict[str, dict]], evals: dict[str, dict[s
 
         twin = {n: _twin_passes(bench, n)[1].get(120) for n in close}
         timed = {n: t["pass_s"] for n, t in twin.items() if t is not None}
-        where = "Parakeet-size twin, 120 s pass" if timed else "this model's passes"
+        cpu = (bench or {}).get("machine", {}).get("cpu_model", "CPU not recorded")
+        where = f"Parakeet-size twin, 120 s pass, {cpu}" if timed else "this model's passes"
         fastest = min(timed, key=timed.get) if timed else min(close, key=lambda n: close[n]["cost"]["rtf"])
         picks.append((f"CPU (fastest within {tolerance_pt:g} pt of fp32; {where})", fastest))
         picks.append((f"smallest download (smallest within {tolerance_pt:g} pt)", min(close, key=size)))
@@ -224,10 +231,10 @@ def recipe_table(summary: dict[str, dict[str, dict]], evals: dict[str, dict[str,
               "long WER vs truth", "twin MB", "twin 30 s", "twin 120 s", "twin 390 s", "past 400 s, run it as"]
     picks = "".join(f"- **{use}:** {LABELS.get(n, n)}\n" for use, n in recommendations(summary, evals, bench))
     return (table(header, rows) + "\nShip this for (computed from the table above):\n\n" + picks
-            + "\nMB: this model's encoder files. Twin columns: `python -m bench.cost` on the Parakeet-size random "
-            "twin (pass time / peak RSS; – where not measured). This run's own times and memory: "
-            "`docs/costs.md`. Past 400 s: the lowest-WER way to decode a 20 min recording (stage longform, "
-            "`docs/longform-results.md`).\n")
+            + "\nMB: this model's encoder files. Twin columns: `python -m bench.cost` and `python -m "
+            "bench.quantize_more` on the Parakeet-size random twin (pass time / peak RSS; – where not measured). "
+            "This run's own times and memory: `docs/costs.md`. Past 400 s: the lowest-WER way to decode a 20 min "
+            "recording (stage longform, `docs/longform-results.md`).\n")
 
 
 def timing_table(evals: dict[str, dict[str, Any]]) -> str:

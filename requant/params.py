@@ -115,6 +115,13 @@ class NbitsRecipe:
     block_size: int
     symmetric: bool
     accuracy_level: int  # 0: the kernel's default (fp32 compute); 4: int8 activations at run time
+    aware: bool = False  # activation-aware scaling searched on calibration windows first (requant/aware.py)
+
+
+@dataclass(frozen=True)
+class AwareParams:
+    alphas: list[float]  # the grid of exponents searched per MatMul input; must hold 0 (round-to-nearest)
+    rows: int  # calibration frames sampled per MatMul input for the search (drawn with `seed`)
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,7 @@ class Params:
     smooth: SmoothParams
     quant: QuantParams
     nbits: dict[str, NbitsRecipe]
+    aware: AwareParams
     diagnose: DiagnoseParams
     mixed: MixedParams
     beam: BeamParams
@@ -229,7 +237,8 @@ class Params:
 
 
 GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "audio": AudioParams,
-          "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "diagnose": DiagnoseParams,
+          "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "aware": AwareParams,
+          "diagnose": DiagnoseParams,
           "mixed": MixedParams, "beam": BeamParams, "blockwise": BlockwiseParams, "local": LocalParams,
           "longform": LongformParams,
           "fidelity": FidelityParams,
@@ -385,6 +394,9 @@ def _check_ranges(p: Params) -> None:
                               f"two >= 16 (found {recipe.bits} and {recipe.block_size})")
         if recipe.accuracy_level not in (0, 1, 2, 3, 4):
             raise ParamsError(f"params.yaml: nbits.{name}.accuracy_level={recipe.accuracy_level}; use 0 to 4")
+    if 0 not in p.aware.alphas or any(not 0 <= a <= 1 for a in p.aware.alphas) or p.aware.rows < 1:
+        raise ParamsError(f"params.yaml: aware.alphas={p.aware.alphas} must lie in [0, 1] and hold 0 "
+                          f"(round-to-nearest), and aware.rows={p.aware.rows} must be >= 1")
     for clip in [*p.speeches.values(), *p.eval_clips.values()]:
         where = f"{'speeches' if isinstance(clip, Speech) else 'eval_clips'}.{clip.name}"
         if clip.start_s < 0 or clip.crop_s <= 0:

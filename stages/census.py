@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from requant import onnx_graph as og
-from requant import positions, subsampling
+from requant import pointwise, positions, subsampling
 from requant.attention import find_sites
 from requant import patterns
 from requant.common import run_cli
@@ -62,7 +62,13 @@ def census(model: onnx.ModelProto) -> dict:
                       "loops": sum(n.op_type == "Loop" and not n.name.startswith(subsampling.PREFIX)
                                    for n in graph.node)},
         "subsampling": _subsampling(graph),
+        "pointwise": _pointwise(graph),
     }
+
+
+def _pointwise(graph: onnx.GraphProto) -> dict:
+    taken, refused = pointwise.plan(graph)
+    return {"convs": len(taken) + sum(refused.values()), "takes": len(taken)}
 
 
 def _subsampling(graph: onnx.GraphProto) -> dict:
@@ -90,6 +96,9 @@ def report(path: Path, data: dict) -> str:
         f"({sum(n for _, n in data['muls'])} MatMuls)",
     ]
     lines += [f"  Mul before the {n} MatMul(s) reading {tensor}" for tensor, n in data["muls"]]
+    convs = data["pointwise"]
+    lines.append(f"pointwise convs: {convs['takes']} of {convs['convs']} Convs are 1x1 Conv1d: stage pointwise makes "
+                 "them MatMuls (then smoothed and quantized); the others stay fp32 convolutions")
     if data["positions_extended"]:
         lines.append("positional table: extended past its stored rows (stage blockwise), no cap")
     elif data["max_frames"] is None:

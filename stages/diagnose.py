@@ -36,7 +36,8 @@ from requant.params import load_params  # noqa: E402
 log = logging.getLogger(__name__)
 
 BASE, SMOOTHED = Path("models/base/encoder-model.onnx"), Path("models/smoothed/encoder-model.onnx")
-SOURCES = {"int8_smoothquant": SMOOTHED}  # every other quantized variant was made from the base encoder
+POINTWISE = Path("models/pointwise/encoder-model.onnx")  # base with the pointwise convs as MatMuls
+SOURCES = {"int8_smoothquant": SMOOTHED, "nbits_w8": POINTWISE, "nbits_w4": POINTWISE}  # others: the base
 DIAGNOSED = ("int8_smoothquant", "int8_dynamic", "int8_stock", "nbits_w8", "nbits_w4")
 AUDIO_DIR, METRICS, PLOTS = Path("data/audio"), Path("metrics/diagnosis.json"), Path("metrics/plots")
 CAPTURE_BYTES = 1 << 30  # fp32 activations captured per run

@@ -2,8 +2,9 @@
 uint8 activations, whose ranges are snapped to a grid so that the model is the same bytes on any CPU.
 
 Only the MatMuls SmoothQuant classes as weighted are quantized (two-activation, tied- and
-transposed-weight MatMuls and every convolution stay fp32), and only their inputs: their outputs stay fp32, so onnxruntime runs each as one
-MatMulIntegerToFloat. Calibration streams one window at a time and ends before quantization starts, so at most
+transposed-weight MatMuls stay fp32), the conv module's pointwise convs among them (stage pointwise made
+them MatMuls); the depthwise and subsampling convolutions stay fp32. Only their inputs are quantized:
+their outputs stay fp32, so onnxruntime runs each as one MatMulIntegerToFloat. Calibration streams one window at a time and ends before quantization starts, so at most
 one copy of the model is in memory. The result must stay within fidelity.min_cosine of
 the fp32 encoder on held-out windows, else the stage fails and leaves nothing behind.
 """
@@ -42,6 +43,7 @@ WINDOWS = Path("data/windows")
 OUT_DIR = Path("models/variants/int8_smoothquant")
 NAME = "encoder-model.int8.onnx"
 METRICS = Path("metrics/int8.json")  # how many ranges were snapped, how many lie near a grid edge
+QUANTIZED_OPS = ("MatMul", "Conv")  # Convs only where named (quantize_convs); the others stay fp32
 
 
 class WindowReader(CalibrationDataReader):
@@ -74,7 +76,7 @@ class _QuantizedMatMulCalibrater(PercentileCalibrater):
 
     def select_tensors_to_calibrate(self, model):  # type: ignore[no-untyped-def]
         kept = [n for n in model.graph.node if n.name not in self.skip]
-        needed = {name for node in kept if node.op_type == "MatMul" for name in node.input}  # outputs stay fp32
+        needed = {name for node in kept if node.op_type in QUANTIZED_OPS for name in node.input}  # outputs stay fp32
         tensors, value_infos = super().select_tensors_to_calibrate(model)
         return tensors & needed, value_infos
 
@@ -96,13 +98,13 @@ def snap_ranges(ranges: TensorsData) -> tuple[TensorsData, int]:
 
 
 def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, excluded: list[str],
-              external: bool) -> tuple[Path, dict[str, int]]:
+              external: bool, op_types: list[str]) -> tuple[Path, dict[str, int]]:
     """Activation ranges of the quantized MatMuls over the calibration windows, snapped and saved as
     onnxruntime's calibration cache (JSON); and how many ranges there are and lie near a grid edge. The
     calibration session is gone when this returns, so quantizing after it
     never holds a second copy of the model (Parakeet-size twin, 8 windows: 9.7 -> 3.5 GB peak)."""
     calibrater = _QuantizedMatMulCalibrater(
-        src, ["MatMul"], str(work / "augmented.onnx"), use_external_data_format=external,
+        src, op_types, str(work / "augmented.onnx"), use_external_data_format=external,
         symmetric=True, num_bins=2048, percentile=percentile, skip=set(excluded))
     calibrater.augment_graph()
     calibrater.model = None  # the augmented copy is on disk now; the session reads it from there
@@ -122,13 +124,15 @@ def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, exc
 
 
 def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: float,
-                     external: bool | None = None, reduce_range: bool = True, keep_fp32: Sequence[str] = ()
-                     ) -> tuple[Path, dict[str, int]]:
+                     external: bool | None = None, reduce_range: bool = True, keep_fp32: Sequence[str] = (),
+                     quantize_convs: Sequence[str] = ()) -> tuple[Path, dict[str, int]]:
     """Quantize src into work/; return the written model path (with external data if `external`) and the
-    calibration's snapping counts."""
+    calibration's snapping counts. Convs stay fp32 but those named in quantize_convs."""
     og.require_single_links(src)
     graph = og.load_graph(src).graph
-    excluded = [*patterns.fp32_matmuls(graph), *keep_fp32]
+    convs = [n.name for n in graph.node if n.op_type == "Conv" and n.name not in quantize_convs]
+    excluded = [*patterns.fp32_matmuls(graph), *keep_fp32, *convs]
+    op_types = ["MatMul", "Conv"] if quantize_convs else ["MatMul"]
     if any(not name for name in excluded):
         fail(f"{src}: a MatMul without a name cannot be excluded from quantization; rerun smoothquant")
     if external is None:
@@ -138,11 +142,11 @@ def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: flo
     log.info("static int8: %d MatMuls, %d without a private constant weight left in fp32, %d calibration windows",
              sum(n.op_type == "MatMul" for n in graph.node), len(excluded), len(calib))
     with og.quantizer_scratch(work / "tmp"):
-        ranges, snapping = calibrate(src, work / "tmp", calib, percentile, excluded, external)
+        ranges, snapping = calibrate(src, work / "tmp", calib, percentile, excluded, external, op_types)
         quantize_static(
             str(src), str(work / "out" / NAME), None, calibration_cache_path=ranges,
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=op_types,
             per_channel=True,
             # 7-bit weights (quant.reduce_range): x86 CPUs without VNNI (AVX2, AVX-512F) run int8 MatMuls
             # as u8 x s8 pairs summed in 16 bits, which saturate with full 8-bit weights (measured: cosine
@@ -159,14 +163,14 @@ def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: flo
             # MatMul outputs stay fp32: each MatMul runs as one MatMulIntegerToFloat, with no extra rounding.
             # A Q/DQ pair on the outputs also made onnxruntime schedule all 24 linear_pos projections first,
             # keeping their fp32 outputs alive all pass (Parakeet-size 390 s pass: 6.2 -> 4.7 GB peak RSS).
-            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
+            extra_options={"OpTypesToExcludeOutputQuantization": op_types},
         )
     return work / "out" / NAME, snapping
 
 
 def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, calib_windows: int,
                min_cosine: float, external: bool | None = None, reduce_range: bool = True,
-               keep_fp32: Sequence[str] = ()) -> dict[str, float]:
+               keep_fp32: Sequence[str] = (), quantize_convs: Sequence[str] = ()) -> dict[str, float]:
     """Quantize, gate on fidelity against the fp32 input, and publish dst_dir/NAME atomically."""
     if not 0 < percentile <= 100:
         fail(f"quant.percentile={percentile} must be in (0, 100]")
@@ -178,7 +182,8 @@ def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, c
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))
-        written, snapping = quantize_encoder(src, work, calib, percentile, external, reduce_range, keep_fp32)
+        written, snapping = quantize_encoder(src, work, calib, percentile, external, reduce_range, keep_fp32,
+                                             quantize_convs)
         log.info("%d activation ranges snapped to %d-bit mantissas, %d within %g of a grid edge", snapping["ranges"],
                  stable.MANTISSA_BITS, snapping["ranges_near_grid_edge"], stable.NEAR_EDGE)
         og.save_self_contained_if_small(written, tmp / NAME)

@@ -1,10 +1,13 @@
 """Stage `nbits@<recipe>`: weight-only quantization with onnxruntime's MatMulNBitsQuantizer.
 
-Each weighted MatMul's [K, N] weight is stored in `bits` bits per block of `block_size` input rows
-(one scale per block and output column) and runs as one MatMulNBits kernel. There is no calibration:
-activations stay float, and `accuracy_level` 4 quantizes them to int8 at run time inside the kernel
-(0 leaves the kernel's choice: fp32 compute on dequantized weights). Two-activation, tied and
-transposed MatMuls stay fp32, as in every other recipe here (requant.patterns.fp32_matmuls).
+Each weighted MatMul's [K, N] weight (the pointwise convs are MatMuls since stage pointwise) is stored in
+`bits` bits per block of `block_size` input rows (one scale per block and output column) and runs as one
+MatMulNBits kernel. Activations stay float, and `accuracy_level` 4 quantizes them to int8 at run time
+inside the kernel (0 leaves the kernel's choice: fp32 compute on dequantized weights). Two-activation,
+tied and transposed MatMuls stay fp32, as in every other recipe here (requant.patterns.fp32_matmuls).
+Round-to-nearest needs no calibration; an `aware` recipe first scales each MatMul's input channels
+(requant/aware.py, searched on the calibration windows), checks that the scaled fp32 encoder equals the
+source, and quantizes that.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ from pathlib import Path
 
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
+from requant import aware, patterns, stable
+from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import patterns
-from requant.common import atomic_path, fail, run_cli
-from requant.params import NbitsRecipe, load_params
+from requant.common import atomic_path, fail, run_cli, write_json
+from requant.params import AwareParams, NbitsRecipe, load_params
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path("models/base/encoder-model.onnx")
+SOURCE = Path("models/pointwise/encoder-model.onnx")  # the base encoder, pointwise convs as MatMuls
+WINDOWS = Path("data/windows")
 OUT_ROOT = Path("models/variants")
+MAX_REL_ERROR = 1e-5  # power-of-two scales: the scaled fp32 encoder equals its source (measured: 0)
 
 
 def out_dir(recipe: str) -> Path:
@@ -36,8 +42,32 @@ def file_name(recipe: str) -> str:
     return f"encoder-model.{recipe}.onnx"
 
 
-def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe) -> dict[str, int]:
-    """Write dst_dir/name atomically; return the op counts that tell how it was quantized."""
+def metrics_path(recipe: str) -> Path:
+    return Path("metrics/nbits") / f"{recipe}.json"
+
+
+def scale_aware(src: Path, dst: Path, windows_dir: Path, recipe: NbitsRecipe, settings: AwareParams,
+                seed: int) -> dict:
+    """Write the activation-aware scaled fp32 encoder to dst after checking it equals src; its summary."""
+    model = og.load_graph(src)
+    grid = aware.Grid(recipe.bits, recipe.block_size, recipe.symmetric)
+    replace, summary = aware.scale_for_grid(model, src.parent, runs.Windows(windows_dir, "calib"), grid,
+                                            settings.alphas, settings.rows, seed)
+    og.write_model(model, src.parent, dst, replace=replace)
+    heldout = runs.Windows(windows_dir, "heldout")
+    check = runs.compare(runs.encoder_outputs(src, heldout, "fp32 heldout"),
+                         runs.encoder_outputs(dst, heldout, "scaled heldout"))
+    if not check["rel_error_max"] <= MAX_REL_ERROR:
+        fail(f"the activation-aware scaled encoder differs from its source by {check['rel_error_max']:.3g} "
+             f"(relative) on held-out windows, above {MAX_REL_ERROR:g}: the fold is wrong; nothing written")
+    log.info("aware scaling: %s; scaled fp32 vs source: %s", summary, check)
+    return {**summary, "heldout_rel_error_max": check["rel_error_max"]}
+
+
+def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, windows_dir: Path = WINDOWS,
+                settings: AwareParams | None = None, seed: int = 0) -> dict:
+    """Write dst_dir/name atomically; return the op counts that tell how it was quantized ("ops") and, for
+    an aware recipe, the scaling's summary ("aware", else None)."""
     og.require_single_links(src)
     graph = og.load_graph(src).graph
     keep = patterns.fp32_matmuls(graph)
@@ -48,8 +78,14 @@ def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe) -> dic
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))
+        scaled, quantized_from = None, src
+        if recipe.aware:
+            if settings is None:
+                fail("an aware nbits recipe needs the aware params group")
+            quantized_from = work / "scaled.onnx"
+            scaled = scale_aware(src, quantized_from, windows_dir, recipe, settings, seed)
         with og.quantizer_scratch(work):
-            quantizer = MatMulNBitsQuantizer(str(src), bits=recipe.bits, block_size=recipe.block_size,
+            quantizer = MatMulNBitsQuantizer(str(quantized_from), bits=recipe.bits, block_size=recipe.block_size,
                                              is_symmetric=recipe.symmetric, nodes_to_exclude=keep,
                                              accuracy_level=recipe.accuracy_level or None, algo_config=config)
             quantizer.process()
@@ -63,7 +99,7 @@ def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe) -> dic
         fail(f"{src}: MatMulNBitsQuantizer packed no MatMul; the encoder has no constant [K, N] weights to quantize")
     log.info("nbits %d-bit block %d: %d MatMulNBits, %d MatMuls left fp32", recipe.bits, recipe.block_size, packed,
              counts.get("MatMul", 0))
-    return counts
+    return {"ops": counts, "aware": scaled}
 
 
 def main() -> None:
@@ -71,7 +107,12 @@ def main() -> None:
     recipe = sys.argv[1] if len(sys.argv) == 2 else ""
     if recipe not in params.nbits:
         fail(f"usage: python -m stages.nbits <recipe>, recipe one of {', '.join(params.nbits)} (params.yaml nbits)")
-    build_nbits(SOURCE, out_dir(recipe), file_name(recipe), params.nbits[recipe])
+    chosen = params.nbits[recipe]
+    if chosen.aware:
+        stable.record_machine(f"nbits@{recipe}")
+    result = build_nbits(SOURCE, out_dir(recipe), file_name(recipe), chosen, WINDOWS, params.aware, params.seed)
+    write_json(metrics_path(recipe), {"packed_matmuls": result["ops"]["MatMulNBits"],
+                                      "fp32_matmuls": result["ops"].get("MatMul", 0), "aware": result["aware"]})
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 For y = X W (W [K,N]): s_j = max|X_j|^a / max_n|W_jn|^(1-a), W' = diag(s) W, X' = X diag(1/s), with s_j
 snapped to the nearest power of two (requant/stable.py): the same scales on any CPU, and an exact fold.
-One scale per MatMul input (Q, K and V share their LayerNorm's output). 1/s goes into the LayerNorm's
-gamma and beta when every reader of its output is smoothed (Shape readers aside), else into one
-inserted Mul. Activation
+One scale per MatMul input (Q, K and V share their LayerNorm's output), folded by requant/fold.py (into
+the LayerNorm, else an inserted Mul). The conv module's pointwise convs are MatMuls here (stage
+pointwise): the first reads the conv module's LayerNorm, the second the Swish output (a Mul). Activation
 maxima are streamed window by window through a session that reads the weights where they lie.
 """
 
@@ -17,18 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 from tqdm import tqdm
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import patterns, stable
+from requant import fold, patterns, stable
 from requant.common import atomic_path, fail, run_cli, write_json
 from requant.params import load_params
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path("models/base/encoder-model.onnx")
+SOURCE = Path("models/pointwise/encoder-model.onnx")  # the base encoder, pointwise convs as MatMuls
 WINDOWS = Path("data/windows")
 OUT_DIR = Path("models/smoothed")
 METRICS = Path("metrics/smoothquant.json")
@@ -99,16 +99,10 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: runs.Windows, alp
         near_edge += int((stable.pow2_edge_distance(raw) < stable.NEAR_EDGE).sum())
         scale = stable.snap_pow2(raw).astype(np.float32)  # a power of two: the same on any CPU, and exact
         scale_range = [min(scale_range[0], float(scale.min())), max(scale_range[1], float(scale.max()))]
-        for w in weights:
-            replace[w.name] = lambda w=w, s=scale: og.read_tensor(w, weights_dir) * s[:, None]
-        norm = patterns.foldable_norm(graph, tensor, readers, width)
-        if norm is not None:
-            for param in (p for p in norm.input[1:3] if p):
-                _rescale_param(inits[param], weights_dir, scale, replace)
+        if fold.fold_scale(graph, tensor, readers, scale, weights_dir, replace):
             counts["folded_norms"] += 1
             counts["folded_matmuls"] += len(readers)
         else:
-            _insert_mul(graph, tensor, readers, (1 / scale).astype(np.float32))
             counts["mul_inserted"] += 1
             counts["mul_matmuls"] += len(readers)
     summary = {
@@ -119,28 +113,6 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: runs.Windows, alp
         "scales": int(sum(absmax[t].size for t in groups)), "scales_near_grid_edge": near_edge,
     }
     return replace, summary
-
-
-def _rescale_param(tensor: onnx.TensorProto, weights_dir: Path, scale: np.ndarray,
-                   replace: dict[str, Callable[[], np.ndarray]]) -> None:
-    if og.is_external(tensor):
-        replace[tensor.name] = lambda: og.read_tensor(tensor, weights_dir) / scale
-    else:  # small inline parameter: rewrite it in the proto
-        tensor.CopyFrom(numpy_helper.from_array(og.read_tensor(tensor, weights_dir) / scale, tensor.name))
-
-
-def _insert_mul(graph: onnx.GraphProto, tensor: str, readers: list[onnx.NodeProto], inverse: np.ndarray) -> None:
-    """x' = x * (1/s) feeding only the smoothed readers; placed just before the first of them."""
-    taken = {t for n in graph.node for t in [*n.input, *n.output]} | {t.name for t in graph.initializer}
-    base = f"{tensor}_smooth"
-    while base in taken or f"{base}_inv_scale" in taken:
-        base += "_"
-    graph.initializer.append(numpy_helper.from_array(inverse, f"{base}_inv_scale"))
-    mul = helper.make_node("Mul", [tensor, f"{base}_inv_scale"], [base], name=f"{base}_mul")
-    first = min(list(graph.node).index(r) for r in readers)
-    graph.node.insert(first, mul)
-    for reader in readers:
-        reader.input[0] = base
 
 
 def smooth_encoder(src: Path, dst_dir: Path, windows_dir: Path, alpha: float) -> dict:

@@ -120,11 +120,13 @@ def test_census_of_the_demo_model() -> None:
     assert len(data["folds"]) == 3 * TINY.n_layers and data["folds_with_shape_readers"] == TINY.n_layers
     assert data["max_frames"] == 5000 and data["max_seconds"] == 400
     assert data["length_path_float"] == data["length_path_kept_fp32"] == 13
+    assert data["pointwise"] == {"convs": 5 + 3 * TINY.n_layers, "takes": 2 * TINY.n_layers}
     result = subprocess.run([sys.executable, "-m", "stages.census", str(DEMO_ENCODER)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "at most 5000 encoder frames per pass (400 s of audio)" in result.stdout
     assert "findings: none" in result.stdout
+    assert f"pointwise convs: {2 * TINY.n_layers} of {5 + 3 * TINY.n_layers} Convs are 1x1 Conv1d" in result.stdout
 
 
 def test_census_names_an_unknown_pattern_in_one_line(twin: onnx.ModelProto, tmp_path: Path) -> None:

@@ -108,6 +108,7 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     build_dynamic_int8(base, tmp_path / "stock")  # stands in for upstream's int8
     (tmp_path / "stock" / "encoder-model.int8.onnx").rename(base_dir / "encoder-model.int8.onnx")
 
+    assert _stage(tmp_path, "pointwise").returncode == 0
     assert _stage(tmp_path, "smoothquant").returncode == 0
     # int8_mixed reads the diagnose stage's ranking (which needs decoded speeches): one is written here
     kinds = og.classify_matmuls(og.load_graph(tmp_path / "models/smoothed/encoder-model.onnx").graph)
@@ -116,22 +117,30 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     (tmp_path / "metrics/diagnosis.json").write_text(json.dumps({"variants": {"int8_smoothquant": {"ranking": ranking}}}))
     params["mixed"]["keep_fp32"] = 2
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in ("int8", "int8_mixed", "int8_dynamic", "fp16", "shard", "nbits w8", "nbits w4", "blockwise",
-                  "fidelity"):
+    for stage in ("int8", "int8_mixed", "int8_compare matmul_only", "int8_compare subsampling", "int8_dynamic",
+                  "fp16", "shard", "nbits w8", "nbits w4", "nbits w8_aware", "nbits w4_aware", "blockwise", "fidelity"):
         done = _stage(tmp_path, stage)
         assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
 
     smooth = json.loads((tmp_path / "metrics" / "smoothquant.json").read_text())
-    assert smooth["smoothed"] == 17 and smooth["alpha"] == 0.5
+    assert smooth["smoothed"] == 21 and smooth["alpha"] == 0.5  # 17 MatMuls and 4 pointwise convs
     fidelity = json.loads((tmp_path / "metrics" / "fidelity.json").read_text())
     variants = fidelity["variants"]
     assert set(variants) == {"fp16", "fp32_sharded", "int8_dynamic", "int8_smoothquant", "int8_stock", "nbits_w8",
-                             "nbits_w4", "int8_mixed", "fp32_blockwise", "int8_blockwise", "fp32_local", "int8_local"}
+                             "nbits_w4", "int8_mixed", "fp32_blockwise", "int8_blockwise", "fp32_local", "int8_local",
+                             "int8_matmul_only", "int8_subsampling", "nbits_w8_aware", "nbits_w4_aware"}
     # this test graph's attention is not the export's: the rewrite refuses it and ships the encoder unchanged
     assert variants["fp32_blockwise"]["rel_error_max"] == 0.0 and "Loop" not in variants["fp32_blockwise"]["ops"]
     blockwise = json.loads((tmp_path / "metrics" / "blockwise.json").read_text())
     assert blockwise["fp32_blockwise"]["sites"] == 0 and blockwise["fp32_blockwise"]["refused"]
-    assert variants["nbits_w8"]["ops"]["MatMulNBits"] == variants["nbits_w4"]["ops"]["MatMulNBits"] == 17
+    assert variants["nbits_w8"]["ops"]["MatMulNBits"] == variants["nbits_w4"]["ops"]["MatMulNBits"] == 21
+    assert variants["nbits_w4_aware"]["ops"]["MatMulNBits"] == 21
+    # the default int8 quantizes the pointwise convs, the comparison row leaves them fp32, the other one also
+    # quantizes the subsampling's two convs; no pointwise Conv is left in any of them
+    dq = {v: variants[v]["ops"]["DequantizeLinear"] for v in ("int8_smoothquant", "int8_matmul_only", "int8_subsampling")}
+    assert dq["int8_matmul_only"] == dq["int8_smoothquant"] - 2 * 4  # input and weight of each pointwise MatMul
+    assert dq["int8_subsampling"] > dq["int8_smoothquant"]
+    assert all(variants[v]["ops"]["Conv"] == 2 + 2 for v in ("int8_smoothquant", "int8_matmul_only", "nbits_w4"))
     assert variants["int8_mixed"]["ops"]["DequantizeLinear"] < variants["int8_smoothquant"]["ops"]["DequantizeLinear"]
     assert variants["fp32_sharded"]["rel_error_max"] == 0.0
     assert variants["int8_stock"] == {**variants["int8_dynamic"], "file": variants["int8_stock"]["file"]}

@@ -1,0 +1,54 @@
+"""Stage `pointwise`: the base encoder with every pointwise Conv1d rewritten as a MatMul (requant/pointwise.py).
+
+The fp32 graph every quantized recipe starts from (SmoothQuant, the weight-only w8/w4): their MatMul
+passes then take the conv module's pointwise convs too. Gated against the base encoder on the held-out
+windows: a 1x1 conv and a MatMul add the same products, only their order may differ, so the outputs
+agree to float32 rounding (max relative difference in metrics/pointwise.json) or nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant import pointwise
+from requant.common import atomic_path, fail, run_cli, write_json
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path("models/base/encoder-model.onnx")
+WINDOWS = Path("data/windows")
+OUT_DIR = Path("models/pointwise")
+METRICS = Path("metrics/pointwise.json")
+MAX_REL_ERROR = 1e-5  # the same sums in another order: float32 rounding only
+
+
+def rewrite_encoder(src: Path, dst_dir: Path, windows_dir: Path) -> dict:
+    """Write the rewritten encoder into dst_dir (atomically) after checking it equals the original."""
+    model = og.load_graph(src)
+    replace, summary = pointwise.rewrite(model, src.parent)
+    log.info("pointwise convs: %d of %d rewritten as MatMuls, refused %s; transposes %d -> %d",
+             summary["rewritten"], summary["convs"], summary["refused"] or "none", summary["transposes"],
+             summary["transposes_after"])
+    heldout = runs.Windows(windows_dir, "heldout")
+    reference = runs.encoder_outputs(src, heldout, "fp32 heldout")
+    with atomic_path(dst_dir) as tmp:
+        tmp.mkdir()
+        og.write_model(model, src.parent, tmp / src.name, replace=replace)
+        check = runs.compare(reference, runs.encoder_outputs(tmp / src.name, heldout, "pointwise heldout"))
+        if not check["rel_error_max"] <= MAX_REL_ERROR:  # written so that NaN fails too
+            fail(f"the encoder with pointwise convs as MatMuls differs from the original by "
+                 f"{check['rel_error_max']:.3g} (relative) on held-out windows, above {MAX_REL_ERROR:g}: "
+                 "the rewrite is wrong; nothing written")
+    log.info("pointwise rewrite vs original on %d held-out windows: %s", len(heldout), check)
+    return {**summary, "heldout_windows": len(heldout), "heldout_rel_error_max": check["rel_error_max"]}
+
+
+def main() -> None:
+    write_json(METRICS, rewrite_encoder(SOURCE, OUT_DIR, WINDOWS))
+
+
+if __name__ == "__main__":
+    run_cli(main)

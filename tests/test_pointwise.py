@@ -1,0 +1,86 @@
+"""requant/pointwise.py: pointwise Conv1d -> MatMul is exact on the export's conv module, refuses other convs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from demo.fastconformer import TINY, build_random_model
+from requant import encoder_runs as runs
+from requant import onnx_graph as og
+from requant import patterns, pointwise
+from stages.census import census
+from tests.test_attention import padded_batch
+
+LAYERS = 2
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = build_random_model(tmp_path_factory.mktemp("pointwise") / "model", TINY.replace(n_layers=LAYERS))
+    return folder / "encoder-model.onnx"
+
+
+def rewritten(encoder: Path, folder: Path) -> tuple[Path, dict]:
+    model = og.load_graph(encoder)
+    replace, summary = pointwise.rewrite(model, encoder.parent)
+    folder.mkdir()
+    og.write_model(model, encoder.parent, folder / encoder.name, replace=replace)
+    return folder / encoder.name, summary
+
+
+def test_the_rewrite_is_exact_with_padding_in_the_batch(encoder: Path, tmp_path: Path) -> None:
+    path, summary = rewritten(encoder, tmp_path / "pw")
+    assert summary["rewritten"] == 2 * LAYERS
+    assert summary["refused"] == {"2-D conv": 3, "grouped (depthwise)": 2 + LAYERS}  # subsampling (2 depthwise), conv module
+    assert summary["transposes_after"] == summary["transposes"]  # the inverse pairs cancelled
+    graph = og.load_graph(path).graph
+    assert sum(n.op_type == "Conv" and "pointwise" in n.name for n in graph.node) == 0
+    makers = og.producers(graph)
+    first = [n for n in graph.node if n.op_type == "MatMul" and "pointwise_conv1" in n.name]
+    assert len(first) == LAYERS and all(makers[n.input[0]].op_type == "LayerNormalization" for n in first)
+    feed = padded_batch()
+    ref = runs.open_session(encoder).run(["outputs", "encoded_lengths"], feed)
+    new = runs.open_session(path).run(["outputs", "encoded_lengths"], feed)
+    np.testing.assert_array_equal(new[1], ref[1])
+    for row, frames in enumerate(ref[1]):
+        got, want = new[0][row, :, :frames], ref[0][row, :, :frames]
+        assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_the_new_matmuls_are_quantized_and_the_first_folds_into_the_norm(encoder: Path, tmp_path: Path) -> None:
+    path, _ = rewritten(encoder, tmp_path / "pw")
+    graph = og.load_graph(path).graph
+    groups, kinds = patterns.smoothing_plan(graph)
+    names = [n for n in kinds if "pointwise_conv" in n]
+    assert len(names) == 2 * LAYERS and all(kinds[n] == "weighted" for n in names)
+    first = next(n for n in graph.node if n.name in names and "conv1" in n.name)
+    width = next(t for t in graph.initializer if t.name == first.input[1]).dims[0]
+    assert patterns.foldable_norm(graph, first.input[0], groups[first.input[0]], width) is not None
+    assert census(og.load_graph(path))["pointwise"]["takes"] == 0  # nothing left to take
+    assert census(og.load_graph(encoder))["pointwise"] == {"convs": 5 + 3 * LAYERS, "takes": 2 * LAYERS}
+
+
+def _conv_graph(**attrs: object) -> onnx.ModelProto:
+    weight = np.ones((4, 4 // int(attrs.get("group", 1)), 1), np.float32)  # type: ignore[call-overload]
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="odd/Conv", kernel_shape=[1], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize(("attrs", "reason"), [
+    ({"group": 4}, "grouped (depthwise)"), ({"strides": [2]}, "strided"), ({"pads": [1, 1]}, "padded"),
+    ({"dilations": [2]}, "dilated"),
+])
+def test_a_conv_that_is_not_pointwise_is_refused_and_left_as_it_was(attrs: dict, reason: str) -> None:
+    model = _conv_graph(**attrs)
+    before = model.SerializeToString()
+    replace, summary = pointwise.rewrite(model, Path("."))
+    assert summary["rewritten"] == 0 and summary["refused"] == {reason: 1} and not replace
+    assert model.SerializeToString() == before
