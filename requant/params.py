@@ -199,6 +199,17 @@ class EvalParams:
     bootstrap_resamples: int = 2000  # paired bootstrap draws for each confidence interval
     bootstrap_seed: int = 0
     decodings: list[str] = ("greedy",)  # greedy | beam, each from the same encoder pass; the first is the headline
+    engine: str = "local"  # local: this process; ray: Ray tasks on a cluster (requant/ray_engine.py, the ray group)
+    corpus_shard: int = 64  # ray: utterances per corpus task, a multiple of the encoder batch (16): same batches
+
+
+@dataclass(frozen=True)
+class RayParams:
+    """eval.engine: ray. The cluster, and how long and how often to try (docs/cluster.md)."""
+
+    address: str | None = None  # host:port of the head's GCS, or ray://host:port; None: $RAY_ADDRESS, else local
+    connect_timeout_s: float = 30.0  # the address must answer (TCP, then ray.init) within this: else one line
+    max_retries: int = 3  # a task whose worker or node dies is run again this many times
 
 
 @dataclass(frozen=True)
@@ -226,6 +237,7 @@ class Params:
     fidelity: FidelityParams
     shard: ShardParams
     eval: EvalParams
+    ray: RayParams
 
     @property
     def is_demo(self) -> bool:
@@ -242,7 +254,7 @@ GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "a
           "mixed": MixedParams, "beam": BeamParams, "blockwise": BlockwiseParams, "local": LocalParams,
           "longform": LongformParams,
           "fidelity": FidelityParams,
-          "shard": ShardParams, "eval": EvalParams}
+          "shard": ShardParams, "eval": EvalParams, "ray": RayParams}
 
 
 KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -364,6 +376,7 @@ RANGES = (
     ("longform.merge_gap_s", 0, 5, True), ("longform.vad_max_speech_s", 1, 400, True),
     ("longform.vad_speech_pad_ms", 0, 5000, True), ("longform.vad_min_silence_ms", 0, 10000, True),
     ("longform.max_s", 0, 4 * 3600, False), ("blockwise.quantized_share", 0, 1, True),
+    ("eval.corpus_shard", 16, 10**6, True), ("ray.connect_timeout_s", 0, 3600, False), ("ray.max_retries", 0, 100, True),
 )
 
 
@@ -430,6 +443,11 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: eval.decodings={p.eval.decodings}; list greedy and/or beam, once each")
     if p.eval.normalize not in ("raw", "lower_nopunct"):
         raise ParamsError(f"params.yaml: eval.normalize='{p.eval.normalize}'; use raw or lower_nopunct")
+    if p.eval.engine not in ("local", "ray"):
+        raise ParamsError(f"params.yaml: eval.engine='{p.eval.engine}'; use local or ray")
+    if p.eval.corpus_shard % 16:  # stages.evaluate.CORPUS_BATCH: other batches pad differently, other numbers
+        raise ParamsError(f"params.yaml: eval.corpus_shard={p.eval.corpus_shard} must be a multiple of 16 "
+                          "(the encoder's batch), so that each task's batches are the local engine's")
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, decodings_for, load_asr, load_clip, recognize_all
 from requant.common import fail, memory_bytes, read_json, reset_peak_memory, run_cli, write_json
 from requant.evalsets import EVAL_AUDIO_DIR, REFERENCE_DIR, Utterance, clip_audio, read_corpus, scored_clips
-from requant.params import BeamParams, EvalParams, load_params
+from requant.params import BeamParams, EvalParams, RayParams, load_params
 from requant.scoring import Section, count_char_errors, count_errors, percent, score_sections, split_by_section
 from stages.reference import SECTIONS_FILE, TRUTH_FILE
 
@@ -93,6 +93,15 @@ def score_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
                  beam: BeamParams) -> tuple[dict[str, Any], float, float, dict[str, float]]:
     """Per decoding and language: WER and CER against the true transcripts, with each utterance's counts;
     and the seconds of audio, of encoding and of each decoding."""
+    by_lang, seconds, encode_s, decode_s = count_corpus(asr, utterances, eval_params, beam)
+    return summarize_corpus(by_lang), seconds, encode_s, decode_s
+
+
+def count_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
+                 beam: BeamParams) -> tuple[dict[str, Any], float, float, dict[str, float]]:
+    """Each utterance's word and character counts per decoding and language (in utterance order), and the
+    seconds of audio, of encoding and of each decoding. A slice starting at a multiple of CORPUS_BATCH
+    gets the very batches (so the same padding and numbers) as the whole list: the Ray engine's shards."""
     by_lang: dict[str, dict[str, dict[str, list]]] = {name: {} for name in eval_params.decodings}
     seconds, encode_s, decode_s = 0.0, 0.0, dict.fromkeys(eval_params.decodings, 0.0)
     for start in tqdm(range(0, len(utterances), CORPUS_BATCH), desc="corpus batches", unit="batch"):
@@ -110,13 +119,17 @@ def score_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
                 for key, value in zip(CORPUS_ITEM_KEYS, (u.id, words.ref_words, words.edits, chars.ref_words,
                                                          chars.edits), strict=True):
                     items[key].append(value)
-    scores = {name: {lang: {"utterances": len(items["ids"]),
+    return by_lang, seconds, encode_s, decode_s
+
+
+def summarize_corpus(by_lang: dict[str, dict[str, dict[str, list]]]) -> dict[str, Any]:
+    """count_corpus's items per decoding and language with their WER and CER."""
+    return {name: {lang: {"utterances": len(items["ids"]),
                             "wer_pct": percent(sum(items["edits"]) / max(1, sum(items["ref_words"]))),
                             "cer_pct": percent(sum(items["char_edits"]) / max(1, sum(items["ref_chars"]))),
                             "items": items}
-                     for lang, items in langs.items()}
-              for name, langs in by_lang.items()}
-    return scores, seconds, encode_s, decode_s
+                   for lang, items in langs.items()}
+            for name, langs in by_lang.items()}
 
 
 def split_timing(result: dict) -> tuple[dict, dict]:
@@ -144,19 +157,33 @@ def merge_timing(accuracy: dict, timing: dict) -> dict:
     return merged
 
 
-def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path = Path("."),
-             out_dir: Path | None = None, beam: BeamParams = BeamParams(), timing_dir: Path | None = None) -> dict:
-    """Score one variant on every scored clip and the corpus, under each decoding; write
-    metrics/eval/<variant>.json (accuracy) and metrics/timing/<variant>.json (run time), return both merged."""
-    out_dir = root / METRICS_DIR if out_dir is None else out_dir
-    clips = scored_clips(clips, root / EVAL_AUDIO_DIR)
-    utterances = read_corpus(root)
+def run_local(variant: str, eval_params: EvalParams, beam: BeamParams, clips: list[str],
+              utterances: list[Utterance], root: Path) -> tuple[list[tuple[str, int]], dict, tuple]:
+    """The whole evaluation in this process: (encoder file names and sizes, long passes, score_corpus's tuple)."""
     with tempfile.TemporaryDirectory(prefix=f"eval-{variant}-") as model_dir:
         encoder_files = assemble_model_dir(variant, eval_params.decoder, Path(model_dir), root)
         long = {clip: long_pass(Path(model_dir), clip, eval_params, beam, root)
                 for clip in tqdm(clips, desc=variant, unit="clip")}
-        corpus, corpus_audio_s, corpus_encode_s, corpus_decode_s = score_corpus(
-            load_asr(Path(model_dir)), utterances, eval_params, beam)
+        corpus = score_corpus(load_asr(Path(model_dir)), utterances, eval_params, beam)
+    return [(p.name, p.stat().st_size) for p in encoder_files], long, corpus
+
+
+def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path = Path("."),
+             out_dir: Path | None = None, beam: BeamParams = BeamParams(), timing_dir: Path | None = None,
+             ray_params: RayParams = RayParams()) -> dict:
+    """Score one variant on every scored clip and the corpus, under each decoding; write
+    metrics/eval/<variant>.json (accuracy) and metrics/timing/<variant>.json (run time), return both merged.
+    eval.engine picks where the work runs: here, or as Ray tasks (the same bytes either way)."""
+    out_dir = root / METRICS_DIR if out_dir is None else out_dir
+    clips = scored_clips(clips, root / EVAL_AUDIO_DIR)
+    utterances = read_corpus(root)
+    if eval_params.engine == "ray":
+        from requant.ray_engine import run_ray  # only here: the local engine never pays for importing ray
+
+        encoder_files, long, corpus_result = run_ray(variant, eval_params, beam, clips, utterances, root, ray_params)
+    else:
+        encoder_files, long, corpus_result = run_local(variant, eval_params, beam, clips, utterances, root)
+    corpus, corpus_audio_s, corpus_encode_s, corpus_decode_s = corpus_result
     primary = eval_params.decodings[0]
     duration_s, encode_s = sum(c["duration_s"] for c in long.values()), sum(c["encode_s"] for c in long.values())
     decode_s = {name: round(sum(c["by_decoding"][name]["decode_s"] for c in long.values()), 3)
@@ -164,7 +191,7 @@ def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path
     worst = max(long.values(), key=lambda c: c["peak_rss_mb"])  # the long pass that needs the most memory
     result = {
         "variant": variant,
-        "encoder_files": [p.name for p in encoder_files],
+        "encoder_files": [name for name, _ in encoder_files],
         "decoder": eval_params.decoder,
         "normalize": eval_params.normalize,
         "reference": "long clips: the fp32 encoder on each section alone, same decoding; corpus: the true transcripts",
@@ -173,7 +200,7 @@ def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path
         "long": long,
         "corpus": corpus,
         "cost": {
-            "encoder_mb": round(sum(p.stat().st_size for p in encoder_files) / MB, 3),
+            "encoder_mb": round(sum(size for _, size in encoder_files) / MB, 3),
             "load_s": min(c["load_s"] for c in long.values()),
             "encode_s": round(encode_s, 3),
             "decode_s": decode_s,
@@ -198,7 +225,7 @@ def main() -> None:
     if len(sys.argv) != 2 or sys.argv[1] not in VARIANTS:
         fail(f"usage: python -m stages.evaluate <variant>, variant one of {', '.join(VARIANTS)}")
     params = load_params()
-    evaluate(sys.argv[1], params.eval, list(params.eval_clips), beam=params.beam)
+    evaluate(sys.argv[1], params.eval, list(params.eval_clips), beam=params.beam, ray_params=params.ray)
 
 
 if __name__ == "__main__":
