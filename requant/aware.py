@@ -54,13 +54,15 @@ def dequantized(weight: np.ndarray, grid: Grid) -> np.ndarray:
     return rows.reshape(rows.shape[0], -1)[:, : weight.shape[0]].T  # [K, N]
 
 
-def output_error(x: np.ndarray, weights: Sequence[np.ndarray], scale: np.ndarray, grid: Grid) -> float:
-    """Relative squared error of the group's outputs, (x / s) Q(s W) against x W, summed over its MatMuls."""
-    x64, xs = x.astype(np.float64), (x / scale).astype(np.float32)
+def output_error(x: np.ndarray, weights: Sequence[np.ndarray], scale: np.ndarray, grid: Grid,
+                 exact: Sequence[np.ndarray] | None = None) -> float:
+    """Relative squared error of the group's outputs, (x / s) Q(s W) against x W (`exact`, computed here
+    if not given), summed over its MatMuls; in float64, so that the comparison hardly depends on the CPU."""
+    exact = exact if exact is not None else [x.astype(np.float64) @ w.astype(np.float64) for w in weights]
+    xs = (x / scale).astype(np.float32).astype(np.float64)
     err = ref = 0.0
-    for w in weights:
-        y = x64 @ w.astype(np.float64)
-        got = xs.astype(np.float64) @ dequantized(w * scale[:, None], grid).astype(np.float64)
+    for w, y in zip(weights, exact):
+        got = xs @ dequantized(w * scale[:, None], grid).astype(np.float64)
         err += float(((got - y) ** 2).sum())
         ref += float((y**2).sum())
     return err / max(ref, 1e-30)
@@ -83,7 +85,8 @@ def search(x: np.ndarray, weights: Sequence[np.ndarray], mean_abs: np.ndarray, g
     """The alpha whose scale gives the lowest output error, its scale, and every alpha's error. Errors are
     compared on a 3-bit mantissa grid (ties go to the smaller alpha), so that another CPU's last bits in
     the calibration activations do not flip the choice."""
-    errors = {alpha: output_error(x, weights, candidate_scale(mean_abs, alpha), grid) for alpha in alphas}
+    exact = [x.astype(np.float64) @ w.astype(np.float64) for w in weights]
+    errors = {alpha: output_error(x, weights, candidate_scale(mean_abs, alpha), grid, exact) for alpha in alphas}
     best = min(alphas, key=lambda a: (stable.snap_mantissa(errors[a]), a))
     return best, candidate_scale(mean_abs, best), errors
 

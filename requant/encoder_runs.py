@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from requant.common import fail
 from requant.features import features
+from requant import onnx_graph as og
 from requant.onnx_graph import load_graph
 
 ENCODER_INPUTS = ("audio_signal", "length")
@@ -106,4 +107,18 @@ class Windows(Sequence[np.ndarray]):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         return np.asarray(self._array[self.rows[i]], dtype=np.float32)
+
+
+def write_equivalent(model: onnx.ModelProto, src: Path, dst: Path, replace: dict, heldout: Sequence[np.ndarray],
+                     max_rel_error: float, what: str) -> dict[str, float]:
+    """Write a rewritten `model` of the encoder `src` to dst (weights streamed from src's folder, `replace`d
+    where given) and check that it computes what src computes on the held-out windows; fail, naming `what`,
+    when the outputs differ by more than max_rel_error (relative). Returns the comparison."""
+    reference = encoder_outputs(src, heldout, "source heldout")
+    og.write_model(model, src.parent, dst, replace=replace)
+    check = compare(reference, encoder_outputs(dst, heldout, f"{what} heldout"))
+    if not check["rel_error_max"] <= max_rel_error:  # written so that NaN fails too
+        fail(f"the {what} encoder differs from its source by {check['rel_error_max']:.3g} (relative) on held-out "
+             f"windows, above {max_rel_error:g}: the graph rewrite is wrong; nothing written")
+    return check
 

@@ -53,13 +53,8 @@ def scale_aware(src: Path, dst: Path, windows_dir: Path, recipe: NbitsRecipe, se
     grid = aware.Grid(recipe.bits, recipe.block_size, recipe.symmetric)
     replace, summary = aware.scale_for_grid(model, src.parent, runs.Windows(windows_dir, "calib"), grid,
                                             settings.alphas, settings.rows, seed)
-    og.write_model(model, src.parent, dst, replace=replace)
-    heldout = runs.Windows(windows_dir, "heldout")
-    check = runs.compare(runs.encoder_outputs(src, heldout, "fp32 heldout"),
-                         runs.encoder_outputs(dst, heldout, "scaled heldout"))
-    if not check["rel_error_max"] <= MAX_REL_ERROR:
-        fail(f"the activation-aware scaled encoder differs from its source by {check['rel_error_max']:.3g} "
-             f"(relative) on held-out windows, above {MAX_REL_ERROR:g}: the fold is wrong; nothing written")
+    check = runs.write_equivalent(model, src, dst, replace, runs.Windows(windows_dir, "heldout"), MAX_REL_ERROR,
+                                  "activation-aware scaled")
     log.info("aware scaling: %s; scaled fp32 vs source: %s", summary, check)
     return {**summary, "heldout_rel_error_max": check["rel_error_max"]}
 

@@ -124,14 +124,9 @@ def smooth_encoder(src: Path, dst_dir: Path, windows_dir: Path, alpha: float) ->
     log.info("smoothed %d of %d MatMuls: %d folded into %d LayerNorms, %d behind %d inserted Muls; skipped %s",
              summary["smoothed"], summary["matmuls"], summary["folded_matmuls"], summary["folded_norms"],
              summary["mul_matmuls"], summary["mul_inserted"], summary["skipped"])
-    reference = runs.encoder_outputs(src, heldout, "fp32 heldout")
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
-        og.write_model(model, src.parent, tmp / src.name, replace=replace)
-        check = runs.compare(reference, runs.encoder_outputs(tmp / src.name, heldout, "smoothed heldout"))
-        if not check["rel_error_max"] <= MAX_REL_ERROR:  # written so that NaN fails too
-            fail(f"the smoothed encoder differs from the original by {check['rel_error_max']:.3g} (relative) on "
-                 f"held-out windows, above {MAX_REL_ERROR:g}: the graph rewrite is wrong; nothing written")
+        check = runs.write_equivalent(model, src, tmp / src.name, replace, heldout, MAX_REL_ERROR, "smoothed")
     log.info("smoothed fp32 vs original on %d held-out windows: %s", len(heldout), check)
     return {**summary, "heldout_windows": len(heldout), "heldout_rel_error_max": check["rel_error_max"]}
 
