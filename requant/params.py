@@ -376,7 +376,8 @@ RANGES = (
     ("longform.merge_gap_s", 0, 5, True), ("longform.vad_max_speech_s", 1, 400, True),
     ("longform.vad_speech_pad_ms", 0, 5000, True), ("longform.vad_min_silence_ms", 0, 10000, True),
     ("longform.max_s", 0, 4 * 3600, False), ("blockwise.quantized_share", 0, 1, True),
-    ("eval.corpus_shard", 16, 10**6, True), ("ray.connect_timeout_s", 0, 3600, False), ("ray.max_retries", 0, 100, True),
+    ("eval.corpus_shard", 16, 10**6, True), ("ray.connect_timeout_s", 0, 3600, False),
+    ("ray.max_retries", 0, 100, True),
 )
 
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,6 @@ from stages.evaluate import count_corpus, long_pass, summarize_corpus  # loaded:
 
 log = logging.getLogger("pipeline.evaluate.ray")
 
-LOCAL_START_S = 120.0  # starting a local cluster (no address) on a loaded 2-core machine can take a while
 EncoderFiles = list[tuple[str, int]]  # (name, bytes) of the encoder's files, as a node sees them
 
 
@@ -77,22 +78,27 @@ def check_reachable(address: str, timeout_s: float) -> None:
 
 
 def connect(address: str | None, timeout_s: float) -> None:
-    """ray.init against the address (or a fresh local cluster), given timeout_s at most. It runs in a
-    daemon thread: a port that accepts TCP but is no Ray head would keep ray.init waiting far longer."""
+    """ray.init against the address within timeout_s (TCP check included), or a fresh local cluster."""
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}  # our own lines say it
+    if address is None:
+        _start_local({**kwargs, "address": "local", "include_dashboard": False})  # plain `ray`: no dashboard
+        return
+    started = time.monotonic()
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401  (Ray Client's transport, the ray[client] extra)
+        except ImportError:
+            fail(f"ray.address '{address}' is a Ray Client address, which needs ray[client]; give the "
+                 "head's GCS address (host:6379) instead, as docs/cluster.md does")
+    check_reachable(address, timeout_s)
+    _join_cluster({**kwargs, "address": address}, max(1.0, timeout_s - (time.monotonic() - started)))
+
+
+def _join_cluster(kwargs: dict[str, Any], budget: float) -> None:
+    """ray.init in a daemon thread, waited for `budget` seconds: a port that accepts TCP but is no Ray head
+    would keep ray.init retrying far longer, and then fail with a traceback about the GCS."""
     import ray
 
-    if address is not None:
-        if address.startswith("ray://"):
-            try:
-                import grpc  # noqa: F401  (Ray Client's transport, the ray[client] extra)
-            except ImportError:
-                fail(f"ray.address '{address}' is a Ray Client address, which needs ray[client]; give the "
-                     "head's GCS address (host:6379) instead, as docs/cluster.md does")
-        check_reachable(address, timeout_s)
-    kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": False,
-                              "logging_level": logging.ERROR}  # our own lines say what failed
-    if address is None:
-        kwargs["include_dashboard"] = False  # the plain `ray` package ships no dashboard
     outcome: dict[str, BaseException | None] = {}
 
     def init() -> None:
@@ -102,16 +108,60 @@ def connect(address: str | None, timeout_s: float) -> None:
         except BaseException as err:  # noqa: BLE001  (reported on the driver's thread below)
             outcome["error"] = err
 
-    budget = timeout_s if address is not None else max(timeout_s, LOCAL_START_S)
-    thread = threading.Thread(target=init, name="ray-init", daemon=True)
-    thread.start()
-    thread.join(budget)
-    where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-    if thread.is_alive():
-        fail(f"{where} did not answer within {budget:g} s (ray.connect_timeout_s): is it a Ray head "
-             "(`ray status --address ...`)? Fix ray.address / RAY_ADDRESS or start it")
-    if outcome["error"] is not None:
-        fail(f"could not connect to {where}: {_first_line(outcome['error'])}")
+    where = f"the Ray cluster at {kwargs['address']}"
+    with _stderr_held() as keep_quiet:
+        thread = threading.Thread(target=init, name="ray-init", daemon=True)
+        thread.start()
+        thread.join(budget)
+        if thread.is_alive() or outcome["error"] is not None:
+            keep_quiet()
+        if thread.is_alive():
+            fail(f"{where} did not answer within {budget:.0f} s (ray.connect_timeout_s): is it a Ray head "
+                 "(`ray status --address ...`)? Fix ray.address / RAY_ADDRESS or start it")
+        if outcome["error"] is not None:
+            fail(f"could not connect to {where}: {_first_line(outcome['error'])}")
+
+
+def _start_local(kwargs: dict[str, Any]) -> None:
+    """A fresh local cluster for this run, from the main thread: Ray ties its GCS and raylet to the thread
+    that starts them (the parent-death signal), so they would die with a helper thread. Ray bounds its
+    own start-up; our SIGTERM handler (unwind, remove temporaries) is put back over Ray's."""
+    import ray
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(**kwargs)
+    except Exception as err:  # noqa: BLE001  (Ray raises many types; the user needs one line)
+        fail(f"could not start a local Ray cluster: {_first_line(err)}")
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[Callable[[], None]]:
+    """File descriptor 2 points to /dev/null while ray.init runs: Ray's C++ core writes its own lines
+    about the GCS there, which would bury (or follow) our one line. On success it comes back as it was;
+    after keep_quiet() (a failure) it stays there, for the still-running init thread, and Python's
+    sys.stderr writes to the real one, so that our error is the only line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    quiet = False
+
+    def keep_quiet() -> None:
+        nonlocal quiet
+        quiet = True
+
+    try:
+        yield keep_quiet
+    finally:
+        if quiet:
+            sys.stderr = os.fdopen(saved, "w", buffering=1)
+        else:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 # --- The tasks: what runs on the workers --------------------------------------------------------------

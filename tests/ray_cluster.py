@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -47,10 +48,15 @@ class LocalCluster:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rq-ray-", dir="/tmp"))
         self.port = free_port()
         self.address = f"{NODE_IP}:{self.port}"
+        # Ray 2.60's token authentication, with a token of this cluster's own (not ~/.ray/auth_token)
+        self.token = secrets.token_hex(32)
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        """The environment of a process that joins this cluster: a node, or the stage as its driver."""
+        return {**stage_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, **extra}
 
     def _ray_start(self, *args: str) -> None:
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("RAY_ADDRESS", None)
+        env = self.client_env()
         done = subprocess.run([str(RAY), "start", f"--node-ip-address={NODE_IP}", f"--num-cpus={self.cpus}",
                                f"--temp-dir={self.temp_dir}", "--disable-usage-stats", *args],
                               capture_output=True, text=True, timeout=START_TIMEOUT_S, env=env)
@@ -167,7 +173,8 @@ def evaluate_cmd(variant: str = "fp32") -> list[str]:
 
 def stage_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        env.pop(name, None)
     return env
 
 
