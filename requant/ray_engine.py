@@ -1,15 +1,15 @@
 """eval.engine: ray. The evaluate stage's work as Ray tasks: one per long pass, one per corpus shard.
 
 DVC still runs `python -m stages.evaluate <variant>` as one stage; only its work is spread. The driver
-(that process) connects to the cluster, submits one task per long clip (a long_pass each, in a fresh
-process of the task's own: the same fresh session the local engine gives every pass) and one per slice of
+(that process) connects to the cluster, submits one task per long clip (a long_pass each, which loads a
+fresh session as the local engine does for every pass) and one per slice of
 eval.corpus_shard utterances (count_corpus over it), gathers the results in submission order and hands
 them back to stages.evaluate, which writes metrics/eval/<variant>.json as the local engine does. Shards
 start at multiples of CORPUS_BATCH, so every encoder batch, and with it every padded frame and every
 number, is the local engine's: the file comes out byte for byte the same.
 
-Models and audio reach the workers by a path every node sees: the project root, resolved on the driver
-and handed to each task (a shared file system, or the same checkout at the same path on every node).
+Models and audio reach the workers by a path every node sees: the project root, made absolute on the
+driver and handed to each task (a shared file system, or the same checkout at the same path on every node).
 `import ray` happens only here, and stages.evaluate imports this module only when eval.engine is ray.
 """
 
