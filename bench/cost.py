@@ -239,7 +239,7 @@ def _stages(model_dir: Path, work: Path, windows: list[int], params: Params) -> 
             shutil.rmtree(int8_dir)
     yield stage("int8_dynamic", None, "int8_dynamic", {"src": str(src), "dst_dir": str(work / "int8_dynamic")},
                 "int8_dynamic")
-    for recipe, spec in params.nbits.items():
+    for recipe, spec in ((r, s) for r, s in params.nbits.items() if not s.aware):  # aware: bench.quantize_more
         yield stage(f"nbits_{recipe}", None, "nbits",
                     {"src": str(src), "dst_dir": str(work / f"nbits_{recipe}"), "name": f"encoder-model.{recipe}.onnx",
                      "recipe": dataclasses.asdict(spec)}, f"nbits_{recipe}")

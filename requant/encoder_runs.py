@@ -115,6 +115,9 @@ def write_equivalent(model: onnx.ModelProto, src: Path, dst: Path, replace: dict
     where given) and check that it computes what src computes on the held-out windows; fail, naming `what`,
     when the outputs differ by more than max_rel_error (relative). Returns the comparison."""
     reference = encoder_outputs(src, heldout, "source heldout")
+    if not all(np.isfinite(r).all() for r in reference):
+        fail(f"{src} gives NaN or infinite outputs on the held-out windows: its weights are corrupt; rebuild it "
+             "(dvc repro; models/base from a good download)")
     og.write_model(model, src.parent, dst, replace=replace)
     check = compare(reference, encoder_outputs(dst, heldout, f"{what} heldout"))
     if not check["rel_error_max"] <= max_rel_error:  # written so that NaN fails too

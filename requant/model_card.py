@@ -15,7 +15,7 @@ LABELS = {
     "fp16": "fp16 (naive cast)",
     "fp32_sharded": "fp32 sharded (repack)",
     "int8_dynamic": "int8 dynamic (stock recipe)",
-    "int8_smoothquant": "int8 SmoothQuant (this; MatMuls and pointwise convs)",
+    "int8_smoothquant": "int8 SmoothQuant (this)",
     "int8_stock": "int8 stock (shipped with the base model)",
     "nbits_w8": "w8 weight-only (MatMulNBits 8-bit)",
     "nbits_w4": "w4 weight-only (MatMulNBits 4-bit)",

@@ -4,9 +4,10 @@ uint8 activations, whose ranges are snapped to a grid so that the model is the s
 Only the MatMuls SmoothQuant classes as weighted are quantized (two-activation, tied- and
 transposed-weight MatMuls stay fp32), the conv module's pointwise convs among them (stage pointwise made
 them MatMuls); the depthwise and subsampling convolutions stay fp32. Only their inputs are quantized:
-their outputs stay fp32, so onnxruntime runs each as one MatMulIntegerToFloat. Calibration streams one window at a time and ends before quantization starts, so at most
-one copy of the model is in memory. The result must stay within fidelity.min_cosine of
-the fp32 encoder on held-out windows, else the stage fails and leaves nothing behind.
+their outputs stay fp32, so onnxruntime runs each as one MatMulIntegerToFloat. Calibration streams one
+window at a time and ends before quantization starts, so at most one copy of the model is in memory. The
+result must stay within fidelity.min_cosine of the fp32 encoder on held-out windows, else the stage fails and
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -98,13 +99,13 @@ def snap_ranges(ranges: TensorsData) -> tuple[TensorsData, int]:
 
 
 def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, excluded: list[str],
-              external: bool, op_types: list[str]) -> tuple[Path, dict[str, int]]:
+              external: bool, op_types: Sequence[str] = ("MatMul",)) -> tuple[Path, dict[str, int]]:
     """Activation ranges of the quantized MatMuls over the calibration windows, snapped and saved as
     onnxruntime's calibration cache (JSON); and how many ranges there are and lie near a grid edge. The
     calibration session is gone when this returns, so quantizing after it
     never holds a second copy of the model (Parakeet-size twin, 8 windows: 9.7 -> 3.5 GB peak)."""
     calibrater = _QuantizedMatMulCalibrater(
-        src, op_types, str(work / "augmented.onnx"), use_external_data_format=external,
+        src, list(op_types), str(work / "augmented.onnx"), use_external_data_format=external,
         symmetric=True, num_bins=2048, percentile=percentile, skip=set(excluded))
     calibrater.augment_graph()
     calibrater.model = None  # the augmented copy is on disk now; the session reads it from there

@@ -200,9 +200,11 @@ def data_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ALONE = [  # (stage and arguments, remove models/base too, what its line must name)
-    (["smoothquant"], True, "models/base"), (["int8_dynamic"], True, "models/base"), (["fp16"], True, "models/base"),
-    (["shard"], True, "models/base"), (["nbits", "w4"], True, "models/base"), (["reference", "jfk"], True, "models/base"),
-    (["int8"], False, "models/smoothed"), (["diagnose"], False, "models/smoothed"),
+    (["pointwise"], True, "models/base"), (["smoothquant"], False, "models/pointwise"),
+    (["int8_dynamic"], True, "models/base"), (["fp16"], True, "models/base"),
+    (["shard"], True, "models/base"), (["nbits", "w4"], False, "models/pointwise"),
+    (["reference", "jfk"], True, "models/base"), (["int8"], False, "models/smoothed"),
+    (["int8_compare", "matmul_only"], False, "models/smoothed"), (["diagnose"], False, "models/smoothed"),
     (["int8_mixed"], False, "metrics/diagnosis.json"), (["blockwise"], False, "models/variants"),
     (["fidelity"], False, "models/"), (["evaluate", "int8_smoothquant"], False, "models/"),
     (["package"], False, "models/"), (["longform_data"], True, "models/base"), (["longform"], False, "data/longform"),
@@ -226,16 +228,16 @@ def test_a_stage_whose_input_is_missing_says_which(data_built: Path, command: li
 
 
 def test_a_truncated_intermediate_model_is_named(data_built: Path) -> None:
-    """models/base/encoder-model.onnx.data cut short (a full disk, a killed copy): smoothquant names the file
-    instead of ending in onnxruntime's 'out of bounds' traceback."""
+    """models/base/encoder-model.onnx.data cut short (a full disk, a killed copy): the first stage that reads it
+    names the file instead of ending in onnxruntime's 'out of bounds' traceback."""
     data = data_built / "models" / "base" / "encoder-model.onnx.data"
     whole = data.read_bytes()
     data.write_bytes(whole[: len(whole) // 2])
     try:
-        error_line(run_stage(data_built, "smoothquant"), "models/base/encoder-model.onnx.data", "truncated")
+        error_line(run_stage(data_built, "pointwise"), "models/base/encoder-model.onnx.data", "truncated")
     finally:
         data.write_bytes(whole)
-    nothing_under(data_built / "models" / "smoothed")
+    nothing_under(data_built / "models" / "pointwise")
 
 
 def test_a_speech_key_with_a_space_is_named(clean: Path) -> None:

@@ -26,6 +26,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_project(tmp_path_factory.mktemp("process") / "repo")
     write_windows(root / "data" / "windows", calib=6, heldout=2, seconds=4.0)
     succeeds(run_stage(root, "base_model"))
+    succeeds(run_stage(root, "pointwise"))
     succeeds(run_stage(root, "smoothquant"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, timeout=60)
     return root
@@ -119,17 +120,20 @@ def test_two_runs_at_once(project: Path) -> None:
     assert not list((project / "data" / "raw" / "eval").glob(".jfk.tmp-*"))
 
 
-def test_nan_weights_past_base_model_fail_smoothquant(project: Path) -> None:
-    data = project / "models" / "base" / "encoder-model.onnx.data"
+@pytest.mark.parametrize(("model", "stage", "advice"), [("base", "pointwise", "rebuild it"),
+                                                        ("pointwise", "smoothquant", "rebuild models/base")])
+def test_nan_weights_past_base_model_fail_the_next_stage(project: Path, model: str, stage: str,
+                                                         advice: str) -> None:
+    data = project / "models" / model / "encoder-model.onnx.data"
     good = data.read_bytes()
     raw = bytearray(good)
     raw[len(raw) // 2 : len(raw) // 2 + 4096] = b"\xff" * 4096
     data.write_bytes(bytes(raw))
     try:
-        error_line(run_stage(project, "smoothquant"), "NaN or infinite", "rebuild models/base")
+        error_line(run_stage(project, stage), "NaN or infinite", advice)
     finally:
         data.write_bytes(good)
-    succeeds(run_stage(project, "smoothquant"))
+    succeeds(run_stage(project, stage))
 
 
 def test_shard_budget_below_the_largest_tensor(project: Path) -> None:
