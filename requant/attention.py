@@ -119,7 +119,8 @@ def find_mask_source(graph: onnx.GraphProto, mask: str) -> MaskSource | None:
     unsqueeze = made_by(mask, "Unsqueeze")
     negate = made_by(unsqueeze.input[0], "Not") if unsqueeze is not None else None
     both = made_by(negate.input[0], "And") if negate is not None else None
-    if both is None or og.constant_value(graph, unsqueeze.input[1]) is None or og.constant_value(graph, unsqueeze.input[1]).tolist() != [1]:
+    axes = og.constant_value(graph, unsqueeze.input[1]) if unsqueeze is not None else None
+    if both is None or axes is None or axes.tolist() != [1]:
         return None
     band, band_nodes, pair = None, [], both
     inner = [made_by(t, "And") for t in both.input]
@@ -136,8 +137,8 @@ def find_mask_source(graph: onnx.GraphProto, mask: str) -> MaskSource | None:
     tile = tiles[0] or tiles[1]
     transpose = transposes[1] if tiles[0] else transposes[0]
     lift = made_by(tile.input[0], "Unsqueeze")
-    if transpose.input[0] != tile.output[0] or lift is None or og.constant_value(graph, lift.input[1]) is None \
-            or og.constant_value(graph, lift.input[1]).tolist() != [1] \
+    lift_axes = og.constant_value(graph, lift.input[1]) if lift is not None else None
+    if transpose.input[0] != tile.output[0] or lift_axes is None or lift_axes.tolist() != [1] \
             or [a.ints for a in transpose.attribute if a.name == "perm"] != [[0, 2, 1]]:
         return None
     return MaskSource(valid=lift.input[0], band=band, nodes=(unsqueeze, negate, both, pair, tile, transpose, *band_nodes))

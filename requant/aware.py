@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
 from tqdm import tqdm
 
 from requant import encoder_runs as runs
 from requant import fold, patterns, stable
 from requant import onnx_graph as og
+from requant.common import fail
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,9 @@ def dequantized(weight: np.ndarray, grid: Grid) -> np.ndarray:
 
 
 def output_error(x: np.ndarray, weights: Sequence[np.ndarray], scale: np.ndarray, grid: Grid,
-                 exact: Sequence[np.ndarray] | None = None) -> float:
-    """Relative squared error of the group's outputs, (x / s) Q(s W) against x W (`exact`, computed here
-    if not given), summed over its MatMuls; in float64, so that the comparison hardly depends on the CPU."""
-    exact = exact if exact is not None else [x.astype(np.float64) @ w.astype(np.float64) for w in weights]
+                 exact: Sequence[np.ndarray]) -> float:
+    """Relative squared error of the group's outputs, (x / s) Q(s W) against `exact` = x W (float64),
+    summed over its MatMuls; in float64, so that the comparison hardly depends on the CPU."""
     xs = (x / scale).astype(np.float32).astype(np.float64)
     err = ref = 0.0
     for w, y in zip(weights, exact):
@@ -95,11 +94,7 @@ def sample_inputs(model: onnx.ModelProto, weights_dir: Path, tensors: list[str],
                   rows: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per tensor: `rows` rows (frames) drawn with `seed` evenly from the windows, and the mean |x| per channel
     over every frame. One window's activations in memory at a time."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
-    session = runs.open_session(probe, weights_dir)
+    session = runs.open_session(runs.probe(model, tensors), weights_dir)
     rng = np.random.default_rng(seed)
     per_window = -(-rows // max(len(windows), 1))
     picked: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
@@ -131,7 +126,8 @@ def scale_for_grid(model: onnx.ModelProto, weights_dir: Path, windows: runs.Wind
     chosen, rtn_error, aware_error, folded = {}, 0.0, 0.0, 0
     for tensor, readers in tqdm(groups.items(), desc="aware: search", unit="input"):
         if not np.isfinite(sample[tensor]).all():
-            raise ValueError(f"activation {tensor} holds NaN or infinite values")
+            fail(f"the encoder's activation {tensor} holds NaN or infinite values: its weights are corrupt; "
+                 "rebuild models/base (dvc repro base_model) from a good download")
         weights = [og.read_tensor(inits[n.input[1]], weights_dir) for n in readers]
         alpha, scale, errors = search(sample[tensor], weights, mean_abs[tensor], grid, alphas)
         chosen[tensor] = alpha

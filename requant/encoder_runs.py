@@ -14,8 +14,7 @@ from tqdm import tqdm
 
 from requant.common import fail
 from requant.features import features
-from requant import onnx_graph as og
-from requant.onnx_graph import load_graph
+from requant.onnx_graph import load_graph, write_model
 
 ENCODER_INPUTS = ("audio_signal", "length")
 ENCODER_OUTPUT = "outputs"
@@ -35,6 +34,15 @@ def open_session(model: Path | onnx.ModelProto, weights_dir: Path | None = None,
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     load_graph(Path(model))  # a missing or truncated file: one line, not onnxruntime's traceback
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of `model` whose outputs are the given float tensors: a session over it captures them."""
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    del probed.graph.output[:]
+    probed.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
+    return probed
 
 
 def encoder_feed(session: ort.InferenceSession, audio: np.ndarray) -> dict[str, np.ndarray]:
@@ -118,7 +126,7 @@ def write_equivalent(model: onnx.ModelProto, src: Path, dst: Path, replace: dict
     if not all(np.isfinite(r).all() for r in reference):
         fail(f"{src} gives NaN or infinite outputs on the held-out windows: its weights are corrupt; rebuild it "
              "(dvc repro; models/base from a good download)")
-    og.write_model(model, src.parent, dst, replace=replace)
+    write_model(model, src.parent, dst, replace=replace)
     check = compare(reference, encoder_outputs(dst, heldout, f"{what} heldout"))
     if not check["rel_error_max"] <= max_rel_error:  # written so that NaN fails too
         fail(f"the {what} encoder differs from its source by {check['rel_error_max']:.3g} (relative) on held-out "

@@ -21,7 +21,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from onnx import helper  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from requant import encoder_runs as runs  # noqa: E402
@@ -62,14 +61,6 @@ def quantized_matmuls(source: onnx.ModelProto, variant: onnx.ModelProto) -> dict
         if maker is not None and not plain:
             found[node.name] = (node.input[0], node.output[0])
     return found
-
-
-def _probe(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
-    return probe
 
 
 def _chunks(graph: onnx.GraphProto, matmuls: dict[str, tuple[str, str]], frames: int) -> list[list[str]]:
@@ -122,7 +113,7 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
             matmuls = {m: pair for name in made for m, pair in pairs[name].items()}
             for chunk in _chunks(graph.graph, matmuls, int(signal.shape[2]) // 8 + 1):
                 tensors = sorted({t for m in chunk for t in matmuls[m]})
-                probe = runs.open_session(_probe(graph, tensors), source.parent, arena=False)
+                probe = runs.open_session(runs.probe(graph, tensors), source.parent, arena=False)
                 values = dict(zip(tensors, probe.run(tensors, feed)))
                 del probe
                 for name in made:

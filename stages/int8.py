@@ -131,7 +131,8 @@ def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: flo
     calibration's snapping counts. Convs stay fp32 but those named in quantize_convs."""
     og.require_single_links(src)
     graph = og.load_graph(src).graph
-    convs = [n.name for n in graph.node if n.op_type == "Conv" and n.name not in quantize_convs]
+    convs = [n.name for n in graph.node if n.op_type == "Conv" and n.name not in quantize_convs] \
+        if quantize_convs else []  # without Conv in the op types, no Conv is touched anyway
     excluded = [*patterns.fp32_matmuls(graph), *keep_fp32, *convs]
     op_types = ["MatMul", "Conv"] if quantize_convs else ["MatMul"]
     if any(not name for name in excluded):

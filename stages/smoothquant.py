@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 from tqdm import tqdm
 
 from requant import encoder_runs as runs
@@ -44,11 +43,7 @@ def plan(graph: onnx.GraphProto) -> tuple[dict[str, list[onnx.NodeProto]], Count
 def activation_absmax(model: onnx.ModelProto, weights_dir: Path, tensors: list[str],
                       windows: runs.Windows) -> dict[str, np.ndarray]:
     """Per-channel (last axis) max |x| of each tensor over all windows, one window in memory at a time."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
-    session = runs.open_session(probe, weights_dir)
+    session = runs.open_session(runs.probe(model, tensors), weights_dir)
     absmax: dict[str, np.ndarray] = {}
     for audio in tqdm(windows, desc="activation ranges", unit="win"):
         values = session.run(tensors, runs.encoder_feed(session, audio))
