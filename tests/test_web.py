@@ -1,9 +1,10 @@
 """web/: a release folder of the demo model transcribed by onnxruntime-web (WASM), in headless Chromium.
 
-Debian's Chromium (/usr/bin/chromium, `.ci/run` installs it) is driven by playwright-core; without it the
-same page code runs in Node on onnxruntime-web's WASM backend, so `make test` always checks something
-real. Each precision's transcript must equal onnx-asr's (Python, same release folder, same nemo128.onnx
-preprocessor) word for word.
+Debian's Chromium (/usr/bin/chromium, `.ci/run` installs it) is driven by playwright-core, cross-origin
+isolated with two WASM threads as a deployed page would be; without it the same page code runs in Node on
+onnxruntime-web's WASM backend, so `make test` always checks something real (the tests of what only a
+browser has, threads, decodeAudioData and WebGPU, need Chromium). Each precision's transcript must equal
+onnx-asr's (Python, same release folder, same nemo128.onnx preprocessor) word for word.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import onnx_asr
+import onnxruntime as ort
 import pytest
 import soundfile as sf
 
@@ -27,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 RUNNER = WEB / ("run-browser.mjs" if CHROMIUM.is_file() else "run-node.mjs")
+THREADS = ["--threads", "2"] if CHROMIUM.is_file() else []
+needs_chromium = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Chromium (`.ci/run` installs it)")
 # local attention runs as fp32_local: int8_local's banded sums flip int8 roundings between WASM and the CPU
 # (one word of 27 to a quarter of them apart, run to run), which says nothing about the graph's arithmetic
 PRECISIONS = ["fp32", "fp32_sharded", "fp16", "int8", "w8", "w4", "fp32_blockwise", "int8_blockwise", "fp32_local"]
@@ -38,11 +42,11 @@ SENTENCES = ["the quiet river runs under the old stone bridge", "nous partons de
              "my brother reads a long letter in the kitchen"]
 
 
-def run_page(release: Path, wav: Path, *precisions: str) -> list[dict]:
+def run_page(release: Path, wav: Path, *precisions: str, flags: list[str] = THREADS) -> list[dict]:
     if not (WEB / "node_modules" / "onnxruntime-web").is_dir():
         pytest.fail("web/node_modules is missing: `make test` installs it (npm ci in web/)")
-    done = subprocess.run(["node", str(RUNNER), str(release), str(wav), *precisions], capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+    done = subprocess.run(["node", str(RUNNER), *flags, str(release), str(wav), *precisions], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -142,6 +146,11 @@ def test_every_precision_matches_onnx_asr_word_for_word(release: Path, clip: Pat
         assert result["text"].split() == python_text(release, precision, clip).split(), precision
         assert len(result["text"].split()) >= 15 and result["loadMs"] > 0 and result["passMs"] > 0
         assert result["timestamps"] == sorted(result["timestamps"]) and result["timestamps"][-1] < 12.5
+        assert result["encodeMs"] + result["decodeMs"] == pytest.approx(result["passMs"])
+        assert result["msPerToken"] == pytest.approx(result["decodeMs"] / len(result["tokens"]))
+        assert result["decoderCalls"] >= len(result["tokens"])
+        if CHROMIUM.is_file():  # the test server sends COOP/COEP, as a deployer must: two WASM threads
+            assert result["isolated"] and result["threads"] == 2 and not result["note"], result
     assert results["fp32_sharded"]["text"] == results["fp32"]["text"]
     # the blockwise rewrite runs on WASM too (ONNX Loop), with the same words as the file it rewrites
     assert results["fp32_blockwise"]["text"] == results["fp32"]["text"]
@@ -153,11 +162,81 @@ def test_bad_inputs_get_one_line_naming_the_file(release: Path, clip: Path, tmp_
     shutil.copytree(release, broken)
     (broken / "decoder_joint-model.int8.onnx").unlink()
     (broken / "sharded/encoder-model.onnx.data.001").unlink()
-    quiet = tmp_path / "8k.wav"
-    sf.write(quiet, np.zeros(8000, np.float32), 8000, subtype="PCM_16")
     missing, shard = run_page(broken, clip, "int8", "fp32_sharded")
     assert missing["error"] == "decoder_joint-model.int8.onnx: missing from the release folder" + (
         " (HTTP 404)" if RUNNER.name == "run-browser.mjs" else f" {broken}")
     assert shard["error"].startswith("sharded/encoder-model.onnx.data.001: missing from the release folder")
-    [wrong_audio] = run_page(release, quiet, "fp32")
-    assert wrong_audio["error"] == "8k.wav: 8000 Hz, 1 channel(s); give 16 kHz mono WAV audio"
+    not_audio = tmp_path / "talk.mp3"
+    not_audio.write_text("<html>a web page, not a recording</html>")
+    [wrong_audio] = run_page(release, not_audio, "fp32")
+    assert wrong_audio["error"] == ("talk.mp3: the browser cannot decode this audio (EncodingError); give a WAV, MP3, "
+                                    "Ogg, FLAC or M4A recording" if CHROMIUM.is_file() else
+                                    "talk.mp3: not a WAV file; give 16 kHz mono WAV audio")
+
+
+def words_of(result: dict) -> list[str]:
+    """The page's word list, checked against its transcript: in order, each with start <= end."""
+    found = result["words"]
+    assert [w["word"] for w in found] == result["text"].split()
+    assert all(w["start"] <= w["end"] for w in found)
+    assert [w["start"] for w in found] == sorted(w["start"] for w in found)
+    return [w["word"] for w in found]
+
+
+@needs_chromium
+def test_without_cross_origin_isolation_the_page_runs_one_thread_and_says_why(release: Path, clip: Path) -> None:
+    [isolated] = run_page(release, clip, "int8")
+    [plain] = run_page(release, clip, "int8", flags=["--threads", "2", "--no-isolation"])
+    assert isolated["threads"] == 2 and not plain["isolated"] and plain["threads"] == 1
+    assert plain["note"] == ("one WASM thread: this page is not cross-origin isolated; serve it with "
+                             "Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp "
+                             "to use 2")
+    assert plain["text"] == isolated["text"]  # threads split the work, not the sums
+
+
+@needs_chromium
+def test_the_page_takes_any_recording_the_browser_decodes(release: Path, clip: Path, tmp_path: Path) -> None:
+    audio, _ = sf.read(clip, dtype="float32")
+    flac, ogg = tmp_path / "stereo.flac", tmp_path / "stereo-44k.ogg"
+    sf.write(flac, np.stack([audio, audio], axis=1), 16_000, subtype="PCM_16")  # same samples, two channels
+    resampled = np.interp(np.arange(round(len(audio) * 44_100 / 16_000)) * 16_000 / 44_100, np.arange(len(audio)), audio)
+    sf.write(ogg, np.stack([resampled, 0.5 * resampled], axis=1), 44_100, format="OGG", subtype="VORBIS")
+    [wav] = run_page(release, clip, "int8")
+    [from_flac] = run_page(release, flac, "int8")
+    [from_ogg] = run_page(release, ogg, "int8")
+    # lossless and at 16 kHz already: the browser's decoding and channel averaging give the same samples
+    assert words_of(from_flac) == words_of(wav) and from_flac["audioS"] == wav["audioS"]
+    # lossy at 44.1 kHz: resampled to 16 kHz in the browser (a wrong rate would stretch the audio and garble
+    # the words); the demo model turns a few words with the codec's noise (measured 3 of 26)
+    assert from_ogg["audioS"] == pytest.approx(wav["audioS"], abs=0.01)
+    assert jiwer.wer(" ".join(words_of(wav)), " ".join(words_of(from_ogg))) <= 0.25
+    # progress: every file loaded, the encoder done, the decoding to its last frame, in that order
+    phases = [(p["phase"], p["done"], p["total"]) for p in from_ogg["progress"]]
+    assert phases[:6] == [("load", 1, 4), ("load", 2, 4), ("load", 3, 4), ("load", 4, 4), ("encode", 0, 1),
+                          ("encode", 1, 1)]
+    assert phases[-1] == ("decode", from_ogg["encodedFrames"], from_ogg["encodedFrames"]) and len(phases) > 7
+
+
+def cpu_encoded_frames(release: Path, wav: Path) -> int:
+    """The encoded length CPU onnxruntime gives for the clip (nemo128 then the fp32 encoder)."""
+    audio, _ = sf.read(wav, dtype="float32")
+    features, lengths = ort.InferenceSession(str(release / "nemo128.onnx")).run(
+        None, {"waveforms": audio[None], "waveforms_lens": np.array([len(audio)], np.int64)})
+    encoder = ort.InferenceSession(str(release / "encoder-model.onnx"))
+    return int(encoder.run(["encoded_lengths"], {"audio_signal": features, "length": lengths})[0][0])
+
+
+@needs_chromium
+def test_webgpu_on_a_software_adapter(release: Path, clip: Path) -> None:
+    """onnxruntime-web's WebGPU backend on SwiftShader (Chromium's CPU Vulkan): fp32 gives CPU onnxruntime's
+    words and encoded length; fp16 on an adapter without shader-f16 is refused in one line naming what runs."""
+    fp32, fp16 = run_page(release, clip, "fp32", "fp16", flags=["--backend", "webgpu"])
+    assert "error" not in fp32, fp32
+    assert fp32["backend"] == "webgpu" and fp32["adapter"]["architecture"] == "swiftshader"
+    assert fp32["text"].split() == python_text(release, "fp32", clip).split()
+    assert fp32["encodedFrames"] == cpu_encoded_frames(release, clip)
+    if "shader-f16" in fp32["adapter"]["features"]:  # another adapter: fp16 runs and must give fp16's words
+        assert fp16["text"].split() == python_text(release, "fp16", clip).split()
+    else:
+        assert fp16["error"] == ("fp16 on WebGPU: the swiftshader adapter lacks shader-f16, which fp16 needs; "
+                                 "choose fp32 on WebGPU or int8 on WASM")

@@ -1,6 +1,7 @@
-// Speech recognition with a release folder on onnxruntime-web (WASM): nemo128.onnx -> encoder ->
-// greedy TDT decoding with decoder_joint, as onnx-asr does it in Python. The same module runs in the
-// page (index.html) and in Node (run-node.mjs); `ort` and the folder reader are passed in.
+// Speech recognition with a release folder on onnxruntime-web: nemo128.onnx -> encoder (WASM, or WebGPU)
+// -> greedy TDT decoding with decoder_joint (WASM), as onnx-asr does it in Python. The same module runs in
+// the page (index.html) and in Node (run-node.mjs); `ort`, the folder reader and a progress callback
+// ({phase: "load" | "encode" | "decode", done, total}) are passed in.
 
 // precision -> the files onnx-asr pairs for it (`quantization=` in onnx_asr.load_model)
 export const PRECISIONS = {
@@ -10,6 +11,8 @@ export const PRECISIONS = {
   int8: { encoder: "encoder-model.int8.onnx", decoder: "decoder_joint-model.int8.onnx" },
   w8: { encoder: "encoder-model.w8.onnx", decoder: "decoder_joint-model.w8.onnx" },
   w4: { encoder: "encoder-model.w4.onnx", decoder: "decoder_joint-model.w4.onnx" },
+  w8_aware: { encoder: "encoder-model.w8_aware.onnx", decoder: "decoder_joint-model.w8_aware.onnx" },
+  w4_aware: { encoder: "encoder-model.w4_aware.onnx", decoder: "decoder_joint-model.w4_aware.onnx" },
   fp32_blockwise: { encoder: "blockwise/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
   int8_blockwise: { encoder: "blockwise/encoder-model.int8.onnx", decoder: "decoder_joint-model.int8.onnx" },
   fp32_local: { encoder: "local/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
@@ -20,6 +23,18 @@ const FRAME_S = 0.01 * 8; // feature hop x encoder subsampling (config.json: sub
 const MAX_TOKENS_PER_STEP = 10; // onnx-asr's default for TDT
 
 export class InputError extends Error {} // one line for the user, naming the file
+
+// fp16 files need 16-bit floats in WebGPU's shaders: without `shader-f16` the page refuses them (users
+// report blank transcripts there) and names what runs instead
+export function webGpuRefusal(precision, adapter) {
+  if (!adapter) return "WebGPU: this browser offers no WebGPU adapter; choose the WASM backend (int8 is its pick)";
+  if (PRECISIONS[precision]?.encoder.includes(".fp16.") && !adapter.features.has("shader-f16")) {
+    const name = adapter.info?.architecture || adapter.info?.vendor || "this";
+    return `${precision} on WebGPU: the ${name} adapter lacks shader-f16, which fp16 needs; ` +
+      "choose fp32 on WebGPU or int8 on WASM";
+  }
+  return null;
+}
 
 // 16 kHz mono WAV (PCM 16-bit or float 32-bit) -> Float32Array in [-1, 1]
 export function readWav(bytes, name) {
@@ -64,31 +79,39 @@ async function externalData(folder, model) {
   return (await folder.has(base + single)) ? [{ path: single, data: await folder.read(base + single) }] : [];
 }
 
-async function session(ort, folder, name, options) {
+async function session(ort, folder, name, options, progress) {
   const bytes = await folder.read(name);
   try {
-    return await ort.InferenceSession.create(bytes, { ...options, externalData: await externalData(folder, name) });
+    const created = await ort.InferenceSession.create(bytes, { ...options, externalData: await externalData(folder, name) });
+    progress();
+    return created;
   } catch (err) {
     if (err instanceof InputError) throw err;
     throw new InputError(`${name}: onnxruntime-web cannot load it (${String(err.message || err).split("\n")[0]})`);
   }
 }
 
-export async function loadModel(ort, folder, precision) {
+// backend: "wasm" or "webgpu" (the encoder only: the preprocessor and the step-by-step decoder stay on WASM,
+// where a small run costs no GPU round trip); profile: onnxruntime's per-node profile of the encoder
+export async function loadModel(ort, folder, precision, { backend = "wasm", profile = false, onProgress } = {}) {
   const files = PRECISIONS[precision];
   if (!files) throw new InputError(`precision '${precision}': choose one of ${Object.keys(PRECISIONS).join(", ")}`);
   const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+  const encoderOptions = { ...options, executionProviders: [backend], enableProfiling: profile };
+  let loaded = 0;
+  const progress = () => onProgress?.({ phase: "load", done: ++loaded, total: 4 });
   const started = performance.now();
   const vocabText = new TextDecoder().decode(await folder.read("vocab.txt"));
+  progress();
   const vocab = [];
   for (const line of vocabText.split("\n").filter((l) => l)) { // "<token> <id>", as onnx-asr reads it
     vocab[Number(line.slice(line.lastIndexOf(" ") + 1))] = line.slice(0, line.lastIndexOf(" ")).replaceAll("\u2581", " ");
   }
   const model = {
     vocab, blank: vocab.indexOf("<blk>"),
-    preprocessor: await session(ort, folder, "nemo128.onnx", options),
-    encoder: await session(ort, folder, files.encoder, options),
-    decoder: await session(ort, folder, files.decoder, options),
+    preprocessor: await session(ort, folder, "nemo128.onnx", options, progress),
+    encoder: await session(ort, folder, files.encoder, encoderOptions, progress),
+    decoder: await session(ort, folder, files.decoder, options, progress),
   };
   model.loadMs = performance.now() - started;
   return model;
@@ -100,12 +123,14 @@ function zeros(ort, meta) {
 }
 
 // onnx-asr's greedy TDT loop: argmax token, argmax duration (its index is the frame step)
-async function greedy(ort, model, encoded, frames) {
+async function greedy(ort, model, encoded, frames, onProgress) {
   const [, dim, total] = encoded.dims;
   const states = model.decoder.inputMetadata.filter((m) => m.name.startsWith("input_states"));
   let state = [zeros(ort, states[0]), zeros(ort, states[1])];
   const tokens = [], steps = [];
+  let calls = 0, reported = 0;
   for (let t = 0, emitted = 0; t < frames; ) {
+    if (t - reported >= 25) onProgress?.({ phase: "decode", done: (reported = t), total: frames });
     const column = new Float32Array(dim);
     for (let d = 0; d < dim; d++) column[d] = encoded.data[d * total + t];
     const last = tokens.length ? tokens[tokens.length - 1] : model.blank;
@@ -115,6 +140,7 @@ async function greedy(ort, model, encoded, frames) {
       target_length: new ort.Tensor("int32", Int32Array.from([1]), [1]),
       input_states_1: state[0], input_states_2: state[1],
     });
+    calls += 1;
     const logits = out.outputs.data, vocab = model.vocab.length;
     let token = 0, step = 0;
     for (let i = 1; i < vocab; i++) if (logits[i] > logits[token]) token = i;
@@ -128,7 +154,8 @@ async function greedy(ort, model, encoded, frames) {
     if (step > 0) { t += step; emitted = 0; }
     else if (token === model.blank || emitted === MAX_TOKENS_PER_STEP) { t += 1; emitted = 0; }
   }
-  return { tokens, frames: steps };
+  onProgress?.({ phase: "decode", done: frames, total: frames });
+  return { tokens, frames: steps, calls };
 }
 
 // tokens -> text with onnx-asr's spacing rule (a leading space and a space before a non-word go)
@@ -136,7 +163,25 @@ export function detokenize(vocab, tokens) {
   return tokens.map((i) => vocab[i]).join("").replace(/^\s|\s\B|(\s)\b/g, (_, keep) => (keep ? " " : ""));
 }
 
-export async function transcribe(ort, model, audio) {
+// words with their times: a word begins at a token that starts with a space (SentencePiece's "\u2581", or a
+// character vocabulary's lone space), at its first token with a letter; it ends one frame after its last
+export function words(tokens, times) {
+  const out = [];
+  tokens.forEach((token, i) => {
+    if (!out.length || token.startsWith(" ")) out.push({ word: "", start: null, end: null });
+    const word = out[out.length - 1];
+    word.word += token;
+    if (token.trim()) {
+      word.start ??= times[i];
+      word.end = Math.round((times[i] + FRAME_S) * 1e6) / 1e6;
+    }
+  });
+  return out.filter((w) => w.word.trim()).map((w) => ({ ...w, word: w.word.trim() }));
+}
+
+// times: encodeMs covers the preprocessor and the encoder; decodeMs the greedy loop, also per token
+export async function transcribe(ort, model, audio, onProgress) {
+  onProgress?.({ phase: "encode", done: 0, total: 1 });
   const started = performance.now();
   const features = await model.preprocessor.run({
     waveforms: new ort.Tensor("float32", audio, [1, audio.length]),
@@ -144,11 +189,14 @@ export async function transcribe(ort, model, audio) {
   });
   const encoded = await model.encoder.run({ audio_signal: features.features, length: features.features_lens });
   const encodeMs = performance.now() - started;
-  const { tokens, frames } = await greedy(ort, model, encoded.outputs, Number(encoded.encoded_lengths.data[0]));
+  onProgress?.({ phase: "encode", done: 1, total: 1 });
+  const encodedFrames = Number(encoded.encoded_lengths.data[0]);
+  const { tokens, frames, calls } = await greedy(ort, model, encoded.outputs, encodedFrames, onProgress);
+  const passMs = performance.now() - started, decodeMs = passMs - encodeMs;
+  const pieces = tokens.map((i) => model.vocab[i]), timestamps = frames.map((f) => Math.round(f * FRAME_S * 1e6) / 1e6);
   return {
-    text: detokenize(model.vocab, tokens),
-    tokens: tokens.map((i) => model.vocab[i]),
-    timestamps: frames.map((f) => Math.round(f * FRAME_S * 1e6) / 1e6),
-    encodeMs, passMs: performance.now() - started,
+    text: detokenize(model.vocab, tokens), tokens: pieces, timestamps, words: words(pieces, timestamps),
+    encodedFrames, decoderCalls: calls, encodeMs, decodeMs, msPerToken: tokens.length ? decodeMs / tokens.length : null,
+    passMs,
   };
 }
