@@ -60,4 +60,4 @@ clean-venv:
 # the sharded fp32, SmoothQuant int8 and fp16 for 30 s, then int8 and int8_blockwise for 390 s;
 # metrics/web_check.json and a table.
 web-check: $(BIN)/.installed web/node_modules/.installed
-	$(BIN)/python -m bench.web_check --long-s 390
+	$(BIN)/python -m bench.web_check --long-s 390 --local-s 1200

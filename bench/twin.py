@@ -8,6 +8,10 @@ The folder holds what upstream's holds, with the same file and tensor names: enc
 nemo128.onnx (onnx-asr's own, from the installed package) and the stock-recipe int8 decoder
 (plus, with --stock-int8, the stock-recipe int8 encoder). twin.json records the sizes, the build
 time and the builder's peak RSS. The weights are random: fine for costs, meaningless for accuracy.
+
+A random joint emits the most tokens it may (10) on every frame, so a decoding timed on the twin times
+that artifact. speech_rate_decoders gives the joint a blank bias that brings greedy decoding to a real
+model's token rate (FRAMES_PER_TOKEN) for timings that include decoding (bench.web_check).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from demo.fastconformer import PARAKEET, ModelConfig, build_random_model
@@ -33,6 +39,9 @@ log = logging.getLogger("bench.twin")
 MB = 1e6
 FEATURES = 128  # onnx-asr's nemo128 preprocessor
 ENCODER, DECODER = "encoder-model.onnx", "decoder_joint-model.onnx"
+# Real speech: about 2.7 words/s x 1.3 SentencePiece tokens a word = 3.5 tokens/s, over 12.5 encoder frames/s
+# (80 ms each): one token per 3.5 frames, in the 3-4 a real Parakeet gives on conversational speech
+FRAMES_PER_TOKEN = 3.5
 
 
 def nemo128() -> Path:
@@ -78,6 +87,59 @@ def build_twin(out_dir: Path, config: ModelConfig, seed: int, stock_int8: bool) 
         write_json(tmp / "twin.json", summary)
     log.info("twin in %s: encoder %.0f MB, built in %.0f s, peak RSS %.0f MB", out_dir, summary["encoder_mb"],
              summary["total_s"], summary["peak_rss_mb"])
+    return summary
+
+
+def with_blank_bias(decoder: onnx.ModelProto, blank: int, bias: float) -> onnx.ModelProto:
+    """A copy of the decoder whose joint adds `bias` to the blank logit (joint.out.bias[blank])."""
+    biased = onnx.ModelProto()
+    biased.CopyFrom(decoder)
+    [out_bias] = [t for t in biased.graph.initializer if t.name == "joint.out.bias"]
+    values = onnx.numpy_helper.to_array(out_bias).copy()
+    values[blank] += bias
+    out_bias.CopyFrom(onnx.numpy_helper.from_array(values, out_bias.name))
+    return biased
+
+
+def speech_rate_decoders(twin: Path, audio: np.ndarray, out_dir: Path, encoders: dict[str, Path] | None = None,
+                         frames_per_token: float = FRAMES_PER_TOKEN) -> dict:
+    """out_dir/<decoder file> for each (decoder file -> encoder) pair (default: the fp32 pair): the twin's
+    decoder (the plain name) or its stock int8 (any other name), with the blank bias, found by bisection, at
+    which greedy decoding of that encoder's output for `audio` emits one token per `frames_per_token`
+    frames. Each encoder gets its own bias: a quantized random encoder's outputs differ in scale."""
+    from requant.asr import load_asr  # onnx-asr's own greedy TDT loop, through its internals as recognize_all
+
+    model = load_asr(twin).asr
+    features = model._preprocessor(audio[None].astype(np.float32), np.array([len(audio)], np.int64))
+    sources = {name: onnx.load(twin / name) for name in (DECODER, "decoder_joint-model.int8.onnx")}
+    blank, found = model._blank_idx, {}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for name, encoder in (encoders or {DECODER: twin / ENCODER}).items():
+            model._encoder = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+            encodings, lengths = model._encode(*features)
+            decoder, frames = sources[DECODER if name == DECODER else "decoder_joint-model.int8.onnx"], int(lengths[0])
+
+            def tokens(bias: float) -> int:
+                model._decoder_joint = ort.InferenceSession(with_blank_bias(decoder, blank, bias).SerializeToString(),
+                                                            providers=["CPUExecutionProvider"])
+                [(ids, _, _)] = model._decoding(encodings, lengths)
+                return len(ids)
+
+            low, high = -16.0, 64.0  # the token count falls as the bias grows
+            for _ in range(16):
+                middle = (low + high) / 2
+                low, high = (middle, high) if tokens(middle) * frames_per_token > frames else (low, middle)
+            bias = round(high, 3)
+            onnx.save_model(with_blank_bias(decoder, blank, bias), str(tmp / name))
+            emitted = tokens(bias)
+            found[name] = {"encoder": encoder.name, "blank_bias": bias, "frames": frames, "tokens": emitted,
+                           "frames_per_token": round(frames / max(1, emitted), 2), "unbiased_tokens": tokens(0.0)}
+            log.info("%s on %s: blank bias %.3f, %d tokens over %d frames (unbiased %d)", name, encoder.name, bias,
+                     emitted, frames, found[name]["unbiased_tokens"])
+        summary = {"target_frames_per_token": frames_per_token, "audio_s": round(len(audio) / 16_000, 2),
+                   "decoders": found}
+        write_json(tmp / "speech_rate.json", summary)
     return summary
 
 

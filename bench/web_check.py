@@ -1,15 +1,22 @@
-"""The release folder's browser claims at Parakeet scale, in headless Chromium (`make web-check`).
+"""Every encoder the release folder ships, in headless Chromium at Parakeet scale (`make web-check`).
 
-    python -m bench.web_check [--work /tmp/web-check] [--audio-s 30] [--windows 8] [--long-s 390]
+    python -m bench.web_check [--work /tmp/web-check] [--audio-s 30] [--threads 1 2] [--long-s 390] [--local-s 1200]
 
-Builds the Parakeet-size random twin (bench.twin), its sharded fp32, SmoothQuant int8 and fp16 encoders
-with the pipeline's own stage code, and the int8 encoder's long-pass rewrite (stage blockwise's code and
-params), lays them out as a release folder, and runs web/index.html on each precision for one pass over
-a synthesized clip: fp32 (one 2.44 GB .data file), fp32 sharded, int8, fp16. With --long-s it then runs
-int8 and int8_blockwise on one long pass. Records the load time, pass time (encoder, and with the greedy
-decoding), the browser's peak memory (largest Chromium process) or the exact error, in
-metrics/web_check.json, and prints the table. About 10 minutes and 7 GB of RAM on 2 cores; a 390 s
-pass adds about 15.
+Builds the Parakeet-size random twin (bench.twin) and every encoder the release folder ships with the
+pipeline's own stage code: SmoothQuant int8 with its pointwise convs, w8/w4 round-to-nearest and
+activation-aware (bench.quantize_more's builds, reused), fp16, the sharded fp32, and the blockwise and
+local-attention graphs of fp32 and int8. Each decoder file gets a blank bias that brings greedy decoding of
+its encoder's output to a real model's token rate (bench.twin.speech_rate_decoders), so that a pass times
+real decoding work.
+
+Then web/index.html runs each precision on a synthesized clip, one fresh browser per run, cross-origin
+isolated, at each --threads count: load time, encoder time, decoding time (and per token), the whole
+pass, real-time factor, the browser's peak memory (largest Chromium process), or the exact error. With
+--long-s the int8, blockwise and local-attention int8 encoders also run one long pass (with --local-s, the
+local-attention one also a pass past the export's 400 s table), and the int8
+encoder runs once more under onnxruntime-web's profiler (time per op type, against the native profile of
+metrics/bench_quantize_more.json). JSON: metrics/web_check.json. About an hour and 7 GB on 2 cores,
+builds not counted.
 """
 
 from __future__ import annotations
@@ -32,10 +39,14 @@ from requant.common import fail, run_cli, write_json
 log = logging.getLogger("bench.web_check")
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "metrics/web_check.json"
-PRECISIONS = ["fp32", "fp32_sharded", "int8", "fp16"]
-LONG_PRECISIONS = ["int8", "int8_blockwise"]
+# the page's precisions (web/asr.js) -> their encoder file in the release folder
+ENCODERS = {"fp32": "encoder-model.onnx", "fp32_sharded": "sharded/encoder-model.onnx", "fp16": "encoder-model.fp16.onnx",
+            "int8": "encoder-model.int8.onnx", **{r: f"encoder-model.{r}.onnx" for r in ("w8", "w4", "w8_aware", "w4_aware")},
+            "fp32_blockwise": "blockwise/encoder-model.onnx", "int8_blockwise": "blockwise/encoder-model.int8.onnx",
+            "fp32_local": "local/encoder-model.onnx", "int8_local": "local/encoder-model.int8.onnx"}
+PRECISIONS = list(ENCODERS)
+LONG_PRECISIONS = ["int8", "int8_blockwise", "int8_local"]
 STEP_TIMEOUT_S = 3600
-ENCODER_FILES = {"fp32": ".", "fp32_sharded": "sharded", "int8": ".", "fp16": ".", "int8_blockwise": "blockwise"}
 
 
 def child(*args: str) -> None:
@@ -45,30 +56,37 @@ def child(*args: str) -> None:
 
 
 BUILD = """
-import sys, numpy as np
+import sys, numpy as np, onnx
 from pathlib import Path
-from stages.fp16 import build_fp16
-from stages.int8 import build_int8
+from bench.cost import pipeline_params
+from bench.twin import speech_rate_decoders
+from bench.web_check import speech
+from stages.blockwise import rewrite_long_pass
+from stages.fp16 import to_fp16
 from stages.shard import shard_encoder
-from stages.smoothquant import smooth_encoder
-twin, work, step = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-windows = work / "windows"
-if step == "shard":
-    shard_encoder(twin / "encoder-model.onnx", work / "sharded", 1_500_000_000, np.load(windows / "windows.npy")[0])
-elif step == "int8":
-    smooth_encoder(twin / "encoder-model.onnx", work / "smoothed", windows, alpha=0.5)
-    build_int8(work / "smoothed/encoder-model.onnx", work / "int8", windows, 99.999, 0, min_cosine=-1.0)
-elif step == "fp16":
-    build_fp16(twin, work / "fp16")
-elif step == "blockwise":  # graph only: the weights stay in int8/, linked from the release folder
-    import onnx
-    from bench.cost import pipeline_params
-    from stages.blockwise import rewrite_long_pass
-    p = pipeline_params().blockwise
-    model, _ = rewrite_long_pass(onnx.load(work / "int8/encoder-model.int8.onnx", load_external_data=False),
-                                 p, work / "int8")
-    (work / "blockwise").mkdir()
-    onnx.save(model, work / "blockwise/encoder-model.int8.onnx")
+twin, work, int8, step = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+if step == "decoder":  # one bias per decoder file the release pairs with an encoder, on that encoder's output
+    nbits = {r: int8.parents[1] / f"nbits_{r}" / f"encoder-model.{r}.onnx" for r in ("w8", "w4", "w8_aware", "w4_aware")}
+    speech_rate_decoders(twin, speech(30.0, 7), work / "decoder", {
+        "decoder_joint-model.onnx": twin / "encoder-model.onnx", "decoder_joint-model.int8.onnx": int8,
+        **{f"decoder_joint-model.{r}.onnx": encoder for r, encoder in nbits.items()}})
+elif step == "shard":
+    shard_encoder(twin / "encoder-model.onnx", work / "sharded", 1_500_000_000,
+                  np.load(work / "windows/windows.npy")[0])
+elif step == "fp16":  # the encoder, and the decoder with the blank bias
+    (work / "fp16.tmp").mkdir()
+    to_fp16(twin / "encoder-model.onnx", work / "fp16.tmp/encoder-model.fp16.onnx")
+    to_fp16(work / "decoder/decoder_joint-model.onnx", work / "fp16.tmp/decoder_joint-model.fp16.onnx")
+    (work / "fp16.tmp").rename(work / "fp16")
+elif step == "graphs":  # graphs only: the weights stay where they are, linked from the release folder
+    p = pipeline_params()
+    (work / "graphs.tmp").mkdir()
+    for folder, context in (("blockwise", None), ("local", p.local.context)):
+        (work / "graphs.tmp" / folder).mkdir()
+        for src in (twin / "encoder-model.onnx", int8):
+            model, _ = rewrite_long_pass(onnx.load(src, load_external_data=False), p.blockwise, src.parent, context)
+            onnx.save(model, work / "graphs.tmp" / folder / src.name)
+    (work / "graphs.tmp").rename(work / "graphs")
 """
 
 
@@ -78,19 +96,26 @@ def speech(seconds: float, seed: int) -> np.ndarray:
     return make_speech("en", "en-us+m3", seconds, seed)[0]
 
 
-def lay_out(twin: Path, work: Path) -> Path:
-    """A release folder of links: the twin's files under the names the page loads for each precision."""
+def lay_out(twin: Path, work: Path, files: dict[str, Path]) -> Path:
+    """A release folder of links: each file under the name the page loads for its precision."""
     release = work / "release"
     shutil.rmtree(release, ignore_errors=True)
-    (release / "sharded").mkdir(parents=True)
-    (release / "blockwise").mkdir()
+    for sub in ("sharded", "blockwise", "local"):
+        (release / sub).mkdir(parents=True)
+    int8 = files["int8_smoothquant"]
     links = {name: twin / name for name in ("nemo128.onnx", "vocab.txt", "config.json", "encoder-model.onnx",
-                                              "encoder-model.onnx.data", "decoder_joint-model.onnx")}
-    links["decoder_joint-model.int8.onnx"] = twin / "decoder_joint-model.int8.onnx"
-    links |= {p.name: p for folder in ("int8", "fp16") for p in (work / folder).iterdir()}
+                                              "encoder-model.onnx.data")}
+    links |= {p.name: p for folder in ("decoder", "fp16") for p in (work / folder).glob("*.onnx*")}
+    links |= {int8.name: int8, f"{int8.name}.data": int8.with_name(f"{int8.name}.data")}
+    for recipe in ("w8", "w4", "w8_aware", "w4_aware"):
+        encoder = files[f"nbits_{recipe}"]
+        links |= {p.name: p for p in encoder.parent.glob(f"{encoder.name}*")}
     links |= {f"sharded/{p.name}": p for p in (work / "sharded").iterdir()}
-    links |= {"blockwise/encoder-model.int8.onnx": work / "blockwise/encoder-model.int8.onnx",
-              "blockwise/encoder-model.int8.onnx.data": work / "int8/encoder-model.int8.onnx.data"}
+    for sub in ("blockwise", "local"):
+        links |= {f"{sub}/encoder-model.onnx": work / "graphs" / sub / "encoder-model.onnx",
+                  f"{sub}/encoder-model.onnx.data": twin / "encoder-model.onnx.data",
+                  f"{sub}/{int8.name}": work / "graphs" / sub / int8.name,
+                  f"{sub}/{int8.name}.data": int8.with_name(f"{int8.name}.data")}
     for name, source in links.items():
         (release / name).symlink_to(source)
     shards = sorted(p.name for p in (work / "sharded").iterdir() if ".data." in p.name)
@@ -98,26 +123,24 @@ def lay_out(twin: Path, work: Path) -> Path:
     return release
 
 
-def in_browser(release: Path, clip: Path, precisions: list[str]) -> dict:
+def in_browser(release: Path, clip: Path, precisions: list[str], *flags: str) -> dict:
     """One fresh headless Chromium per precision: its figures or its error, and the encoder's size."""
-    done = subprocess.run(["node", str(ROOT / "web/run-browser.mjs"), str(release), str(clip), *precisions],
-                          capture_output=True, text=True, timeout=STEP_TIMEOUT_S, cwd=ROOT,
+    done = subprocess.run(["node", str(ROOT / "web/run-browser.mjs"), *flags, str(release), str(clip), *precisions],
+                          capture_output=True, text=True, timeout=STEP_TIMEOUT_S * 2, cwd=ROOT,
                           env={**os.environ, "WEB_TIMEOUT_MS": str(STEP_TIMEOUT_S * 1000)})
     if done.returncode != 0:
         fail(f"web/run-browser.mjs failed: {done.stderr.strip().splitlines()[-1:]}")
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return {r["precision"]: {"encoder_mb": encoder_mb(release, r["precision"]),
-                             **{k: r.get(k) and round(r[k]) for k in ("loadMs", "encodeMs", "passMs", "peakMb")},
-                             "error": r.get("error"), "tokens": len(r.get("tokens") or []),
-                             "text_sha256": r.get("text") and hashlib.sha256(r["text"].encode()).hexdigest()}
-            for r in results}
-
-
-def encoder_mb(release: Path, precision: str) -> int:
-    folder = release / ENCODER_FILES[precision]
-    stem = {"fp16": "encoder-model.fp16.onnx"}.get(precision, "encoder-model.int8.onnx" if "int8" in precision
-                                                    else "encoder-model.onnx")
-    return round(sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith(stem) and f.is_file()) / 1e6)
+    runs = {}
+    for r in (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")):
+        seconds = {key: r.get(f"{key}Ms") and round(r[f"{key}Ms"] / 1e3, 2) for key in ("load", "encode", "decode", "pass")}
+        runs[r["precision"]] = {
+            **{f"{key}_s": value for key, value in seconds.items()}, "threads": r.get("threads"),
+            "rtf": seconds["pass"] and round(seconds["pass"] / r["audioS"], 3),
+            "decode_ms_per_token": r.get("msPerToken") and round(r["msPerToken"], 2), "tokens": len(r.get("tokens") or []),
+            "decoder_calls": r.get("decoderCalls"), "encoded_frames": r.get("encodedFrames"), "peak_mb": r.get("peakMb"),
+            "error": r.get("error"), "text_sha256": r.get("text") and hashlib.sha256(r["text"].encode()).hexdigest(),
+            **({"op_ms": r["opMs"]} if "opMs" in r else {})}
+    return runs
 
 
 def prepare_twin(work: Path, windows: int) -> Path:
@@ -135,29 +158,54 @@ def prepare_twin(work: Path, windows: int) -> Path:
     return twin
 
 
-def web_check(work: Path, audio_s: float, windows: int, long_s: float) -> dict:
+def web_check(work: Path, audio_s: float, windows: int, threads: list[int], long_s: float, local_s: float) -> dict:
     import soundfile as sf
+
+    from bench.quantize_more import build, mb
 
     started = time.perf_counter()
     twin = prepare_twin(work, windows)
-    for step, folder in (("shard", "sharded"), ("int8", "int8"), ("fp16", "fp16"), ("blockwise", "blockwise")):
-        if not (work / folder).is_dir():  # a rerun keeps what an earlier run built
+    files, _ = build(twin, work / "quantize-more", work / "windows")
+    for step in ("decoder", "shard", "fp16", "graphs"):
+        if not (work / {"shard": "sharded"}.get(step, step)).is_dir():  # a rerun keeps what an earlier run built
             log.info("building %s", step)
-            child("-c", BUILD, str(twin), str(work), step)
-    release = lay_out(twin, work)
+            child("-c", BUILD, str(twin), str(work), str(files["int8_smoothquant"]), step)
+    release = lay_out(twin, work, files)
     clip = work / "clip.wav"
     sf.write(clip, speech(audio_s, 7), 16_000, subtype="PCM_16")
-    built_s = time.perf_counter() - started
-    result = {"audio_s": audio_s, "build_s": round(built_s, 1), "chromium": chromium_version(),
-              "precisions": in_browser(release, clip, PRECISIONS)}
+    result = {"audio_s": audio_s, "build_s": round(time.perf_counter() - started, 1), "chromium": chromium_version(),
+              "decoder": json.loads((work / "decoder/speech_rate.json").read_text()),
+              "precisions": {name: {"encoder_mb": round(mb(release / file)), "threads": {}}
+                             for name, file in ENCODERS.items()}}
+    for count in threads:
+        for name, run in in_browser(release, clip, PRECISIONS, "--threads", str(count)).items():
+            result["precisions"][name]["threads"][str(count)] = run
+    most = str(max(threads))
     if long_s:
         long_clip = work / "long.wav"
         sf.write(long_clip, speech(long_s, 8), 16_000, subtype="PCM_16")
-        runs = in_browser(release, long_clip, LONG_PRECISIONS)
-        texts = {r["text_sha256"] for r in runs.values()}
-        result["long"] = {"audio_s": long_s, "precisions": runs,
-                          "same_transcript": len(texts) == 1 and None not in texts}
+        runs = in_browser(release, long_clip, LONG_PRECISIONS, "--threads", most)
+        result["long"] = {"audio_s": long_s, "threads": int(most), "precisions": runs}
+    if local_s:  # past the export's 400 s table: local attention only (linear time and memory)
+        local_clip = work / "local.wav"
+        sf.write(local_clip, speech(local_s, 9), 16_000, subtype="PCM_16")
+        result["local"] = {"audio_s": local_s, "threads": int(most),
+                           "precisions": in_browser(release, local_clip, ["int8_local"], "--threads", most)}
+    [profiled] = in_browser(release, clip, ["int8"], "--threads", most, "--profile").values()
+    result["int8_profile"] = {"audio_s": audio_s, "threads": int(most), "encode_s": profiled["encode_s"],
+                              "op_ms": profiled.get("op_ms"), "native": native_profile()}
     return result
+
+
+def native_profile() -> dict | None:
+    """The same encoder's profile on the CPU (bench.quantize_more, onnxruntime's own profiler), if measured."""
+    native = ROOT / "metrics/bench_quantize_more.json"
+    if not native.is_file():
+        return None
+    figures = json.loads(native.read_text())
+    return {"cpu": figures["machine"]["cpu_model"], "cpus": figures["machine"]["cpus"],
+            "op_ms": {op: round(s * 1e3) for op, s in figures["int8_profile"]["op_seconds"].items()},
+            "pass_s": figures["variants"]["int8_smoothquant"]["passes"][0]["pass_s"]}
 
 
 def chromium_version() -> str:
@@ -168,28 +216,44 @@ def chromium_version() -> str:
         return "not installed"
 
 
+def print_table(result: dict) -> None:
+    threads = sorted({t for row in result["precisions"].values() for t in row["threads"]})
+    decoder = result["decoder"]
+    print(f"{result['audio_s']:g} s of audio, {result['chromium']}; twin decoders (blank bias, frames a token): " +
+          ", ".join(f"{name} {d['blank_bias']} {d['frames_per_token']}" for name, d in decoder["decoders"].items()))
+    print(f"{'precision':<15} {'MB':>6} " + " ".join(
+        f"{f'load/encoder/decoding/pass s @{t}':>30} {'peak MB':>8}" for t in threads) + "  error")
+    for name, row in result["precisions"].items():
+        cells = []
+        for t in threads:
+            run = row["threads"].get(t, {})
+            times = "/".join("–" if run.get(f"{k}_s") is None else f"{run[f'{k}_s']:.1f}"
+                             for k in ("load", "encode", "decode", "pass"))
+            cells.append(f"{times:>30} {run.get('peak_mb') or '–':>8}")
+        errors = {run["error"] for run in row["threads"].values() if run.get("error")}
+        print(f"{name:<15} {row['encoder_mb']:>6} " + " ".join(cells) + f"  {'; '.join(errors)}")
+    for part in (result[key] for key in ("long", "local") if key in result):
+        print(f"one pass of {part['audio_s']:g} s at {part['threads']} threads:")
+        for name, run in part["precisions"].items():
+            print(f"  {name:<15} encoder {run['encode_s']} s, pass {run['pass_s']} s, peak {run['peak_mb']} MB "
+                  f"{run['error'] or ''}")
+    profile = result["int8_profile"]
+    top = list((profile["op_ms"] or {}).items())[:8]
+    print(f"int8 in WASM ({profile['threads']} threads), ms per op type:", ", ".join(f"{k} {v}" for k, v in top))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/web-check"))
     parser.add_argument("--audio-s", type=float, default=30.0)
-    parser.add_argument("--windows", type=int, default=8)
-    parser.add_argument("--long-s", type=float, default=0.0, help="then int8 and int8_blockwise on a pass this long")
+    parser.add_argument("--windows", type=int, default=4, help="calibration windows (bench.quantize_more's builds)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="WASM thread counts to run")
+    parser.add_argument("--long-s", type=float, default=0.0, help="then the int8 encoders on a pass this long")
+    parser.add_argument("--local-s", type=float, default=0.0, help="then int8 local attention on a pass this long")
     args = parser.parse_args()
-    result = web_check(args.work, args.audio_s, args.windows, args.long_s)
+    result = web_check(args.work, args.audio_s, args.windows, args.threads, args.long_s, args.local_s)
     write_json(OUT, result)
-    for title, part in (("", result), ("long pass: ", result.get("long"))):
-        if part is None:
-            continue
-        print(f"{title}{part['audio_s']:g} s of audio")
-        print(f"{'precision':<15} {'encoder MB':>10} {'load s':>7} {'encoder s':>9} {'pass s':>7} {'peak MB':>8}"
-              "  error")
-        for name, r in part["precisions"].items():
-            load, encode, run = ("–" if r.get(k) is None else f"{r[k] / 1e3:.1f}"
-                                 for k in ("loadMs", "encodeMs", "passMs"))
-            print(f"{name:<15} {r['encoder_mb']:>10} {load:>7} {encode:>9} {run:>7} {r['peakMb'] or '–':>8}  "
-                  f"{r['error'] or ''}")
-    if "long" in result:
-        print(f"long pass, the same transcript from every precision: {result['long']['same_transcript']}")
+    print_table(result)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from requant.longform_report import how_to_run, longform_tables, mode_label  # n
 from requant.model_card import render_card, render_costs, render_headline, render_results  # noqa: E402
 from requant.params import Params, load_params  # noqa: E402
 from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize  # noqa: E402
+from requant.web_figures import browser_table, browser_times  # noqa: E402
 
 log = logging.getLogger("pipeline.report")
 
@@ -35,6 +36,7 @@ PLOT_FILE, LANG_PLOT_FILE = Path("metrics/plots/section_wer.png"), Path("metrics
 CARD_FILE, RESULTS_FILE, HEADLINE_FILE = Path("reports/MODEL_CARD.md"), Path("docs/results.md"), Path("reports/headline.md")
 COSTS_FILE, FLOORS_FILE = Path("docs/costs.md"), Path("metrics/floors.json")  # floors: `python -m bench.floors`
 QUANTIZE_MORE = Path("metrics/bench_quantize_more.json")  # `python -m bench.quantize_more`
+WEB_CHECK = Path("metrics/web_check.json")  # `make web-check`
 COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf")
 
 
@@ -188,6 +190,8 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         "decodings": summaries,
         "floors": floors,
     }
+    web = optional_json(root / WEB_CHECK)
+    extras["browser"], extras["browser_md"] = browser_times(web), browser_table(web)
     longform = optional_json(root / "metrics/longform.json")
     if longform and longform.get("variants"):
         extras["how_to_run"] = {n: mode_label(m, longform) for n, m in how_to_run(longform).items()}

@@ -151,3 +151,24 @@ def test_the_long_pass_bench_checks_both_rewrites_and_plots_the_block_sweep(benc
     assert [r["block"] for r in data["sweep"]["passes"]] == [4, 16]
     assert (tmp_path / "metrics/plots/blockwise_block.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(twin.glob("*.both*.onnx")) and "int8_smoothquant" in done.stdout  # scratch graphs removed
+
+
+def test_the_twins_decoder_gets_a_real_models_token_rate(bench_run: tuple[dict, Path, Path], tmp_path: Path) -> None:
+    """The random joint emits far more tokens than speech has; the blank bias brings greedy decoding (onnx-asr's
+    own loop, on the written files) to one token per FRAMES_PER_TOKEN encoder frames."""
+    from bench.twin import FRAMES_PER_TOKEN, speech_rate_decoders
+    from bench.web_check import speech
+    from requant.asr import load_asr, transcribe
+
+    _, twin, _ = bench_run
+    audio = speech(12.0, 3)
+    summary = speech_rate_decoders(twin, audio, tmp_path / "decoder")["decoders"]["decoder_joint-model.onnx"]
+    assert summary["blank_bias"] > 0 and summary["unbiased_tokens"] > 1.5 * summary["tokens"]
+    assert summary["frames_per_token"] == pytest.approx(FRAMES_PER_TOKEN, rel=0.15)
+    folder = tmp_path / "biased"
+    folder.mkdir()
+    for source in twin.iterdir():
+        (folder / source.name).symlink_to(source)
+    (folder / "decoder_joint-model.onnx").unlink()
+    (folder / "decoder_joint-model.onnx").symlink_to(tmp_path / "decoder/decoder_joint-model.onnx")
+    assert len(transcribe(load_asr(folder), audio).tokens) == summary["tokens"]

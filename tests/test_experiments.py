@@ -31,7 +31,7 @@ def copy_project(dest: Path) -> None:
     for folder in ("requant", "stages", "demo", "calibration_audio", "eval_corpus"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
     (dest / "metrics").mkdir(exist_ok=True)
-    for name in ("bench.json", "bench_quantize_more.json", "floors.json"):  # in git, not made by dvc repro
+    for name in ("bench.json", "bench_quantize_more.json", "web_check.json", "floors.json"):  # in git, not dvc outs
         shutil.copyfile(ROOT / "metrics" / name, dest / "metrics" / name)
     demo_model = dest / yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["demo_dir"]
     if not (demo_model / "encoder-model.onnx").is_file():

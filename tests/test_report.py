@@ -230,6 +230,41 @@ def test_the_browser_pick_breaks_a_size_tie_by_memory():
     assert picks["smallest download"] == "int8_smoothquant" and picks["browser / WASM"] == "int8_blockwise"
 
 
+def web_check_figures(passes: dict[str, float | None]) -> dict:
+    """metrics/web_check.json as bench.web_check writes it: each page precision's 30 s pass at 1 and 2 threads
+    (None: the page failed to run it)."""
+    def run(pass_s: float | None, threads: int) -> dict:
+        return {"load_s": pass_s and 1.0, "encode_s": pass_s and pass_s - 2, "decode_s": pass_s and 2.0, "pass_s": pass_s,
+                "rtf": pass_s and pass_s / 30, "decode_ms_per_token": 20.0, "tokens": 100, "decoder_calls": 500,
+                "threads": threads,
+                "peak_mb": 2000, "error": None if pass_s else "encoder-model.onnx.data: the browser cannot read it"}
+    decoder = {"blank_bias": 3.8, "tokens": 100, "frames": 375, "frames_per_token": 3.75, "unbiased_tokens": 3750}
+    return {"audio_s": 30.0, "chromium": "Chromium 156", "decoder": {"target_frames_per_token": 3.5, "decoders": {
+                "decoder_joint-model.onnx": decoder, "decoder_joint-model.int8.onnx": decoder}},
+            "precisions": {name: {"encoder_mb": 100, "threads": {"1": run(t and 2 * t, 1), "2": run(t, 2)}}
+                           for name, t in passes.items()}}
+
+
+def test_the_browser_pick_comes_from_the_browser_table(tmp_path: Path):
+    """With metrics/web_check.json, the browser pick is the candidate with the fastest page pass at the most
+    threads (not the smallest file), and docs/results.md carries the browser table."""
+    for name, mb in (("fp32", 9.0), ("int8_smoothquant", 3.0), ("int8_blockwise", 3.1), ("fp16", 5.0)):
+        evaluation = fake_eval(name, REFERENCES)
+        evaluation["cost"]["encoder_mb"] = mb
+        write_eval(tmp_path, name, evaluation)
+    build_report(params(), tmp_path)
+    assert "browser / WASM (smallest" in (tmp_path / RESULTS_FILE).read_text()  # unmeasured: the size rule
+    web = web_check_figures({"fp32": None, "int8": 20.0, "int8_blockwise": 15.0, "fp16": 25.0})
+    write_json(tmp_path / "metrics/web_check.json", web)
+    build_report(params(), tmp_path)
+    results = (tmp_path / RESULTS_FILE).read_text()
+    picks = results.split("Ship this for")[1]
+    assert "- **browser (fastest within 0.5 pt; headless Chromium, WASM, 2 threads, 30 s pass on the " \
+           "Parakeet-size twin, `make web-check`):** int8 SmoothQuant, blockwise\n" in picks
+    assert "## In the browser" in results and "| int8_blockwise | 100 | 28.0 | 13.0 | 1.0 | 2.0 (100; 20.0, 4.0) | 15.0 | 0.50 | 2.0 | runs |" in results
+    assert "| fp32 | 100 | – | – | – | – | – | – | 2.0 | encoder-model.onnx.data: the browser cannot read it |" in results
+
+
 def test_a_difference_inside_the_noise_floor_is_not_called(root: Path):
     """en_us's +20 pt has an interval excluding 0; a floor of 25 pt (bench.floors) makes it 'within noise'."""
     build_report(params("demo"), root)
