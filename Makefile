@@ -56,8 +56,8 @@ lock:
 clean-venv:
 	rm -rf $(VENV)
 
-# The browser claims at Parakeet scale (twin, ~25 min, 7 GB): headless Chromium loads the single-file fp32,
-# the sharded fp32, SmoothQuant int8 and fp16 for 30 s, then int8 and int8_blockwise for 390 s;
-# metrics/web_check.json and a table.
+# The browser at Parakeet scale (twin, ~35 min past the builds, 7 GB): headless Chromium runs every released
+# encoder over 30 s at 1 and 2 threads, the int8 ones over 390 s, int8 local attention over 20 min, and the
+# int8 profile; metrics/web_check.json and a table (generated into docs/results.md by the report stage).
 web-check: $(BIN)/.installed web/node_modules/.installed
 	$(BIN)/python -m bench.web_check --long-s 390 --local-s 1200

@@ -15,8 +15,8 @@ pass, real-time factor, the browser's peak memory (largest Chromium process), or
 --long-s the int8, blockwise and local-attention int8 encoders also run one long pass (with --local-s, the
 local-attention one also a pass past the export's 400 s table), and the int8
 encoder runs once more under onnxruntime-web's profiler (time per op type, against the native profile of
-metrics/bench_quantize_more.json). JSON: metrics/web_check.json. About an hour and 7 GB on 2 cores,
-builds not counted.
+metrics/bench_quantize_more.json). JSON: metrics/web_check.json. About 35 minutes and 7 GB on 2 cores,
+builds not counted (bench.quantize_more's, first time: about 45 more).
 """
 
 from __future__ import annotations
