@@ -38,7 +38,7 @@ log = logging.getLogger("bench.twin")
 
 MB = 1e6
 FEATURES = 128  # onnx-asr's nemo128 preprocessor
-ENCODER, DECODER = "encoder-model.onnx", "decoder_joint-model.onnx"
+ENCODER, DECODER, INT8_DECODER = "encoder-model.onnx", "decoder_joint-model.onnx", "decoder_joint-model.int8.onnx"
 # Real speech: about 2.7 words/s x 1.3 SentencePiece tokens a word = 3.5 tokens/s, over 12.5 encoder frames/s
 # (80 ms each): one token per 3.5 frames, in the 3-4 a real Parakeet gives on conversational speech
 FRAMES_PER_TOKEN = 3.5
@@ -67,7 +67,7 @@ def build_twin(out_dir: Path, config: ModelConfig, seed: int, stock_int8: bool) 
         shutil.copyfile(nemo128(), tmp / "nemo128.onnx")
         with tempfile.TemporaryDirectory(dir=tmp) as scratch:  # stock recipe: quantize_dynamic, defaults
             quantize_dynamic(str(tmp / DECODER), str(Path(scratch) / "decoder.onnx"), weight_type=QuantType.QInt8)
-            shutil.move(Path(scratch) / "decoder.onnx", tmp / "decoder_joint-model.int8.onnx")
+            shutil.move(Path(scratch) / "decoder.onnx", tmp / INT8_DECODER)
         if stock_int8:
             build_dynamic_int8(tmp / ENCODER, tmp / "stock")
             # one self-contained file, as upstream ships it (612 MB, under protobuf's 2 GB)
@@ -111,14 +111,14 @@ def speech_rate_decoders(twin: Path, audio: np.ndarray, out_dir: Path, encoders:
 
     model = load_asr(twin).asr
     features = model._preprocessor(audio[None].astype(np.float32), np.array([len(audio)], np.int64))
-    sources = {name: onnx.load(twin / name) for name in (DECODER, "decoder_joint-model.int8.onnx")}
+    sources = {name: onnx.load(twin / name) for name in (DECODER, INT8_DECODER)}
     blank, found = model._blank_idx, {}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for name, encoder in (encoders or {DECODER: twin / ENCODER}).items():
             model._encoder = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
             encodings, lengths = model._encode(*features)
-            decoder, frames = sources[DECODER if name == DECODER else "decoder_joint-model.int8.onnx"], int(lengths[0])
+            decoder, frames = sources[DECODER if name == DECODER else INT8_DECODER], int(lengths[0])
 
             def tokens(bias: float) -> int:
                 model._decoder_joint = ort.InferenceSession(with_blank_bias(decoder, blank, bias).SerializeToString(),

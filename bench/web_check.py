@@ -35,13 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from requant.common import fail, run_cli, write_json
+from requant.web_figures import browser_table
 
 log = logging.getLogger("bench.web_check")
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "metrics/web_check.json"
+NBITS = ("w8", "w4", "w8_aware", "w4_aware")  # the weight-only recipes the release folder ships
 # the page's precisions (web/asr.js) -> their encoder file in the release folder
 ENCODERS = {"fp32": "encoder-model.onnx", "fp32_sharded": "sharded/encoder-model.onnx", "fp16": "encoder-model.fp16.onnx",
-            "int8": "encoder-model.int8.onnx", **{r: f"encoder-model.{r}.onnx" for r in ("w8", "w4", "w8_aware", "w4_aware")},
+            "int8": "encoder-model.int8.onnx", **{r: f"encoder-model.{r}.onnx" for r in NBITS},
             "fp32_blockwise": "blockwise/encoder-model.onnx", "int8_blockwise": "blockwise/encoder-model.int8.onnx",
             "fp32_local": "local/encoder-model.onnx", "int8_local": "local/encoder-model.int8.onnx"}
 PRECISIONS = list(ENCODERS)
@@ -60,13 +62,13 @@ import sys, numpy as np, onnx
 from pathlib import Path
 from bench.cost import pipeline_params
 from bench.twin import speech_rate_decoders
-from bench.web_check import speech
+from bench.web_check import NBITS, speech
 from stages.blockwise import rewrite_long_pass
 from stages.fp16 import to_fp16
 from stages.shard import shard_encoder
 twin, work, int8, step = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 if step == "decoder":  # one bias per decoder file the release pairs with an encoder, on that encoder's output
-    nbits = {r: int8.parents[1] / f"nbits_{r}" / f"encoder-model.{r}.onnx" for r in ("w8", "w4", "w8_aware", "w4_aware")}
+    nbits = {r: int8.parents[1] / f"nbits_{r}" / f"encoder-model.{r}.onnx" for r in NBITS}
     speech_rate_decoders(twin, speech(30.0, 7), work / "decoder", {
         "decoder_joint-model.onnx": twin / "encoder-model.onnx", "decoder_joint-model.int8.onnx": int8,
         **{f"decoder_joint-model.{r}.onnx": encoder for r, encoder in nbits.items()}})
@@ -107,7 +109,7 @@ def lay_out(twin: Path, work: Path, files: dict[str, Path]) -> Path:
                                               "encoder-model.onnx.data")}
     links |= {p.name: p for folder in ("decoder", "fp16") for p in (work / folder).glob("*.onnx*")}
     links |= {int8.name: int8, f"{int8.name}.data": int8.with_name(f"{int8.name}.data")}
-    for recipe in ("w8", "w4", "w8_aware", "w4_aware"):
+    for recipe in NBITS:
         encoder = files[f"nbits_{recipe}"]
         links |= {p.name: p for p in encoder.parent.glob(f"{encoder.name}*")}
     links |= {f"sharded/{p.name}": p for p in (work / "sharded").iterdir()}
@@ -216,32 +218,6 @@ def chromium_version() -> str:
         return "not installed"
 
 
-def print_table(result: dict) -> None:
-    threads = sorted({t for row in result["precisions"].values() for t in row["threads"]})
-    decoder = result["decoder"]
-    print(f"{result['audio_s']:g} s of audio, {result['chromium']}; twin decoders (blank bias, frames a token): " +
-          ", ".join(f"{name} {d['blank_bias']} {d['frames_per_token']}" for name, d in decoder["decoders"].items()))
-    print(f"{'precision':<15} {'MB':>6} " + " ".join(
-        f"{f'load/encoder/decoding/pass s @{t}':>30} {'peak MB':>8}" for t in threads) + "  error")
-    for name, row in result["precisions"].items():
-        cells = []
-        for t in threads:
-            run = row["threads"].get(t, {})
-            times = "/".join("–" if run.get(f"{k}_s") is None else f"{run[f'{k}_s']:.1f}"
-                             for k in ("load", "encode", "decode", "pass"))
-            cells.append(f"{times:>30} {run.get('peak_mb') or '–':>8}")
-        errors = {run["error"] for run in row["threads"].values() if run.get("error")}
-        print(f"{name:<15} {row['encoder_mb']:>6} " + " ".join(cells) + f"  {'; '.join(errors)}")
-    for part in (result[key] for key in ("long", "local") if key in result):
-        print(f"one pass of {part['audio_s']:g} s at {part['threads']} threads:")
-        for name, run in part["precisions"].items():
-            print(f"  {name:<15} encoder {run['encode_s']} s, pass {run['pass_s']} s, peak {run['peak_mb']} MB "
-                  f"{run['error'] or ''}")
-    profile = result["int8_profile"]
-    top = list((profile["op_ms"] or {}).items())[:8]
-    print(f"int8 in WASM ({profile['threads']} threads), ms per op type:", ", ".join(f"{k} {v}" for k, v in top))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/web-check"))
@@ -253,7 +229,7 @@ def main() -> None:
     args = parser.parse_args()
     result = web_check(args.work, args.audio_s, args.windows, args.threads, args.long_s, args.local_s)
     write_json(OUT, result)
-    print_table(result)
+    print(browser_table(result))
 
 
 if __name__ == "__main__":
