@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # dvc.yaml's stage commands call `python`: the venv's must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test train-demo rehearse readme lock clean-venv web-check
+.PHONY: repro compare test train-demo rehearse readme lock clean-venv web-check
 
 $(BIN)/.installed: requirements.lock requirements-vad.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ $(BIN)/.torch: $(BIN)/.installed
 
 repro: $(BIN)/.installed
 	$(BIN)/dvc repro
+
+# The heaviest comparisons as well (params.yaml compare): the long-form recordings and every comparison row,
+# as a DVC experiment applied to the workspace (about 34 min forced on 2 cores, against ~15 for `make repro`).
+# Off again: dvc exp run -S 'compare.longform=[]' -S '~compare.rows' -S '+compare.rows={}'
+ROWS = $(BIN)/python -c "from requant.asr import COMPARISON_ROWS, VARIANTS; \
+	print(', '.join(f'{v}: {VARIANTS[v].folder}' for v in COMPARISON_ROWS))"
+compare: $(BIN)/.installed
+	$(BIN)/dvc exp run -S 'compare.longform=[all]' -S "++compare.rows={$$($(ROWS))}"
 
 test: $(BIN)/.installed $(BIN)/.torch web/node_modules/.installed
 	$(BIN)/python -m pytest

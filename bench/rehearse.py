@@ -9,7 +9,11 @@ The real parakeet-preset code path, every stage under `dvc repro`, on the Parake
 Each stage runs on its own (`dvc repro --single-item`, in dvc.yaml's order) so that its wall time, the
 peak RSS of its largest process and the disk used after it can be recorded. Per variant, the figures
 of its evaluation (size, session load, 390 s pass, RSS) are copied from metrics/eval/. The summary goes
-to metrics/rehearsal.json. The work folder (a copy of the project) is kept for inspection.
+to metrics/rehearsal.json. The work folder (a copy of the project) is kept for inspection, and `--resume`
+carries on in it after the last stage recorded (work/stages.json): a rehearsal takes hours on 2 cores.
+The twin's decoder gets a blank bias (bench.twin.speech_rate_decoders) so that greedy and beam decoding
+emit a real model's token rate; unbiased, its random joint emits ten tokens a frame and decoding, not the
+encoder, would set the evaluation's time.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ PROJECT = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "requant", "s
 STAGE_TIMEOUT_S = 3600  # a stage of the Parakeet-size twin takes minutes; an hour means it hangs
 CORPUS_UTTERANCES = 40  # French short utterances in eval_corpus/ (the stage would fetch FLEURS otherwise)
 GB = 1e9
+DOC = ROOT / "docs" / "rehearsal.md"
 # the largest descendant's peak RSS (KiB on Linux), measured around one command by a fresh interpreter
 MEASURE = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
            "rc = subprocess.run(sys.argv[1:]).returncode; "
@@ -122,31 +127,50 @@ def run_stage(repo: Path, env: dict[str, str], stage: str) -> tuple[dict, str]:
             "disk_gb": round(disk_bytes(repo.parent) / GB, 2)}, result.stderr
 
 
-def rehearse(work: Path, seed: int, layers: int) -> dict:
-    shutil.rmtree(work, ignore_errors=True)
-    repo, hf_home = work / "repo", work / "hf"
-    copy_project(repo)
-    started = time.perf_counter()
+def build_twin(work: Path, seed: int, layers: int) -> dict:
+    """The twin (with the stock int8 encoder) in work/twin, its decoder at a real token rate."""
     # in a child, so that the build's memory (7.8 GB for the stock int8) is not held through the stages
     subprocess.run([sys.executable, "-m", "bench.twin", "--out", str(work / "twin"), "--layers", str(layers),
                     "--seed", str(seed), "--stock-int8"], cwd=ROOT, check=True, timeout=STAGE_TIMEOUT_S)
-    twin_summary = read_json(work / "twin" / "twin.json")
-    place_twin_in_hf_cache(work / "twin", hf_home)
-    shutil.rmtree(work / "twin")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    write_audio(repo, params, seed)
-    params["preset"] = "parakeet"
-    params["model"]["hf_revision"] = REVISION
-    params["eval_clips"]["jfk"].update(source=str(repo / "eval_clip.wav"), transcript=str(repo / "eval_clip.txt"))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from bench.twin import DECODER, speech_rate_decoders
+    from demo.synth import make_speech
+
+    rate = speech_rate_decoders(work / "twin", make_speech("en", "en-us+m3", 30.0, seed + 7)[0], work / "decoder")
+    shutil.move(work / "decoder" / DECODER, work / "twin" / DECODER)
+    return {**read_json(work / "twin" / "twin.json"), "blank_bias": rate["decoders"][DECODER]["blank_bias"]}
+
+
+def rehearse(work: Path, seed: int, layers: int, resume: bool) -> dict:
+    repo, hf_home, record = work / "repo", work / "hf", work / "stages.json"
+    if not (resume and record.exists()):
+        shutil.rmtree(work, ignore_errors=True)
+        copy_project(repo)
+        started = time.perf_counter()
+        twin = build_twin(work, seed, layers)
+        place_twin_in_hf_cache(work / "twin", hf_home)
+        shutil.rmtree(work / "twin")
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        write_audio(repo, params, seed)
+        params["preset"] = "parakeet"
+        params["model"]["hf_revision"] = REVISION
+        params["eval_clips"]["jfk"].update(source=str(repo / "eval_clip.wav"),
+                                           transcript=str(repo / "eval_clip.txt"))
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True, timeout=60)
+        write_json(record, {"twin": {"layers": layers, "encoder_mb": twin["encoder_mb"], "revision": REVISION,
+                                     "blank_bias": twin["blank_bias"]},
+                            "twin_s": round(time.perf_counter() - started, 1), "stages": {}, "warnings": []})
+    done = read_json(record)
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, timeout=60)
-    stages, notes = {}, []
-    for stage in stage_order(repo, env):
-        stages[stage], stderr = run_stage(repo, env, stage)
-        notes += [line.split(" WARNING ", 1)[1] for line in stderr.splitlines() if " WARNING " in line]
-        log.info("%s: %s", stage, stages[stage])
+    order = stage_order(repo, env)
+    for stage in order:
+        if stage in done["stages"]:
+            continue
+        done["stages"][stage], stderr = run_stage(repo, env, stage)
+        done["warnings"] += [line.split(" WARNING ", 1)[1] for line in stderr.splitlines() if " WARNING " in line]
+        write_json(record, done)  # after every stage: --resume carries on from here
+        log.info("%s: %s", stage, done["stages"][stage])
     variants = {}
     for path in sorted((repo / "metrics" / "eval").glob("*.json")):
         report = read_json(path)
@@ -155,15 +179,46 @@ def rehearse(work: Path, seed: int, layers: int) -> dict:
                                "peak_rss_gb": round(report["cost"]["peak_rss_mb"] / 1e3, 2),
                                "overall_wer_pct": report["long"]["jfk"]["overall_wer_pct"],
                                "corpus_wer_pct": report["corpus"]["fr_fr"]["wer_pct"]}
+    stages = done["stages"]
     return {
-        "twin": {"layers": layers, "encoder_mb": twin_summary["encoder_mb"], "revision": REVISION},
-        "warnings": notes,
-        "total_s": round(time.perf_counter() - started, 1),
+        "twin": done["twin"],
+        "warnings": sorted(set(done["warnings"])),
+        "twin_s": done["twin_s"],
+        "total_s": round(done["twin_s"] + sum(s["wall_s"] for s in stages.values()), 1),
         "peak_rss_gb": max(s["peak_rss_gb"] for s in stages.values()),
         "disk_gb": max(s["disk_gb"] for s in stages.values()),
         "stages": stages,
+        "stage_order": order,  # dvc.yaml's (the JSON's keys are sorted)
         "variants": variants,
     }
+
+
+def render(summary: dict) -> str:
+    """docs/rehearsal.md: the stages (the many small fetch/decode/reference ones summed) and the variants."""
+    groups: dict[str, list[dict]] = {}
+    for name in summary.get("stage_order", summary["stages"]):
+        figures = summary["stages"][name]
+        small = name.split("@")[0] in ("fetch", "fetch_eval", "decode", "decode_eval", "reference")
+        groups.setdefault(name.split("@")[0] + "@*" if small else name, []).append(figures)
+    stage_rows = [f"| `{name}` | {sum(f['wall_s'] for f in figures):.0f} s | "
+                  f"{max(f['peak_rss_gb'] for f in figures):.2f} GB | {max(f['disk_gb'] for f in figures):.1f} GB |"
+                  for name, figures in groups.items()]
+    variant_rows = [f"| {name} | {v['encoder_mb']:.0f} MB | {v['load_s']:.1f} s | {v['pass_390s_s']:.0f} s | "
+                    f"{v['peak_rss_gb']:.2f} GB |" for name, v in summary["variants"].items()]
+    twin = summary["twin"]
+    return "\n".join([
+        "# Dress rehearsal of the parakeet preset", "",
+        "<!-- generated by `python -m bench.rehearse` (make rehearse) from metrics/rehearsal.json: do not edit -->", "",
+        f"The parakeet preset end to end on the Parakeet-size random twin ({twin['layers']} layers, "
+        f"{twin['encoder_mb']:.0f} MB fp32 encoder, its decoder given a blank bias of {twin['blank_bias']:g} for a "
+        f"real token rate), every stage under `dvc repro`, one at a time: **{summary['total_s'] / 60:.0f} min** in all "
+        f"(the twin's build {summary['twin_s'] / 60:.0f} min of it), peak RSS **{summary['peak_rss_gb']:.2f} GB**, "
+        f"**{summary['disk_gb']:.1f} GB** of disk at most. How it is set up: "
+        "[parakeet-preset.md](parakeet-preset.md#dress-rehearsal-of-the-parakeet-preset-offline-full-scale).", "",
+        "| stage | wall | peak RSS (largest process) | disk after |", "|---|---|---|---|", *stage_rows, "",
+        "Per variant (its evaluation: one 390 s pass, greedy and beam decoding, the corpus):", "",
+        "| variant | encoder | session load | 390 s pass | peak RSS |", "|---|---|---|---|---|", *variant_rows, "",
+        "WER is meaningless on random weights: the rehearsal proves the code path and its costs, not accuracy.", ""])
 
 
 def main() -> None:
@@ -172,9 +227,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "rehearsal.json")
     parser.add_argument("--layers", type=int, default=24, help="fewer for a quick smoke run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="carry on in --work after its last recorded stage")
+    parser.add_argument("--render", action="store_true", help="only write docs/rehearsal.md from --out")
     args = parser.parse_args()
-    summary = rehearse(args.work, args.seed, args.layers)
+    if args.render:
+        DOC.write_text(render(read_json(args.out)))
+        return
+    summary = rehearse(args.work, args.seed, args.layers, args.resume)
     write_json(args.out, summary)
+    DOC.write_text(render(summary))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("stages", "variants")}, indent=2))
 
 

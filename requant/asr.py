@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from onnx_asr.utils import read_wav_files
 
 from requant.beam import BeamParams, JointFn, beam_search
 
-from requant.common import fail
+from requant.common import fail, sha256_file
 from requant.features import SAMPLE_RATE
 from requant.onnx_graph import load_graph
 
@@ -70,6 +71,24 @@ DECODERS: dict[str, ModelFile] = {
     "int8": ModelFile(BASE_DIR, "decoder_joint-model.int8.onnx", "base_model"),
     "fp16": ModelFile(Path("models/variants/fp16"), "decoder_joint-model.fp16.onnx", "fp16"),
 }
+
+
+# Evaluated only when params.yaml lists them in compare.rows (`make compare`: all of them); every other
+# variant is evaluated on every run (dvc.yaml, stage evaluate)
+COMPARISON_ROWS = ("int8_dynamic", "int8_matmul_only", "int8_subsampling", "int8_mixed", "nbits_w8", "nbits_w4",
+                   "fp32_sharded", "fp32_blockwise")
+
+
+def encoder_digest(variant: str, root: Path = Path(".")) -> str | None:
+    """sha256 over the variant's encoder files in order (graph, then external data): what a committed figure
+    was measured on. None when the encoder is not built."""
+    spec = VARIANTS[variant]
+    if not (root / spec.folder / spec.name).is_file():
+        return None
+    digest = hashlib.sha256()
+    for path in model_files(spec, root, f"variant '{variant}'"):
+        digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def model_files(spec: ModelFile, root: Path, what: str) -> list[Path]:

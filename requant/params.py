@@ -166,6 +166,14 @@ class LocalParams:
 
 
 @dataclass(frozen=True)
+class CompareParams:
+    """The heaviest comparisons, on only when listed (DVC makes their stages from these lists)."""
+
+    longform: list[str]  # [] or ["all"]: stages longform_data@all and longform@all
+    rows: dict[str, str]  # comparison variant -> its folder (models/variants/<variant>): stage compare@<variant>
+
+
+@dataclass(frozen=True)
 class LongformParams:
     """Recordings past the 400 s cap (stage longform): one pass, or windows and segments as apps cut them."""
 
@@ -234,6 +242,7 @@ class Params:
     blockwise: BlockwiseParams
     local: LocalParams
     longform: LongformParams
+    compare: CompareParams
     fidelity: FidelityParams
     shard: ShardParams
     eval: EvalParams
@@ -331,6 +340,20 @@ def _named(cls: type, raw: Any, group: str, empty: str) -> dict[str, Any]:
             for name, spec in raw.items()}
 
 
+def _compare(group: Any) -> CompareParams:
+    """Not _group: its list and map may be empty."""
+    if not isinstance(group, dict) or set(group) != {"longform", "rows"}:
+        raise ParamsError("params.yaml: 'compare' must hold exactly 'longform' ([] or [all]) and 'rows' (a map)")
+    if group["longform"] not in ([], ["all"]):
+        raise ParamsError(f"params.yaml: compare.longform is {group['longform']!r}; use [] (off) or [all]")
+    rows = group["rows"]
+    if not isinstance(rows, dict) or any(not KEY.fullmatch(str(name)) or folder != f"models/variants/{name}"
+                                         for name, folder in rows.items()):
+        raise ParamsError(f"params.yaml: compare.rows is {rows!r}; map each comparison variant to its folder, "
+                          "as in {int8_mixed: models/variants/int8_mixed} (`make compare` lists them all)")
+    return CompareParams(longform=list(group["longform"]), rows=dict(rows))
+
+
 def parse_params(raw: dict[str, Any]) -> Params:
     """Validate the raw params.yaml mapping and apply the active preset's overrides."""
     if not isinstance(raw, dict):
@@ -351,7 +374,8 @@ def parse_params(raw: dict[str, Any]) -> Params:
         raise ParamsError("params.yaml: 'nbits' must map recipe names (letters, digits, '_', '-') to recipes")
     nbits = {name: _group(NbitsRecipe, spec, f"nbits.{name}") for name, spec in nbits_raw.items()}
     params = Params(preset=preset, seed=_value(raw.get("seed", 0), "int", "seed"), speeches=speeches,
-                    eval_clips=eval_clips, longform_clips=longform_clips, nbits=nbits, **groups)
+                    eval_clips=eval_clips, longform_clips=longform_clips, nbits=nbits,
+                    compare=_compare(_section(raw, "compare")), **groups)
     _check(params)
     return params
 

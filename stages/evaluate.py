@@ -23,7 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from requant.asr import SAMPLE_RATE, VARIANTS, assemble_model_dir, decodings_for, load_asr, load_clip, recognize_all
+from requant.asr import (SAMPLE_RATE, VARIANTS, assemble_model_dir, decodings_for, encoder_digest, load_asr, load_clip,
+                         recognize_all)
 from requant.common import fail, memory_bytes, read_json, reset_peak_memory, run_cli, write_json
 from requant.evalsets import EVAL_AUDIO_DIR, REFERENCE_DIR, Utterance, clip_audio, read_corpus, scored_clips
 from requant.params import BeamParams, EvalParams, RayParams, load_params
@@ -192,6 +193,7 @@ def evaluate(variant: str, eval_params: EvalParams, clips: list[str], root: Path
     result = {
         "variant": variant,
         "encoder_files": [name for name, _ in encoder_files],
+        "encoder_sha256": encoder_digest(variant, root),  # the report leaves out figures of other encoders
         "decoder": eval_params.decoder,
         "normalize": eval_params.normalize,
         "reference": "long clips: the fp32 encoder on each section alone, same decoding; corpus: the true transcripts",

@@ -27,7 +27,8 @@ import onnx_asr
 
 from requant import chunking
 from requant import onnx_graph as og
-from requant.asr import CANONICAL_ENCODER, SAMPLE_RATE, assemble_model_dir, load_asr, load_clip, recognize_all
+from requant.asr import (CANONICAL_ENCODER, SAMPLE_RATE, assemble_model_dir, encoder_digest, load_asr, load_clip,
+                         recognize_all)
 from requant.bootstrap import Stratum, draw_seed, paired_interval
 from requant.common import atomic_path, fail, memory_bytes, read_json, reset_peak_memory, run_cli, write_json
 from requant.evalsets import SKIPPED, clip_audio
@@ -155,8 +156,10 @@ def main() -> None:
                               p.longform) for c in clips} if "vad" in p.longform.modes else {}
     cells = {(v, m): run_cell(v, m, clips, p, Path("."), speech) for v in p.longform.variants for m in p.longform.modes}
     summary = summarize(cells, p.eval.bootstrap_resamples, p.eval.bootstrap_seed) if clips else {}
-    write_json(Path("metrics/longform.json"), {"clips": clips, "context": p.local.context,
-                                               "overlap_s": p.longform.overlap_s, "variants": summary})
+    write_json(Path("metrics/longform.json"), {
+        "clips": clips, "context": p.local.context, "overlap_s": p.longform.overlap_s, "variants": summary,
+        # the encoders every cell derives from: the report leaves the table out once they change
+        "encoder_sha256": {v: encoder_digest(v) for v in p.longform.variants}})
     with atomic_path(Path("docs/longform-results.md")) as tmp:
         tmp.write_text(longform_tables(read_json(Path("metrics/longform.json"))))
 

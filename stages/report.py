@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from requant.asr import VARIANTS  # noqa: E402
+from requant.asr import VARIANTS, encoder_digest  # noqa: E402
 from requant.common import atomic_path, fail, read_json, run_cli, write_json  # noqa: E402
 from stages.evaluate import METRICS_DIR, TIMING_DIR, merge_timing  # noqa: E402
 from requant.longform_report import how_to_run, longform_tables, mode_label  # noqa: E402
@@ -37,6 +37,10 @@ CARD_FILE, RESULTS_FILE, HEADLINE_FILE = Path("reports/MODEL_CARD.md"), Path("do
 COSTS_FILE, FLOORS_FILE = Path("docs/costs.md"), Path("metrics/floors.json")  # floors: `python -m bench.floors`
 QUANTIZE_MORE = Path("metrics/bench_quantize_more.json")  # `python -m bench.quantize_more`
 WEB_CHECK = Path("metrics/web_check.json")  # `make web-check`
+REPRO_TIME = {"default": Path("metrics/repro_time.json"),  # python -m bench.repro_time [--compare]
+              "compare": Path("metrics/repro_time_compare.json")}
+LONGFORM_STALE = ("(left out: `metrics/longform.json` was measured on other encoders than this run's; "
+                  "`make compare` measures it again)\n")
 COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf")
 
 
@@ -158,8 +162,22 @@ def twin_figures(root: Path) -> Any:
     return merged
 
 
+def stale(measured_on: dict[str, str | None], root: Path, digests: dict[str, str | None]) -> list[str]:
+    """The variants whose figures were measured on another encoder than the one built now (or none is built):
+    a comparison that this run did not repeat (params.yaml compare) keeps its figures in git only until its
+    encoder changes."""
+    for variant in measured_on:
+        if variant not in digests:
+            digests[variant] = encoder_digest(variant, root)
+    return [v for v, digest in measured_on.items() if digest is None or digest != digests[v]]
+
+
 def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
-    raw = read_evaluations(root / METRICS_DIR)
+    raw, digests = read_evaluations(root / METRICS_DIR), {}
+    left_out = stale({name: e.get("encoder_sha256") for name, e in raw.items()}, root, digests)
+    if left_out:
+        log.warning("left out of the report, measured on other encoders than this run's: %s", ", ".join(left_out))
+    raw = {name: e for name, e in raw.items() if name not in left_out}
     decodings = raw[BASELINE]["decodings"] if BASELINE in raw else []
     for e in raw.values():  # JSON keys come back sorted: long clips in params.yaml's order again
         e["long"] = {clip: e["long"][clip] for clip in sorted(e["long"], key=[*p.eval_clips, *e["long"]].index)}
@@ -189,17 +207,23 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         "bench": twin_figures(root),
         "decodings": summaries,
         "floors": floors,
+        "left_out": left_out,
     }
     web = optional_json(root / WEB_CHECK)
     extras["browser"], extras["browser_md"] = browser_times(web), browser_table(web)
     longform = optional_json(root / "metrics/longform.json")
-    if longform and longform.get("variants"):
+    if longform and stale(longform.get("encoder_sha256") or {v: None for v in longform.get("variants", {})},
+                          root, digests):
+        log.warning("metrics/longform.json left out: measured on other encoders than this run's")
+        extras["longform_md"] = LONGFORM_STALE
+    elif longform and longform.get("variants"):
         extras["how_to_run"] = {n: mode_label(m, longform) for n, m in how_to_run(longform).items()}
         extras["longform_md"] = longform_tables(longform).split("\n", 2)[2]  # without its title
     for path, text in ((CARD_FILE, render_card(p, evals, summary, extras)),
                        (RESULTS_FILE, render_results(p, evals, summary, extras)),
                        (HEADLINE_FILE, render_headline(p, evals, summary, extras)),
-                       (COSTS_FILE, render_costs(evals))):
+                       (COSTS_FILE, render_costs(evals, {run: optional_json(root / path)
+                                                          for run, path in REPRO_TIME.items()}))):
         with atomic_path(root / path) as tmp:
             tmp.write_text(text)
     log.info("wrote %s, %s, %s, %s, %s, %s, %s, %s", WER_FILE, COST_FILE, SUMMARY_FILE, PLOT_FILE, CARD_FILE,

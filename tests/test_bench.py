@@ -172,3 +172,23 @@ def test_the_twins_decoder_gets_a_real_models_token_rate(bench_run: tuple[dict, 
     (folder / "decoder_joint-model.onnx").unlink()
     (folder / "decoder_joint-model.onnx").symlink_to(tmp_path / "decoder/decoder_joint-model.onnx")
     assert len(transcribe(load_asr(folder), audio).tokens) == summary["tokens"]
+
+
+def test_a_forced_run_is_timed_stage_by_stage(tmp_path: Path) -> None:
+    """bench.repro_time reads each stage's time off DVC's own output, in the order DVC ran them; a failing
+    stage ends it with one line naming the folder."""
+    from bench.repro_time import forced_run
+    from requant.common import StageError
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  slow:\n    cmd: sleep 2 && echo a > a.txt\n    outs:\n      - a.txt\n"
+        "  quick:\n    cmd: cat a.txt > b.txt\n    deps:\n      - a.txt\n    outs:\n      - b.txt\n")
+    stages = forced_run(tmp_path)
+    assert list(stages) == ["slow", "quick"]
+    assert stages["slow"] >= 2.0 and stages["quick"] >= 0  # the sleep lands in its own stage
+    (tmp_path / "dvc.yaml").write_text("stages:\n  broken:\n    cmd: exit 3\n")
+    with pytest.raises(StageError, match=f"dvc repro --force in {tmp_path} failed"):
+        forced_run(tmp_path)

@@ -60,6 +60,9 @@ def make_it_quick(params_file: Path) -> None:
         for clip in params["longform_clips"].values():
             clip["crop_s"] = 30.0  # two 20 s windows, one seam
         params["longform"]["variants"] = ["fp32", "int8_smoothquant"]
+        params["compare"]["longform"] = ["all"]  # the heaviest comparisons, off by default, on here
+        params["compare"]["rows"] = {v: f"models/variants/{v}" for v in ("fp32_sharded", "int8_dynamic",
+                                                                          "int8_matmul_only")}
         params["presets"]["demo"]["corpus.max_per_language"] = 6
         params["windows"].update(window_s=4.0, count=4, heldout_per_speaker=1)
         params["eval"]["section_s"] = 8.0
@@ -95,12 +98,16 @@ def test_alpha_experiment_shows_in_metrics_diff(tmp_path: Path) -> None:
     assert "Running stage" not in run(repo, *DVC, "repro")  # nothing left to do
     commit(repo, "pipeline outputs")
 
-    experiment = run(repo, *DVC, "exp", "run", "-S", "smooth.alpha=0.9")
-    for stage in ("smoothquant", "int8", "fidelity", "evaluate@int8_smoothquant", "report"):
+    # one comparison row switched off: its figures in git were measured on the alpha-0.5 encoder
+    experiment = run(repo, *DVC, "exp", "run", "-S", "smooth.alpha=0.9", "-S", "~compare.rows.int8_matmul_only")
+    for stage in ("smoothquant", "int8", "fidelity", "evaluate@int8_smoothquant", "longform@all", "report"):
         assert f"Running stage '{stage}'" in experiment
     for stage in ("fetch@villepin", "windows", "base_model", "fp16", "shard", "int8_dynamic", "evaluate@fp32",
-                  "reference@jfk", "corpus"):
+                  "compare@int8_dynamic", "reference@jfk", "corpus", "compare@int8_matmul_only"):
         assert f"Running stage '{stage}'" not in experiment
+    assert "int8_matmul_only" in wer and "int8_matmul_only" not in json.loads((repo / "metrics/wer.json").read_text())
+    assert "Left out: int8_matmul_only;" in (repo / "docs/results.md").read_text()
+    assert "int8_dynamic" in json.loads((repo / "metrics/wer.json").read_text())  # its encoder did not change
 
     diff = json.loads(run(repo, *DVC, "metrics", "diff", "--json"))
     alpha = diff["metrics/smoothquant.json"]["alpha"]

@@ -14,7 +14,7 @@ from demo.fastconformer import TINY, build_random_model
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant import patterns
-from requant.asr import VARIANTS
+from requant.asr import COMPARISON_ROWS, VARIANTS
 from stages.nbits import build_nbits
 from requant.params import NbitsRecipe, load_params
 from tests.encoder_graph import speechlike
@@ -74,6 +74,6 @@ def test_close_to_fp32_and_rebuilt_byte_identical(built: dict[str, Path], tmp_pa
 def test_recipes_variants_and_evaluations_agree() -> None:
     recipes = set(load_params(ROOT / "params.yaml").nbits)
     variants = {v.removeprefix("nbits_") for v in VARIANTS if v.startswith("nbits_")}
-    evaluated = {v.removeprefix("nbits_") for v in yaml.safe_load((ROOT / "dvc.yaml").read_text())
-                 ["stages"]["evaluate"]["foreach"] if v.startswith("nbits_")}
+    evaluated = {v.removeprefix("nbits_") for v in [*yaml.safe_load((ROOT / "dvc.yaml").read_text())
+                 ["stages"]["evaluate"]["foreach"], *COMPARISON_ROWS] if v.startswith("nbits_")}
     assert recipes == variants == evaluated, "add a new nbits recipe to requant/asr.py VARIANTS and dvc.yaml too"

@@ -68,3 +68,26 @@ def test_bad_params_are_refused_with_a_clear_message(changes: dict, message: str
 def test_missing_params_file(tmp_path) -> None:
     with pytest.raises(ParamsError, match="not found; run from the repository root"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_dvc_exp_run_set_changes_only_the_lines_it_sets(tmp_path) -> None:
+    """`dvc exp run -S` rewrites params.yaml through Hydra and ruamel: flow lists, quotes and comments that
+    follow a list do not survive that, so params.yaml is kept in the writer's own layout. `make compare`
+    there and back gives the same file, and one value set changes one line."""
+    from dvc.utils.hydra import apply_overrides
+
+    from requant.asr import COMPARISON_ROWS, VARIANTS
+
+    copy = tmp_path / "params.yaml"
+    original = PARAMS_YAML.read_text()
+    copy.write_text(original)
+    apply_overrides(str(copy), ["smooth.alpha=0.6"])
+    changed = [(a, b) for a, b in zip(original.splitlines(), copy.read_text().splitlines()) if a != b]
+    assert changed == [("  alpha: 0.5", "  alpha: 0.6")] and len(copy.read_text()) == len(original)
+
+    rows = ", ".join(f"{v}: {VARIANTS[v].folder}" for v in COMPARISON_ROWS)
+    copy.write_text(original)
+    apply_overrides(str(copy), ["compare.longform=[all]", f"++compare.rows={{{rows}}}"])  # make compare
+    assert load_params(copy).compare.rows.keys() == set(COMPARISON_ROWS)
+    apply_overrides(str(copy), ["compare.longform=[]", "~compare.rows", "+compare.rows={}"])
+    assert copy.read_text() == original

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from requant.asr import VARIANTS, encoder_digest
 from requant.common import StageError, write_json
 from stages.evaluate import split_timing
 from requant.scoring import score_sections
@@ -60,8 +61,22 @@ def fake_eval(variant: str, hypotheses: list[str], normalize: str = "lower_nopun
     }
 
 
+def build_encoder(root: Path, variant: str, content: bytes | None = None) -> Path:
+    """A stand-in for the variant's encoder file (the report reads only its bytes, for the sha256)."""
+    spec = VARIANTS[variant]
+    path = root / spec.folder / spec.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content or variant.encode())
+    return path
+
+
 def write_eval(root: Path, variant: str, evaluation: dict) -> None:
-    """metrics/eval/<variant>.json and metrics/timing/<variant>.json, as the evaluate stage writes them."""
+    """metrics/eval/<variant>.json and metrics/timing/<variant>.json, as the evaluate stage writes them, measured
+    on the encoder built in root (a stand-in is made if there is none)."""
+    if variant in VARIANTS:  # (an unknown one is refused before any encoder is looked at)
+        if not (root / VARIANTS[variant].folder / VARIANTS[variant].name).is_file():
+            build_encoder(root, variant)
+        evaluation = {**evaluation, "encoder_sha256": encoder_digest(variant, root)}
     accuracy, timing = split_timing(evaluation)
     write_json(root / "metrics/eval" / f"{variant}.json", accuracy)
     write_json(root / "metrics/timing" / f"{variant}.json", timing)
@@ -280,3 +295,29 @@ def test_a_difference_inside_the_noise_floor_is_not_called(root: Path):
     assert summary["en_us"]["significant"] is True and summary["en_us"]["called"] is False
     assert summary["en_us"]["floor_pct"] == 25.0
     assert "within noise" in results and "| 0.00 / 25.00 (σ 10.00) / n/a" not in results
+
+
+def test_figures_measured_on_other_encoders_are_left_out(root: Path):
+    """A comparison row that this run did not evaluate again (params.yaml compare) keeps its figures in git; once
+    its encoder changes they describe another model, so the report leaves them out and says so, and the same
+    for the long-form table."""
+    write_eval(root, "int8_matmul_only", fake_eval("int8_matmul_only", REFERENCES))
+    longform = {"clips": ["long_en"], "context": [32, 32], "overlap_s": 4.0, "variants": {},
+                "encoder_sha256": {v: encoder_digest(v, root) for v in ("fp32", "int8_smoothquant")}}
+    write_json(root / "metrics/longform.json", longform)
+    build_report(params(), root)
+    assert "int8_matmul_only" in json.loads((root / WER_FILE).read_text())
+    assert "Left out" not in (root / RESULTS_FILE).read_text()
+
+    build_encoder(root, "int8_matmul_only", b"rebuilt with another alpha")
+    build_encoder(root, "int8_smoothquant", b"rebuilt with another alpha")
+    write_eval(root, "int8_smoothquant", fake_eval("int8_smoothquant", REFERENCES))  # a core row: evaluated again
+    build_report(params(), root)
+    assert set(json.loads((root / WER_FILE).read_text())) == {"fp32", "int8_smoothquant"}
+    results = (root / RESULTS_FILE).read_text()
+    assert "Left out: int8_matmul_only; their figures in git were measured on other encoders" in results
+    assert "`metrics/longform.json` was measured on other encoders" in (root / CARD_FILE).read_text()
+
+    (root / VARIANTS["int8_matmul_only"].folder / VARIANTS["int8_matmul_only"].name).unlink()  # not built at all
+    build_report(params(), root)
+    assert "Left out: int8_matmul_only;" in (root / RESULTS_FILE).read_text()
