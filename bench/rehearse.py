@@ -152,6 +152,7 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool) -> dict:
         params = yaml.safe_load((repo / "params.yaml").read_text())
         write_audio(repo, params, seed)
         params["preset"] = "parakeet"
+        params["compare"] = {"longform": [], "rows": {}}  # what a plain `dvc repro` runs, whatever the workspace's
         params["model"]["hf_revision"] = REVISION
         params["eval_clips"]["jfk"].update(source=str(repo / "eval_clip.wav"),
                                            transcript=str(repo / "eval_clip.txt"))

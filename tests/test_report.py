@@ -321,3 +321,20 @@ def test_figures_measured_on_other_encoders_are_left_out(root: Path):
     (root / VARIANTS["int8_matmul_only"].folder / VARIANTS["int8_matmul_only"].name).unlink()  # not built at all
     build_report(params(), root)
     assert "Left out: int8_matmul_only;" in (root / RESULTS_FILE).read_text()
+
+
+def test_forced_run_table_derives_the_default_from_the_comparison_run() -> None:
+    """docs/costs.md's forced-run table: with only the comparison run measured, the default column is that run
+    less the stages only the comparisons add; a default run of its own replaces it."""
+    from requant.model_card import repro_time_section
+
+    machine = {"cpu_model": "Test CPU", "cpus": 2}
+    compare = {"commit": "abc1234", "machine": machine, "total_s": 300.0,
+               "stages": {"diagnose": 100.0, "longform@all": 120.0, "compare@int8_mixed": 50.0, "evaluate@fp32": 30.0}}
+    text = repro_time_section({"default": None, "compare": compare})
+    assert "| `longform@all` | off | 120 |" in text and "| `diagnose` | 100 | 100 |" in text
+    assert "| **every stage** | **2.2 min** | **5.0 min** |" in text and "less the stages" in text
+    default = {**compare, "commit": "def5678", "total_s": 600.0, "stages": {"diagnose": 600.0}}
+    text = repro_time_section({"default": default, "compare": compare})
+    assert "| **every stage** | **10.0 min** | **5.0 min** |" in text and "a fresh clone at def5678" in text
+    assert "not measured" in repro_time_section({})
