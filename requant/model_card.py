@@ -426,7 +426,7 @@ def repro_time_section(runs: dict[str, dict | None]) -> str:
     Without a default run of its own, the default column is the comparison run less the comparisons' stages."""
     default, compare = runs.get("default"), runs.get("compare")
     if not (default or compare):
-        return "\n## A forced `dvc repro`\n\n(not measured: `python -m bench.repro_time`)\n"
+        return "\n## A forced run of every stage\n\n(not measured: `python -m bench.repro_time`)\n"
     derived = default is None
     if derived:
         stages = {s: t for s, t in compare["stages"].items() if not comparison_stage(s)}
@@ -439,7 +439,7 @@ def repro_time_section(runs: dict[str, dict | None]) -> str:
     m = default["machine"]
     how = ("the comparison run's own stage times, less the stages only the comparisons add" if derived else
            f"a fresh clone at {default['commit']}")
-    return ("\n## A forced `dvc repro`\n\nEvery stage run again, as after a change at the top of the pipeline "
+    return ("\n## A forced run of every stage\n\nEvery stage run again, as after a change at the top of the pipeline "
             f"(`python -m bench.repro_time`, `dvc repro --force`; {m['cpu_model']}, {m['cpus']} cores). The "
             "comparisons (params.yaml `compare`, `make compare`) are off by default; seconds per stage, the twelve "
             f"longest. Default: {how}"
