@@ -60,8 +60,10 @@ def copy_project(repo: Path) -> None:
     (repo / "calibration_audio").mkdir()
     (repo / "eval_corpus").mkdir()
     (repo / "metrics").mkdir(exist_ok=True)
-    for name in ("bench.json", "bench_quantize_more.json", "web_check.json", "floors.json"):  # report deps in git
-        shutil.copyfile(ROOT / "metrics" / name, repo / "metrics" / name)
+    from stages.report import BENCH_FIGURES  # the report's deps that benches write, kept in git
+
+    for path in BENCH_FIGURES:
+        shutil.copyfile(ROOT / path, repo / path)
 
 
 def place_twin_in_hf_cache(twin: Path, hf_home: Path) -> Path:

@@ -39,6 +39,7 @@ QUANTIZE_MORE = Path("metrics/bench_quantize_more.json")  # `python -m bench.qua
 WEB_CHECK = Path("metrics/web_check.json")  # `make web-check`
 REPRO_TIME = {"default": Path("metrics/repro_time.json"),  # python -m bench.repro_time [--compare]
               "compare": Path("metrics/repro_time_compare.json")}
+BENCH_FIGURES = (Path("metrics/bench.json"), QUANTIZE_MORE, WEB_CHECK, FLOORS_FILE, REPRO_TIME["compare"])  # deps in git
 LONGFORM_STALE = ("(left out: `metrics/longform.json` was measured on other encoders than this run's; "
                   "`make compare` measures it again)\n")
 COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf")

@@ -31,8 +31,10 @@ def copy_project(dest: Path) -> None:
     for folder in ("requant", "stages", "demo", "calibration_audio", "eval_corpus"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
     (dest / "metrics").mkdir(exist_ok=True)
-    for name in ("bench.json", "bench_quantize_more.json", "web_check.json", "floors.json"):  # in git, not dvc outs
-        shutil.copyfile(ROOT / "metrics" / name, dest / "metrics" / name)
+    from stages.report import BENCH_FIGURES  # in git, not dvc outs
+
+    for path in BENCH_FIGURES:
+        shutil.copyfile(ROOT / path, dest / path)
     demo_model = dest / yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["demo_dir"]
     if not (demo_model / "encoder-model.onnx").is_file():
         from tests.random_model import build_full_random_model
