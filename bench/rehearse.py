@@ -218,6 +218,7 @@ def render(summary: dict) -> str:
         f"(the twin's build {summary['twin_s'] / 60:.0f} min of it), peak RSS **{summary['peak_rss_gb']:.2f} GB**, "
         f"**{summary['disk_gb']:.1f} GB** of disk at most. How it is set up: "
         "[parakeet-preset.md](parakeet-preset.md#dress-rehearsal-of-the-parakeet-preset-offline-full-scale).", "",
+        *([summary["note"], ""] if summary.get("note") else []),  # how this run went, when it needs saying
         "| stage | wall | peak RSS (largest process) | disk after |", "|---|---|---|---|", *stage_rows, "",
         "Per variant (its evaluation: one 390 s pass, greedy and beam decoding, the corpus):", "",
         "| variant | encoder | session load | 390 s pass | peak RSS |", "|---|---|---|---|---|", *variant_rows, "",
