@@ -432,7 +432,9 @@ def repro_time_section(runs: dict[str, dict | None]) -> str:
         stages = {s: t for s, t in compare["stages"].items() if not comparison_stage(s)}
         default = {**compare, "stages": stages, "total_s": round(sum(stages.values()), 1)}
     both = [default, *([compare] if compare else [])]
-    slowest = sorted({s for run in both for s in run["stages"]}, key=lambda s: -max(r["stages"].get(s, 0) for r in both))
+    # ties by name: a set's order follows the interpreter's string hashing, which changes every run
+    slowest = sorted({s for run in both for s in run["stages"]},
+                     key=lambda s: (-max(r["stages"].get(s, 0) for r in both), s))
     rows = [[f"`{s}`", *(f"{run['stages'][s]:.0f}" if s in run["stages"] else "off" for run in both)]
             for s in slowest[:12]]
     rows.append(["**every stage**", *(f"**{run['total_s'] / 60:.1f} min**" for run in both)])

@@ -338,3 +338,15 @@ def test_forced_run_table_derives_the_default_from_the_comparison_run() -> None:
     text = repro_time_section({"default": default, "compare": compare})
     assert "| **every stage** | **10.0 min** | **5.0 min** |" in text and "a fresh clone at def5678" in text
     assert "not measured" in repro_time_section({})
+
+
+def test_forced_run_table_orders_tied_stages_by_name() -> None:
+    """Stages of equal time come in name order, not in a set's order (which follows string hashing, new every
+    run): the same figures must give the same docs/costs.md."""
+    from requant.model_card import repro_time_section
+
+    names = [f"evaluate@v{i:02d}" for i in range(12)]
+    run = {"commit": "abc1234", "machine": {"cpu_model": "Test CPU", "cpus": 2}, "total_s": 120.0,
+           "stages": {name: 10.0 for name in names}}
+    rows = [line for line in repro_time_section({"default": run}).splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == names
