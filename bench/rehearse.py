@@ -8,7 +8,8 @@ The real parakeet-preset code path, every stage under `dvc repro`, on the Parake
   lengths), the evaluation clip a local 390 s file with its transcript.
 Each stage runs on its own (`dvc repro --single-item`, in dvc.yaml's order) so that its wall time, the
 peak RSS of its largest process and the disk used after it can be recorded. Per variant, the figures
-of its evaluation (size, session load, 390 s pass, RSS) are copied from metrics/eval/. The summary goes
+of its evaluation (size; the long clip's load, encoder and decoding times, RSS) are read from metrics/eval/
+and metrics/timing/. The summary goes
 to metrics/rehearsal.json. The work folder (a copy of the project) is kept for inspection, and `--resume`
 carries on in it after the last stage recorded (work/stages.json): a rehearsal takes hours on 2 cores.
 The twin's decoder gets a blank bias (bench.twin.speech_rate_decoders) so that greedy and beam decoding
@@ -142,6 +143,24 @@ def build_twin(work: Path, seed: int, layers: int) -> dict:
     return {**read_json(work / "twin" / "twin.json"), "blank_bias": rate["decoders"][DECODER]["blank_bias"]}
 
 
+def variant_figures(metrics: Path, clip: str = "jfk") -> dict[str, dict]:
+    """Per evaluated variant, from its evaluation (metrics/eval/, metrics/timing/): size, and the long clip's
+    session load, encoder time, decoding times, peak RSS and WER (meaningless on random weights)."""
+    from stages.evaluate import TIMING_DIR, merge_timing
+
+    variants = {}
+    for path in sorted((metrics / "eval").glob("*.json")):
+        report = merge_timing(read_json(path), read_json(metrics / TIMING_DIR.name / path.name))
+        long = report["long"][clip]
+        variants[path.stem] = {
+            "encoder_mb": report["cost"]["encoder_mb"], "clip_s": long["duration_s"], "load_s": long["load_s"],
+            "encode_s": long["encode_s"], **{f"{name}_decode_s": d["decode_s"] for name, d in long["by_decoding"].items()},
+            "peak_rss_gb": round(long["peak_rss_mb"] / 1e3, 2),
+            "overall_wer_pct": long["by_decoding"]["greedy"]["overall_wer_pct"],
+            "corpus_wer_pct": {lang: c["wer_pct"] for lang, c in report.get("corpus", {}).get("greedy", {}).items()}}
+    return variants
+
+
 def rehearse(work: Path, seed: int, layers: int, resume: bool) -> dict:
     repo, hf_home, record = work / "repo", work / "hf", work / "stages.json"
     if not (resume and record.exists()):
@@ -174,14 +193,7 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool) -> dict:
         done["warnings"] += [line.split(" WARNING ", 1)[1] for line in stderr.splitlines() if " WARNING " in line]
         write_json(record, done)  # after every stage: --resume carries on from here
         log.info("%s: %s", stage, done["stages"][stage])
-    variants = {}
-    for path in sorted((repo / "metrics" / "eval").glob("*.json")):
-        report = read_json(path)
-        variants[path.stem] = {"encoder_mb": report["cost"]["encoder_mb"], "load_s": report["cost"]["load_s"],
-                               "pass_390s_s": report["cost"]["pass_s"],
-                               "peak_rss_gb": round(report["cost"]["peak_rss_mb"] / 1e3, 2),
-                               "overall_wer_pct": report["long"]["jfk"]["overall_wer_pct"],
-                               "corpus_wer_pct": report["corpus"]["fr_fr"]["wer_pct"]}
+    variants = variant_figures(repo / "metrics")
     stages = done["stages"]
     return {
         "twin": done["twin"],
@@ -206,8 +218,10 @@ def render(summary: dict) -> str:
     stage_rows = [f"| `{name}` | {sum(f['wall_s'] for f in figures):.0f} s | "
                   f"{max(f['peak_rss_gb'] for f in figures):.2f} GB | {max(f['disk_gb'] for f in figures):.1f} GB |"
                   for name, figures in groups.items()]
-    variant_rows = [f"| {name} | {v['encoder_mb']:.0f} MB | {v['load_s']:.1f} s | {v['pass_390s_s']:.0f} s | "
-                    f"{v['peak_rss_gb']:.2f} GB |" for name, v in summary["variants"].items()]
+    variant_rows = [f"| {name} | {v['encoder_mb']:.0f} MB | {v['load_s']:.1f} s | {v['encode_s']:.0f} s | "
+                    f"{v['greedy_decode_s']:.0f} s | {v['beam_decode_s']:.0f} s | {v['peak_rss_gb']:.2f} GB |"
+                    for name, v in summary["variants"].items()]
+    clip_s = max((v["clip_s"] for v in summary["variants"].values()), default=0)
     twin = summary["twin"]
     return "\n".join([
         "# Dress rehearsal of the parakeet preset", "",
@@ -220,8 +234,9 @@ def render(summary: dict) -> str:
         "[parakeet-preset.md](parakeet-preset.md#dress-rehearsal-of-the-parakeet-preset-offline-full-scale).", "",
         *([summary["note"], ""] if summary.get("note") else []),  # how this run went, when it needs saying
         "| stage | wall | peak RSS (largest process) | disk after |", "|---|---|---|---|", *stage_rows, "",
-        "Per variant (its evaluation: one 390 s pass, greedy and beam decoding, the corpus):", "",
-        "| variant | encoder | session load | 390 s pass | peak RSS |", "|---|---|---|---|---|", *variant_rows, "",
+        f"Per variant, its evaluation's {clip_s:.0f} s pass (one session, the encoder once, then both decodings):", "",
+        "| variant | encoder | session load | encoder pass | greedy decoding | beam decoding | peak RSS |",
+        "|---|---|---|---|---|---|---|", *variant_rows, "",
         "WER is meaningless on random weights: the rehearsal proves the code path and its costs, not accuracy.", ""])
 
 

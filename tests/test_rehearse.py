@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.rehearse import REPO_ID, REVISION, place_twin_in_hf_cache
+from bench.rehearse import REPO_ID, REVISION, place_twin_in_hf_cache, render, variant_figures
 from demo.fastconformer import TINY, build_random_model
 from demo.export import quantize_stock
 from requant.common import sha256_file
@@ -40,3 +40,17 @@ def test_the_twin_resolves_offline_from_a_hub_cache(tmp_path: Path) -> None:
     assert f"revision {REVISION} is not pinned here: sha256 sums are not checked" in done.stderr
     assert {p.name: sha256_file(p) for p in (tmp_path / "base").iterdir()} == digests
     assert not any(p.is_symlink() for p in (tmp_path / "base").iterdir())  # copies, not links into the cache
+
+
+def test_the_summary_reads_the_evaluations_as_the_evaluate_stage_writes_them() -> None:
+    """Per-variant figures come from the evaluate stage's own files (accuracy and timing apart), here the
+    demo's in git, and render as the docs' table."""
+    variants = variant_figures(ROOT / "metrics")
+    assert {"fp32", "int8_smoothquant", "int8_local"} <= set(variants)
+    fp32 = variants["fp32"]
+    assert fp32["encoder_mb"] > 1 and fp32["encode_s"] > 0 and fp32["beam_decode_s"] > 0 and fp32["clip_s"] > 300
+    assert 0 <= fp32["overall_wer_pct"] < 10 and set(fp32["corpus_wer_pct"]) == {"en_us", "fr_fr"}
+    stages = {"base_model": {"wall_s": 50.0, "peak_rss_gb": 1.4, "disk_gb": 10.0}}
+    text = render({"twin": {"layers": 24, "encoder_mb": 2477, "blank_bias": 3.5}, "total_s": 60.0, "twin_s": 10.0,
+                   "peak_rss_gb": 1.4, "disk_gb": 10.0, "stages": stages, "variants": variants})
+    assert f"| fp32 | {fp32['encoder_mb']:.0f} MB | {fp32['load_s']:.1f} s | {fp32['encode_s']:.0f} s |" in text
