@@ -54,3 +54,12 @@ def test_the_summary_reads_the_evaluations_as_the_evaluate_stage_writes_them() -
     text = render({"twin": {"layers": 24, "encoder_mb": 2477, "blank_bias": 3.5}, "total_s": 60.0, "twin_s": 10.0,
                    "peak_rss_gb": 1.4, "disk_gb": 10.0, "stages": stages, "variants": variants})
     assert f"| fp32 | {fp32['encoder_mb']:.0f} MB | {fp32['load_s']:.1f} s | {fp32['encode_s']:.0f} s |" in text
+
+
+def test_a_rehearsal_cut_short_says_which_stages_did_not_run() -> None:
+    stages = {"base_model": {"wall_s": 50.0, "peak_rss_gb": 1.4, "disk_gb": 10.0}}
+    text = render({"twin": {"layers": 24, "encoder_mb": 2477, "blank_bias": 3.5}, "total_s": 3600.0, "twin_s": 10.0,
+                   "peak_rss_gb": 1.4, "disk_gb": 10.0, "stages": stages, "stage_order": ["base_model"],
+                   "not_run": ["int8_mixed", "report"], "variants": {}})
+    assert "**60 min** so far" in text and "**Cut short**: 2 stages not run yet: `int8_mixed`, `report`." in text
+    assert "| `base_model` | 50 s | 1.40 GB | 10.0 GB |" in text and "(no variant evaluated yet)" in text
