@@ -209,6 +209,7 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool 
         "stage_order": [stage for stage in order if stage in stages],  # dvc.yaml's (the JSON's keys are sorted)
         "not_run": [stage for stage in order if stage not in stages],  # a rehearsal cut short
         "variants": variants,
+        **({"note": done["note"]} if done.get("note") else {}),  # how the run went, written into work/stages.json
     }
 
 
