@@ -11,10 +11,14 @@ from where a few ULPs can reach, except for the rare statistic that lies right o
   bit), so the smoothed fp32 encoder computes the very products of the original.
 - Activation ranges snap to 3-bit mantissas (1, 1.125, ..., 1.875 times a power of two): the int8 scale
   moves by at most 6 % from the calibrated one.
+
+The errors that the model-building stages' exactness gates write into git are kept in a form another CPU
+reproduces too (`stable_error`), since a fresh clone re-runs those stages.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 import re
 from pathlib import Path
@@ -28,6 +32,7 @@ from requant.common import write_json
 # largest last-bit difference measured between the stand-ins (1.5e-6)
 NEAR_EDGE = 1.5e-5
 MANTISSA_BITS = 3
+FLOAT_ROUNDING_LEVEL = 1e-5  # below this, a relative error between two float runs is rounding, not a model's
 
 
 def snap_pow2(values: np.ndarray) -> np.ndarray:
@@ -82,3 +87,12 @@ def record_machine(stage: str) -> None:
     """data/provenance/<stage>.json: where a calibrated stage ran. Kept out of its outputs and of git, so that
     the outputs stay the same bytes whichever machine made them."""
     write_json(PROVENANCE_DIR / f"{stage}.json", machine())
+
+
+def stable_error(value: float) -> float:
+    """A relative error between two float runs as a figure another CPU's kernels reproduce: one at float32
+    rounding level as the power of ten above it (other kernels move it by tens of percent: 4.54e-7 on
+    AVX-512, 4.95e-7 on AVX2), a larger one (a quantization's) to three significant digits."""
+    if not 0 < value < FLOAT_ROUNDING_LEVEL:
+        return float(f"{value:.3g}")  # 0, NaN and real errors
+    return float(f"1e{math.ceil(math.log10(value)):d}")

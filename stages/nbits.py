@@ -56,7 +56,7 @@ def scale_aware(src: Path, dst: Path, windows_dir: Path, recipe: NbitsRecipe, se
     check = runs.write_equivalent(model, src, dst, replace, runs.Windows(windows_dir, "heldout"), MAX_REL_ERROR,
                                   "activation-aware scaled")
     log.info("aware scaling: %s; scaled fp32 vs source: %s", summary, check)
-    return {**summary, "heldout_rel_error_max": check["rel_error_max"]}
+    return {**summary, "heldout_rel_error_max": stable.stable_error(check["rel_error_max"])}
 
 
 def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, windows_dir: Path = WINDOWS,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import pointwise
+from requant import pointwise, stable
 from requant.common import atomic_path, run_cli, write_json
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def rewrite_encoder(src: Path, dst_dir: Path, windows_dir: Path) -> dict:
         tmp.mkdir()
         check = runs.write_equivalent(model, src, tmp / src.name, replace, heldout, MAX_REL_ERROR, "pointwise")
     log.info("pointwise rewrite vs original on %d held-out windows: %s", len(heldout), check)
-    return {**summary, "heldout_windows": len(heldout), "heldout_rel_error_max": check["rel_error_max"]}
+    return {**summary, "heldout_windows": len(heldout), "heldout_rel_error_max": stable.stable_error(check["rel_error_max"])}
 
 
 def main() -> None:

@@ -123,7 +123,7 @@ def smooth_encoder(src: Path, dst_dir: Path, windows_dir: Path, alpha: float) ->
         tmp.mkdir()
         check = runs.write_equivalent(model, src, tmp / src.name, replace, heldout, MAX_REL_ERROR, "smoothed")
     log.info("smoothed fp32 vs original on %d held-out windows: %s", len(heldout), check)
-    return {**summary, "heldout_windows": len(heldout), "heldout_rel_error_max": check["rel_error_max"]}
+    return {**summary, "heldout_windows": len(heldout), "heldout_rel_error_max": stable.stable_error(check["rel_error_max"])}
 
 
 def main() -> None:

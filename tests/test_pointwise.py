@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from demo.fastconformer import TINY, build_random_model
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import patterns, pointwise
+from requant import patterns, pointwise, stable
 from stages.census import census
 from tests.test_attention import padded_batch
 
@@ -84,3 +85,33 @@ def test_a_conv_that_is_not_pointwise_is_refused_and_left_as_it_was(attrs: dict,
     replace, summary = pointwise.rewrite(model, Path("."))
     assert summary["rewritten"] == 0 and summary["refused"] == {reason: 1} and not replace
     assert model.SerializeToString() == before
+
+
+# ------------------------------------------------------------- gate figures another CPU reproduces
+
+def test_gate_errors_measured_apart_on_two_cpus_are_written_the_same() -> None:
+    # pairs measured on the demo: AVX-512 against AVX2 kernels, the same model files
+    for avx512, avx2 in ((4.542410717327507e-07, 4.945027395451771e-07), (2.83542768e-07, 2.83148743e-07),
+                         (0.061087815481809006, 0.061087747089040724)):
+        assert stable.stable_error(avx512) == stable.stable_error(avx2)
+    assert stable.stable_error(4.5e-07) == 1e-06 and stable.stable_error(1e-06) == 1e-06
+    assert stable.stable_error(0.0) == 0.0 and stable.stable_error(0.0610878) == 0.0611
+    assert np.isnan(stable.stable_error(float("nan")))  # NaN stays visible; the gates fail on it first
+
+
+def gate_errors(figures: object) -> list[float]:
+    if isinstance(figures, dict):
+        return [e for key, value in figures.items()
+                for e in ([value] if key.endswith(("rel_error", "rel_error_max", "max_error"))
+                          and isinstance(value, float) else gate_errors(value))]
+    return [e for value in figures for e in gate_errors(value)] if isinstance(figures, list) else []
+
+
+def test_committed_gate_errors_are_in_the_form_another_cpu_reproduces() -> None:
+    # a fresh clone re-runs the model-building stages: their gate errors must come out the same bytes
+    root = Path(__file__).resolve().parents[1] / "metrics"
+    files = [root / "pointwise.json", root / "smoothquant.json", root / "blockwise.json",
+             *sorted((root / "nbits").glob("*.json"))]
+    errors = [e for path in files for e in gate_errors(json.loads(path.read_text()))]
+    assert len(errors) >= 10
+    assert all(e == stable.stable_error(e) for e in errors), errors
