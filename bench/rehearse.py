@@ -63,7 +63,9 @@ def copy_project(repo: Path) -> None:
     (repo / "metrics").mkdir(exist_ok=True)
     from stages.report import BENCH_FIGURES  # the report's deps that benches write, kept in git
 
-    for path in BENCH_FIGURES:
+    # and the long-form figures, which only `make compare` writes: a real run has them from git (the report
+    # then leaves them out, measured on other encoders)
+    for path in (*BENCH_FIGURES, Path("metrics/longform.json")):
         shutil.copyfile(ROOT / path, repo / path)
 
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.rehearse import REPO_ID, REVISION, place_twin_in_hf_cache, render, variant_figures
+import yaml
+
+from bench.rehearse import REPO_ID, REVISION, copy_project, place_twin_in_hf_cache, render, variant_figures
 from demo.fastconformer import TINY, build_random_model
 from demo.export import quantize_stock
 from requant.common import sha256_file
@@ -63,3 +65,16 @@ def test_a_rehearsal_cut_short_says_which_stages_did_not_run() -> None:
                    "not_run": ["int8_mixed", "report"], "variants": {}})
     assert "**60 min** so far" in text and "**Cut short**: 2 stages not run yet: `int8_mixed`, `report`." in text
     assert "| `base_model` | 50 s | 1.40 GB | 10.0 GB |" in text and "(no variant evaluated yet)" in text
+
+
+def test_the_project_copy_holds_every_figure_the_report_reads_that_no_stage_of_the_run_writes(tmp_path: Path) -> None:
+    # a real parakeet run has them from git; without them the rehearsal's report stage failed after 4 hours
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    written = [next(iter(out)) if isinstance(out, dict) else out
+               for stage in stages.values() if not str(stage.get("foreach", "")).startswith("${compare")
+               for kind in ("outs", "metrics", "plots") for out in stage.get("do", stage).get(kind, [])]
+    read = [dep for dep in stages["report"]["deps"] if dep.startswith("metrics/") and (ROOT / dep).is_file()]
+    needed = [dep for dep in read if dep not in written]
+    assert "metrics/longform.json" in needed and "metrics/fidelity.json" not in needed
+    copy_project(tmp_path / "repo")
+    assert [dep for dep in needed if not (tmp_path / "repo" / dep).is_file()] == []
