@@ -45,8 +45,8 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 train-demo: $(BIN)/.torch
 	$(BIN)/python -m demo.train --out demo/model --minutes 600 --steps 9602 --n-per-lang 5000 --n-french 11000 --seed 0 --segment-long
 
-# The parakeet preset end to end on the Parakeet-size random twin, offline (hours on 2 cores, diagnose about
-# two of them; 12.3 GB of RAM at most, over 33 GB of disk under /tmp): every stage under dvc repro; the summary
+# The parakeet preset end to end on the Parakeet-size random twin, offline (4.5 h on 2 cores, diagnose about
+# two of them; 12.3 GB of RAM at most, 65 GB of disk under /tmp): every stage under dvc repro; the summary
 # goes to metrics/rehearsal.json and docs/rehearsal.md. After a cut: python -m bench.rehearse --resume.
 rehearse: $(BIN)/.installed
 	$(BIN)/python -m bench.rehearse
