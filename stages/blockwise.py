@@ -53,8 +53,6 @@ def rewrite_long_pass(model: onnx.ModelProto, params: BlockwiseParams, base_dir:
     if patterns.positional_slice(model) is not None:
         model, report["positions"] = positions.extend(model, patterns.positional_table(model, base_dir),
                                                       params.pos_tolerance)
-        if "formula_max_error" in report["positions"]:  # numpy's sin differs in its last bits between CPUs
-            report["positions"]["formula_max_error"] = stable.stable_error(report["positions"]["formula_max_error"])
     else:
         report["positions"] = {"extended": False, "refused": "no stored table: no cap"}
     loops = sum(n.op_type == "Loop" for n in model.graph.node)
