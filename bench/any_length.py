@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 
 from bench.cost import run_task
-from bench.web_check import child, prepare_twin, speech
+from bench.fixtures import child, prepare_twin, speech
 from requant.common import run_cli, write_json
 from requant.params import BlockwiseParams
-from stages.blockwise import rewrite_long_pass
+from requant.long_pass import rewrite_long_pass
 
 log = logging.getLogger("bench.any_length")
 OUT = Path(__file__).resolve().parents[1] / "metrics/bench_any_length.json"
@@ -34,7 +34,7 @@ OUT = Path(__file__).resolve().parents[1] / "metrics/bench_any_length.json"
 BUILD_INT8 = """
 import sys
 from pathlib import Path
-from stages.int8 import build_int8
+from requant.static_int8 import build_int8
 from stages.smoothquant import smooth_encoder
 twin, work = Path(sys.argv[1]), Path(sys.argv[2])
 smooth_encoder(twin / "encoder-model.onnx", work / "smoothed", work / "windows", alpha=0.5)

@@ -28,7 +28,7 @@ from bench.cost import run_task
 from requant import attention
 from requant.common import run_cli, write_json
 from requant.params import BlockwiseParams
-from stages.blockwise import rewrite_long_pass
+from requant.long_pass import rewrite_long_pass
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402

@@ -28,13 +28,14 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import yaml
 
+from bench import fixtures
+from bench.fixtures import pipeline_params
 from bench.meter import MB
 from bench.report import markdown, targets
 from bench.tasks import SAMPLE_RATE
 from requant.common import fail, run_cli, write_json
-from requant.params import PARAMS_FILE, Params, parse_params
+from requant.params import Params
 
 log = logging.getLogger("bench.cost")
 
@@ -57,10 +58,8 @@ VOICES = [("en", "en-us+m2"), ("fr", "fr+m1"), ("en", "en-gb+m4"), ("fr", "fr-be
 def speech(seconds: float, index: int, seed: int) -> np.ndarray:
     """Synthetic speech (espeak-ng through demo.synth) or, where that is unavailable, shaped noise."""
     try:
-        from demo.synth import make_speech
-
         lang, voice = VOICES[index % len(VOICES)]
-        return make_speech(lang, voice, seconds, seed + index)[0]
+        return fixtures.speech(seconds, seed + index, lang, voice)
     except (ImportError, OSError) as err:  # no espeak-ng library: the costs do not depend on the words
         log.warning("synthetic speech unavailable (%s); using noise", err)
         rng = np.random.default_rng(seed + index)
@@ -75,12 +74,6 @@ def write_windows(folder: Path, calib: list[np.ndarray], heldout: list[np.ndarra
     index += [{"speaker": f"bench_heldout{i}", "start_s": 0.0, "split": "heldout"} for i in range(len(heldout))]
     (folder / "index.json").write_text(json.dumps(index))
     return folder
-
-
-def pipeline_params(path: Path = PARAMS_FILE) -> Params:
-    """params.yaml as the parakeet preset sees it (alpha, percentile, window length, shard budget)."""
-    raw = yaml.safe_load(Path(path).read_text())
-    return parse_params({**raw, "preset": "parakeet"})
 
 
 # --- children -----------------------------------------------------------------------------------

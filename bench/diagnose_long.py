@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from requant import onnx_graph as og
-from requant.asr import VARIANTS
+from requant.variants import VARIANTS
 from requant.audio import read_wav
 from requant.common import run_cli, write_json
 from requant.params import load_params
-from stages.blockwise import rewrite_long_pass
+from requant.long_pass import rewrite_long_pass
 from stages.diagnose import AUDIO_DIR, BASE, SMOOTHED, diagnose, summarize
 
 OUT = Path("metrics/diagnosis_long.json")

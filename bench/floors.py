@@ -33,8 +33,10 @@ from requant import stable
 from requant.common import read_json, write_json
 from requant.params import load_params
 from requant.summary import BASELINE, decoding_view, summarize
-from stages import int8, int8_mixed, smoothquant
-from stages.evaluate import METRICS_DIR, evaluate
+from requant.static_int8 import build_int8
+from stages import int8_mixed, smoothquant
+from requant.evaluation import METRICS_DIR
+from stages.evaluate import evaluate
 from stages.windows import build_windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +81,7 @@ def build_and_score(project: Path, windows: Path, variants: tuple[str, ...]) -> 
     eval_params = dataclasses.replace(p.eval, decodings=["greedy"])
     evals = {BASELINE: decoding_view(read_json(ROOT / METRICS_DIR / f"{BASELINE}.json"), "greedy")}
     for variant in variants:
-        int8.build_int8(source, project / "models/variants" / variant, windows, p.quant.percentile,
+        build_int8(source, project / "models/variants" / variant, windows, p.quant.percentile,
                         p.quant.calib_windows, p.fidelity.min_cosine, reduce_range=p.quant.reduce_range,
                         keep_fp32=keep[variant])
         result = evaluate(variant, eval_params, list(p.eval_clips), project, project / "metrics/eval",

@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 
 from bench.cost import machine, pipeline_params, run_task
-from bench.web_check import prepare_twin, speech
+from bench.fixtures import prepare_twin, speech
 from requant import onnx_graph as og
 from requant import pointwise
 from requant.common import run_cli, write_json
-from stages.blockwise import rewrite_long_pass
+from requant.long_pass import rewrite_long_pass
 
 log = logging.getLogger("bench.quantize_more")
 OUT = Path(__file__).resolve().parents[1] / "metrics/bench_quantize_more.json"

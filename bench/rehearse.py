@@ -148,7 +148,7 @@ def build_twin(work: Path, seed: int, layers: int) -> dict:
 def variant_figures(metrics: Path, clip: str = "jfk") -> dict[str, dict]:
     """Per evaluated variant, from its evaluation (metrics/eval/, metrics/timing/): size, and the long clip's
     session load, encoder time, decoding times, peak RSS and WER (meaningless on random weights)."""
-    from stages.evaluate import TIMING_DIR, merge_timing
+    from requant.evaluation import TIMING_DIR, merge_timing
 
     variants = {}
     for path in sorted((metrics / "eval").glob("*.json")):

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from bench.cost import machine
-from requant.asr import COMPARISON_ROWS, VARIANTS
+from requant.variants import COMPARISON_ROWS, VARIANTS
 from requant.common import fail, run_cli, write_json
 
 ROOT = Path(__file__).resolve().parents[1]

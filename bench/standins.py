@@ -90,6 +90,7 @@ def flip_nearest_range(windows: Path = ROOT / "data/windows") -> dict[str, float
     committed int8 encoder's."""
     from requant import encoder_runs as runs
     from requant import stable
+    from requant import static_int8
     from stages import int8
 
     seen: list[tuple[float, float]] = []
@@ -109,19 +110,19 @@ def flip_nearest_range(windows: Path = ROOT / "data/windows") -> dict[str, float
                                                                       np.floor(mantissa * steps) + 1))
         return float(np.copysign(low if snap(value, bits) == np.copysign(high, value) else high, value))
 
-    source, committed = ROOT / int8.SOURCE, ROOT / int8.OUT_DIR / int8.NAME
+    source, committed = ROOT / int8.SOURCE, ROOT / int8.OUT_DIR / static_int8.NAME
     with tempfile.TemporaryDirectory(prefix="flip-") as tmp:
         stable.snap_mantissa = record
-        int8.build_int8(source, Path(tmp) / "again", windows, 99.999, 0, min_cosine=0.9)
+        static_int8.build_int8(source, Path(tmp) / "again", windows, 99.999, 0, min_cosine=0.9)
         distance, target = min(seen)
         stable.snap_mantissa = flip
         try:
-            int8.build_int8(source, Path(tmp) / "flipped", windows, 99.999, 0, min_cosine=0.9)
+            static_int8.build_int8(source, Path(tmp) / "flipped", windows, 99.999, 0, min_cosine=0.9)
         finally:
             stable.snap_mantissa = snap
         heldout = runs.Windows(windows, "heldout")
         before = runs.encoder_outputs(committed, heldout, "committed int8")
-        after = runs.encoder_outputs(Path(tmp) / "flipped" / int8.NAME, heldout, "flipped int8")
+        after = runs.encoder_outputs(Path(tmp) / "flipped" / static_int8.NAME, heldout, "flipped int8")
     return {"edge_distance": distance, "range_end": target, **runs.compare(before, after)}
 
 

@@ -26,7 +26,7 @@ from requant import encoder_runs as runs
 from requant.common import setup_logging
 from requant.features import SAMPLE_RATE, features
 from stages.fp16 import build_fp16
-from stages.int8 import build_int8
+from requant.static_int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
 from stages.nbits import build_nbits
 from stages.pointwise import rewrite_encoder
@@ -70,8 +70,8 @@ def smoothquant(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 @task
 def int8_static(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     phases = {
-        "quantize_static": "stages.int8:quantize_encoder",
-        "calibration": "stages.int8:calibrate",
+        "quantize_static": "requant.static_int8:quantize_encoder",
+        "calibration": "requant.static_int8:calibrate",
         "calibration_passes": "onnxruntime.quantization.calibrate:HistogramCalibrater.collect_data",
         "ort_load_shape_inference": "onnxruntime.quantization.quantize:load_model_with_shape_infer",
         "ort_quantize_rewrite": "onnxruntime.quantization.qdq_quantizer:QDQQuantizer.quantize_model",

@@ -28,74 +28,21 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
+from bench.fixtures import BUILD_STEPS, NBITS, ROOT, STEP_TIMEOUT_S, child, prepare_twin, speech
 from requant.common import fail, run_cli, write_json
+from requant.variants import browser_precisions
 from requant.web_figures import browser_table
 
 log = logging.getLogger("bench.web_check")
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "metrics/web_check.json"
-NBITS = ("w8", "w4", "w8_aware", "w4_aware")  # the weight-only recipes the release folder ships
-# the page's precisions (web/asr.js) -> their encoder file in the release folder
-ENCODERS = {"fp32": "encoder-model.onnx", "fp32_sharded": "sharded/encoder-model.onnx", "fp16": "encoder-model.fp16.onnx",
-            "int8": "encoder-model.int8.onnx", **{r: f"encoder-model.{r}.onnx" for r in NBITS},
-            "fp32_blockwise": "blockwise/encoder-model.onnx", "int8_blockwise": "blockwise/encoder-model.int8.onnx",
-            "fp32_local": "local/encoder-model.onnx", "int8_local": "local/encoder-model.int8.onnx"}
+# the page's precisions (web/asr.js, from the registry) -> their encoder file in the release folder
+ENCODERS = {name: files["encoder"] for name, files in browser_precisions().items()}
 PRECISIONS = list(ENCODERS)
 LONG_PRECISIONS = ["int8", "int8_blockwise", "int8_local"]
-STEP_TIMEOUT_S = 3600
-
-
-def child(*args: str) -> None:
-    """One build step in its own process, so that its memory is returned before the browser runs."""
-    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, timeout=STEP_TIMEOUT_S,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-BUILD = """
-import sys, numpy as np, onnx
-from pathlib import Path
-from bench.cost import pipeline_params
-from bench.twin import speech_rate_decoders
-from bench.web_check import NBITS, speech
-from stages.blockwise import rewrite_long_pass
-from stages.fp16 import to_fp16
-from stages.shard import shard_encoder
-twin, work, int8, step = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
-if step == "decoder":  # one bias per decoder file the release pairs with an encoder, on that encoder's output
-    nbits = {r: int8.parents[1] / f"nbits_{r}" / f"encoder-model.{r}.onnx" for r in NBITS}
-    speech_rate_decoders(twin, speech(30.0, 7), work / "decoder", {
-        "decoder_joint-model.onnx": twin / "encoder-model.onnx", "decoder_joint-model.int8.onnx": int8,
-        **{f"decoder_joint-model.{r}.onnx": encoder for r, encoder in nbits.items()}})
-elif step == "shard":
-    shard_encoder(twin / "encoder-model.onnx", work / "sharded", 1_500_000_000,
-                  np.load(work / "windows/windows.npy")[0])
-elif step == "fp16":  # the encoder, and the decoder with the blank bias
-    (work / "fp16.tmp").mkdir()
-    to_fp16(twin / "encoder-model.onnx", work / "fp16.tmp/encoder-model.fp16.onnx")
-    to_fp16(work / "decoder/decoder_joint-model.onnx", work / "fp16.tmp/decoder_joint-model.fp16.onnx")
-    (work / "fp16.tmp").rename(work / "fp16")
-elif step == "graphs":  # graphs only: the weights stay where they are, linked from the release folder
-    p = pipeline_params()
-    (work / "graphs.tmp").mkdir()
-    for folder, context in (("blockwise", None), ("local", p.local.context)):
-        (work / "graphs.tmp" / folder).mkdir()
-        for src in (twin / "encoder-model.onnx", int8):
-            model, _ = rewrite_long_pass(onnx.load(src, load_external_data=False), p.blockwise, src.parent, context)
-            onnx.save(model, work / "graphs.tmp" / folder / src.name)
-    (work / "graphs.tmp").rename(work / "graphs")
-"""
-
-
-def speech(seconds: float, seed: int) -> np.ndarray:
-    from demo.synth import make_speech
-
-    return make_speech("en", "en-us+m3", seconds, seed)[0]
 
 
 def lay_out(twin: Path, work: Path, files: dict[str, Path]) -> Path:
@@ -145,21 +92,6 @@ def in_browser(release: Path, clip: Path, precisions: list[str], *flags: str) ->
     return runs
 
 
-def prepare_twin(work: Path, windows: int) -> Path:
-    """work/twin (built once) and work/windows: `windows` calibration windows and two held out, as the
-    stages read them."""
-    twin = work / "twin"
-    if not (twin / "encoder-model.onnx.data").is_file():
-        child("-m", "bench.twin", "--out", str(twin))
-    (work / "windows").mkdir(parents=True, exist_ok=True)
-    window = [speech(30.0, 100 + i) for i in range(windows + 2)]
-    np.save(work / "windows/windows.npy", np.stack(window).astype(np.float32))
-    (work / "windows/index.json").write_text(json.dumps(
-        [{"speaker": f"s{i}", "start_s": 0.0, "split": "calib" if i < windows else "heldout"}
-         for i in range(len(window))]))
-    return twin
-
-
 def web_check(work: Path, audio_s: float, windows: int, threads: list[int], long_s: float, local_s: float) -> dict:
     import soundfile as sf
 
@@ -168,10 +100,10 @@ def web_check(work: Path, audio_s: float, windows: int, threads: list[int], long
     started = time.perf_counter()
     twin = prepare_twin(work, windows)
     files, _ = build(twin, work / "quantize-more", work / "windows")
-    for step in ("decoder", "shard", "fp16", "graphs"):
+    for step in BUILD_STEPS:
         if not (work / {"shard": "sharded"}.get(step, step)).is_dir():  # a rerun keeps what an earlier run built
             log.info("building %s", step)
-            child("-c", BUILD, str(twin), str(work), str(files["int8_smoothquant"]), step)
+            child("-m", "bench.fixtures", str(twin), str(work), str(files["int8_smoothquant"]), step)
     release = lay_out(twin, work, files)
     clip = work / "clip.wav"
     sf.write(clip, speech(audio_s, 7), 16_000, subtype="PCM_16")

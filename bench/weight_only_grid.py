@@ -30,8 +30,9 @@ from requant.common import read_json, run_cli, write_json
 from requant.params import NbitsRecipe, load_params
 from requant.summary import BASELINE, decoding_view, summarize
 from stages import nbits
-from stages.evaluate import METRICS_DIR, evaluate
-from stages.int8 import WindowReader
+from requant.evaluation import METRICS_DIR
+from stages.evaluate import evaluate
+from requant.static_int8 import WindowReader
 
 log = logging.getLogger("bench.weight_only_grid")
 OUT = ROOT / "metrics/weight_only_grid.json"

@@ -19,64 +19,13 @@ from requant.beam import BeamParams, JointFn, beam_search
 from requant.common import fail, sha256_file
 from requant.features import SAMPLE_RATE
 from requant.onnx_graph import load_graph
+from requant.variants import BASE_DIR, DECODERS, VARIANTS, ModelFile
 
 
 # --- Variants and speech recognition through onnx-asr -------------------------------------------
 
-BASE_DIR = Path("models/base")
 VOCAB, CONFIG = "vocab.txt", "config.json"
 CANONICAL_ENCODER, CANONICAL_DECODER = "encoder-model.onnx", "decoder_joint-model.onnx"
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One ONNX file of a variant: where it lies and which DVC stage makes it."""
-
-    folder: Path
-    name: str
-    stage: str
-
-
-# Encoder of each evaluated variant (paths relative to the repository root).
-VARIANTS: dict[str, ModelFile] = {
-    "fp32": ModelFile(BASE_DIR, "encoder-model.onnx", "base_model"),
-    "fp16": ModelFile(Path("models/variants/fp16"), "encoder-model.fp16.onnx", "fp16"),
-    "fp32_sharded": ModelFile(Path("models/variants/fp32_sharded"), "encoder-model.onnx", "shard"),
-    "int8_dynamic": ModelFile(Path("models/variants/int8_dynamic"), "encoder-model.int8.onnx", "int8_dynamic"),
-    "int8_smoothquant": ModelFile(Path("models/variants/int8_smoothquant"), "encoder-model.int8.onnx", "int8"),
-    "int8_stock": ModelFile(BASE_DIR, "encoder-model.int8.onnx", "base_model"),
-    # weight-only MatMulNBits recipes, one per params.yaml nbits entry (tests keep the three lists equal)
-    "nbits_w8": ModelFile(Path("models/variants/nbits_w8"), "encoder-model.w8.onnx", "nbits@w8"),
-    "nbits_w4": ModelFile(Path("models/variants/nbits_w4"), "encoder-model.w4.onnx", "nbits@w4"),
-    "nbits_w8_aware": ModelFile(Path("models/variants/nbits_w8_aware"), "encoder-model.w8_aware.onnx",
-                                "nbits@w8_aware"),
-    "nbits_w4_aware": ModelFile(Path("models/variants/nbits_w4_aware"), "encoder-model.w4_aware.onnx",
-                                "nbits@w4_aware"),
-    "int8_mixed": ModelFile(Path("models/variants/int8_mixed"), "encoder-model.int8.onnx", "int8_mixed"),
-    "int8_matmul_only": ModelFile(Path("models/variants/int8_matmul_only"), "encoder-model.int8.onnx",
-                                  "int8_compare@matmul_only"),
-    "int8_subsampling": ModelFile(Path("models/variants/int8_subsampling"), "encoder-model.int8.onnx",
-                                  "int8_compare@subsampling"),
-    # the exact long-pass rewrite of fp32 and SmoothQuant int8 (memory linear in the pass length)
-    "fp32_blockwise": ModelFile(Path("models/variants/fp32_blockwise"), "encoder-model.onnx", "blockwise"),
-    "int8_blockwise": ModelFile(Path("models/variants/int8_blockwise"), "encoder-model.int8.onnx", "blockwise"),
-    # the same with local attention (local.context): time and memory linear in the pass length
-    "fp32_local": ModelFile(Path("models/variants/fp32_local"), "encoder-model.onnx", "blockwise"),
-    "int8_local": ModelFile(Path("models/variants/int8_local"), "encoder-model.int8.onnx", "blockwise"),
-}
-
-# Decoder/joint per eval.decoder precision; the same one is paired with every encoder.
-DECODERS: dict[str, ModelFile] = {
-    "fp32": ModelFile(BASE_DIR, "decoder_joint-model.onnx", "base_model"),
-    "int8": ModelFile(BASE_DIR, "decoder_joint-model.int8.onnx", "base_model"),
-    "fp16": ModelFile(Path("models/variants/fp16"), "decoder_joint-model.fp16.onnx", "fp16"),
-}
-
-
-# Evaluated only when params.yaml lists them in compare.rows (`make compare`: all of them); every other
-# variant is evaluated on every run (dvc.yaml, stage evaluate)
-COMPARISON_ROWS = ("int8_dynamic", "int8_matmul_only", "int8_subsampling", "int8_mixed", "nbits_w8", "nbits_w4",
-                   "fp32_sharded", "fp32_blockwise")
 
 
 def encoder_digest(variant: str, root: Path = Path(".")) -> str | None:

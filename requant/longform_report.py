@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from requant.model_card import LABELS, pct, table
+from requant.model_card import pct, table
+from requant.variants import LABELS
 
 MODE_LABELS = {"full": "one pass, full attention", "local": "one pass, local attention", "vad": "voice-activity segments"}
 

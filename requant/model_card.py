@@ -5,30 +5,14 @@ Only rendering lives here: every figure comes from metrics/*.json and every sett
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from requant.params import Params
 from requant.summary import BASELINE, MACRO, POOLED, measured_as
+from requant.variants import LABELS
 
-LABELS = {
-    "fp32": "fp32 (unchanged)",
-    "fp16": "fp16 (naive cast)",
-    "fp32_sharded": "fp32 sharded (repack)",
-    "int8_dynamic": "int8 dynamic (stock recipe)",
-    "int8_smoothquant": "int8 SmoothQuant (this)",
-    "int8_stock": "int8 stock (shipped with the base model)",
-    "nbits_w8": "w8 weight-only (MatMulNBits 8-bit)",
-    "nbits_w4": "w4 weight-only (MatMulNBits 4-bit)",
-    "nbits_w8_aware": "w8 weight-only, activation-aware scales",
-    "nbits_w4_aware": "w4 weight-only, activation-aware scales",
-    "int8_matmul_only": "int8 SmoothQuant, MatMuls only (pointwise convs fp32)",
-    "int8_subsampling": "int8 SmoothQuant + subsampling convs int8",
-    "int8_mixed": "int8 SmoothQuant, worst MatMuls fp32 (mixed)",
-    "fp32_blockwise": "fp32, blockwise (exact long-pass rewrite)",
-    "int8_blockwise": "int8 SmoothQuant, blockwise",
-    "fp32_local": "fp32, local attention",
-    "int8_local": "int8 SmoothQuant, local attention",
-}
+CARD_FILE = Path("reports/MODEL_CARD.md")  # the release folder's README
 FILES = [
     ("encoder-model.onnx (+ .data)", "fp32 encoder, unchanged"),
     ("encoder-model.int8.onnx (+ .data above 256 MB)",

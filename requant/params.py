@@ -470,7 +470,7 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: eval.normalize='{p.eval.normalize}'; use raw or lower_nopunct")
     if p.eval.engine not in ("local", "ray"):
         raise ParamsError(f"params.yaml: eval.engine='{p.eval.engine}'; use local or ray")
-    if p.eval.corpus_shard % 16:  # stages.evaluate.CORPUS_BATCH: other batches pad differently, other numbers
+    if p.eval.corpus_shard % 16:  # requant.evaluation.CORPUS_BATCH: other batches pad differently, other numbers
         raise ParamsError(f"params.yaml: eval.corpus_shard={p.eval.corpus_shard} must be a multiple of 16 "
                           "(the encoder's batch), so that each task's batches are the local engine's")
 

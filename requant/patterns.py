@@ -3,7 +3,7 @@
 NeMo's export (../shared/FACTS.md, "The real export") carries patterns that a naive transform gets
 wrong: encoded lengths computed in float, a constant positional table that caps one pass, Shape
 readers beside the MatMuls of a LayerNorm. These functions find them on any graph, without weights,
-so the census (stages/census.py), SmoothQuant, int8 and fp16 agree on one reading of the graph.
+so the census (tools/census.py), SmoothQuant, int8 and fp16 agree on one reading of the graph.
 """
 
 from __future__ import annotations

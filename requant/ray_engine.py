@@ -32,7 +32,7 @@ from requant.asr import assemble_model_dir, load_asr
 from requant.common import StageError, describe_os_error, fail
 from requant.evalsets import Utterance
 from requant.params import BeamParams, EvalParams, RayParams
-from stages.evaluate import count_corpus, long_pass, summarize_corpus  # loaded: it imports this module lazily
+from requant.evaluation import count_corpus, long_pass, summarize_corpus
 
 log = logging.getLogger("pipeline.evaluate.ray")
 
@@ -192,7 +192,7 @@ def _encoder_files(files: list[Path]) -> EncoderFiles:
 
 def long_pass_task(root: str, variant: str, clip: str, eval_params: EvalParams,
                    beam: BeamParams) -> tuple[EncoderFiles, dict[str, Any]]:
-    """stages.evaluate.long_pass on this node, its model folder assembled from the shared root."""
+    """requant.evaluation.long_pass on this node, its model folder assembled from the shared root."""
     with on_node(root) as project, tempfile.TemporaryDirectory(prefix=f"eval-{variant}-") as model_dir:
         files = assemble_model_dir(variant, eval_params.decoder, Path(model_dir), project)
         return _encoder_files(files), long_pass(Path(model_dir), clip, eval_params, beam, project)
@@ -200,7 +200,7 @@ def long_pass_task(root: str, variant: str, clip: str, eval_params: EvalParams,
 
 def corpus_task(root: str, variant: str, utterances: list[Utterance], eval_params: EvalParams,
                 beam: BeamParams) -> tuple[EncoderFiles, tuple[dict[str, Any], float, float, dict[str, float]]]:
-    """stages.evaluate.count_corpus over one shard (its audio paths relative to the root) on this node."""
+    """requant.evaluation.count_corpus over one shard (its audio paths relative to the root) on this node."""
     with on_node(root) as project, tempfile.TemporaryDirectory(prefix=f"eval-{variant}-") as model_dir:
         files = assemble_model_dir(variant, eval_params.decoder, Path(model_dir), project)
         shard = [Utterance(u.id, u.lang, project / u.audio, u.text, u.where) for u in utterances]

@@ -176,7 +176,7 @@ def build_base_model(params_model: ModelParams, is_demo: bool, out_dir: Path = O
         problems = patterns.findings(og.load_graph(tmp / "encoder-model.onnx"))
         if problems:
             fail(f"{source / 'encoder-model.onnx'}: {'; '.join(problems)}; "
-                 "`python -m stages.census <encoder.onnx>` prints the full census")
+                 "`python -m tools.census <encoder.onnx>` prints the full census")
     log.info("base model ready in %s", out_dir)
 
 

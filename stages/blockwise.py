@@ -19,13 +19,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from requant import attention, patterns, positions, stable, subsampling
+from requant import attention, stable
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant.audio import read_wav
 from requant.common import atomic_path, fail, run_cli, write_json
+from requant.long_pass import rewrite_long_pass
 from requant.params import BlockwiseParams, load_params
 
 log = logging.getLogger("pipeline.blockwise")
@@ -43,27 +43,6 @@ def longest_speech(audio_dir: Path, speeches: list[str], max_s: float) -> np.nda
     if not paths:
         fail(f"no decoded speech in {audio_dir}: the exactness gate needs one long pass; run `dvc repro decode`")
     return max((read_wav(p) for p in paths), key=len)[: int(max_s * 16000)]
-
-
-def rewrite_long_pass(model: onnx.ModelProto, params: BlockwiseParams, base_dir: Path,
-                      context: list[int] | None = None) -> tuple[onnx.ModelProto, dict]:
-    """The positions extended, then both rewrites; and what each took or refused (base_dir: where the
-    model's external weights are). Raises ValueError if the stored table is not NeMo's formula."""
-    report: dict = {"context": context}
-    if patterns.positional_slice(model) is not None:
-        model, report["positions"] = positions.extend(model, patterns.positional_table(model, base_dir),
-                                                      params.pos_tolerance)
-    else:
-        report["positions"] = {"extended": False, "refused": "no stored table: no cap"}
-    loops = sum(n.op_type == "Loop" for n in model.graph.node)
-    rewritten, refused = attention.rewrite(model, params.block, tuple(context) if context else None)
-    sites = sum(n.op_type == "Loop" for n in rewritten.graph.node) - loops
-    masks = sum(n.op_type == "Tile" for n in model.graph.node) - sum(n.op_type == "Tile" for n in rewritten.graph.node)
-    rewritten, subsampling_refused = subsampling.rewrite(rewritten, params.subsampling_block, base_dir)
-    return rewritten, {**report, "sites": sites, "refused": refused, "block": params.block,
-                       "mask_computed_per_block": masks > 0,
-                       "subsampling_chunked": not subsampling_refused, "subsampling_refused": subsampling_refused,
-                       "subsampling_block": params.subsampling_block}
 
 
 def build_blockwise(src: Path, dst_dir: Path, params: BlockwiseParams, checks: list[np.ndarray],

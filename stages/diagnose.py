@@ -26,7 +26,7 @@ from tqdm import tqdm  # noqa: E402
 from requant import encoder_runs as runs  # noqa: E402
 from requant import onnx_graph as og  # noqa: E402
 from requant import stable  # noqa: E402
-from requant.asr import VARIANTS  # noqa: E402
+from requant.variants import VARIANTS  # noqa: E402
 from requant.audio import read_wav  # noqa: E402
 from requant.common import atomic_path, fail, run_cli, write_json  # noqa: E402
 from requant.features import SAMPLE_RATE, features  # noqa: E402

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant.asr import VARIANTS
+from requant.variants import VARIANTS
 from requant.common import fail, run_cli, write_json
 from requant.features import features
 

@@ -16,11 +16,13 @@ from requant import onnx_graph as og
 from requant import pointwise, stable
 from requant.common import fail, run_cli
 from requant.params import load_params
-from stages.int8 import SOURCE, WINDOWS, build_int8
+from requant.static_int8 import build_int8
 
 log = logging.getLogger(__name__)
 
 ROWS = ("matmul_only", "subsampling")
+SOURCE = Path("models/smoothed/encoder-model.onnx")
+WINDOWS = Path("data/windows")
 
 
 def out_dir(row: str) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from requant import stable
 from requant.common import fail, read_json, run_cli
-from stages.int8 import build_int8
+from requant.static_int8 import build_int8
 from requant.params import load_params
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Modes (longform.modes), each with greedy decoding and a fresh session per recording (its own peak RSS):
 - full: one pass, full attention: the variant's encoder with positions past the table, blockwise
-  attention and chunked subsampling (stages/blockwise.rewrite_long_pass, the gated rewrite);
+  attention and chunked subsampling (requant/long_pass.rewrite_long_pass, which stage blockwise gates);
 - local: one pass, local attention over local.context;
 - chunk<s>: windows of s seconds every s - longform.overlap_s, stitched at the middle of each overlap
   (requant/chunking.py), each window through the variant's encoder as it is;
@@ -35,8 +35,8 @@ from requant.evalsets import SKIPPED, clip_audio
 from requant.longform_report import longform_tables
 from requant.params import LongformParams, Params, load_params
 from requant.scoring import count_errors, percent, score_sections, split_by_section, tokens_to_text
-from stages.blockwise import rewrite_long_pass
-from stages.evaluate import read_reference
+from requant.long_pass import rewrite_long_pass
+from requant.evaluation import read_reference
 from stages.longform_data import LONGFORM_DIR
 
 log = logging.getLogger("pipeline.longform")

@@ -24,6 +24,7 @@ from requant import aware, patterns, stable
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant.common import atomic_path, fail, run_cli, write_json
+from requant.gated import write_gated
 from requant.params import AwareParams, NbitsRecipe, load_params
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,10 @@ def scale_aware(src: Path, dst: Path, windows_dir: Path, recipe: NbitsRecipe, se
     grid = aware.Grid(recipe.bits, recipe.block_size, recipe.symmetric)
     replace, summary = aware.scale_for_grid(model, src.parent, runs.Windows(windows_dir, "calib"), grid,
                                             settings.alphas, settings.rows, seed)
-    check = runs.write_equivalent(model, src, dst, replace, runs.Windows(windows_dir, "heldout"), MAX_REL_ERROR,
-                                  "activation-aware scaled")
-    log.info("aware scaling: %s; scaled fp32 vs source: %s", summary, check)
-    return {**summary, "heldout_rel_error_max": stable.stable_error(check["rel_error_max"])}
+    gate = write_gated(model, src, dst.parent, dst.name, replace, runs.Windows(windows_dir, "heldout"), MAX_REL_ERROR,
+                       "activation-aware scaled")
+    log.info("aware scaling: %s", summary)
+    return {**summary, "heldout_rel_error_max": gate["heldout_rel_error_max"]}
 
 
 def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, windows_dir: Path = WINDOWS,
@@ -77,7 +78,7 @@ def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, window
         if recipe.aware:
             if settings is None:
                 fail("an aware nbits recipe needs the aware params group")
-            quantized_from = work / "scaled.onnx"
+            quantized_from = work / "scaled" / "scaled.onnx"
             scaled = scale_aware(src, quantized_from, windows_dir, recipe, settings, seed)
         with og.quantizer_scratch(work):
             quantizer = MatMulNBitsQuantizer(str(quantized_from), bits=recipe.bits, block_size=recipe.block_size,

@@ -2,7 +2,7 @@
 
 onnx-asr finds each precision by its canonical name: the plain names are the unchanged fp32 files,
 `.int8` is the new SmoothQuant encoder beside the base int8 decoder, `.fp16` the fp16 pair, and
-`sharded/` holds the fp32 encoder repacked into shards. Files are copied, never hard-linked: onnx
+`sharded/` holds the fp32 encoder repacked into shards. What ships where: requant/variants.py. Files are copied, never hard-linked: onnx
 (1.23) refuses to read external data that has more than one hard link. The copy goes through
 copy_file_range, which shares blocks on filesystems that can (btrfs, XFS). The folder appears whole
 or not at all.
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import onnx
 
-from requant.asr import BASE_DIR, DECODERS, VARIANTS, ModelFile, model_files
+from requant.asr import model_files
 from requant.common import atomic_path, fail, run_cli
-from stages.report import CARD_FILE
+from requant.model_card import CARD_FILE
+from requant.variants import BASE_DIR, DECODERS, SHIPPED, VARIANTS, ModelFile
 
 log = logging.getLogger("pipeline.package")
 
@@ -38,21 +39,14 @@ def release_plan(root: Path) -> dict[str, Path]:
         # Every file keeps its name: canonical already, and external data is named inside its graph.
         plan.update({f"{subdir}{source.name}": source for source in model_files(spec, root, what)})
 
-    add(VARIANTS["fp32"], "fp32 encoder")
-    add(DECODERS["fp32"], "fp32 decoder")
-    add(VARIANTS["int8_smoothquant"], "SmoothQuant int8 encoder")
-    add(DECODERS["int8"], "int8 decoder")
-    add(VARIANTS["fp16"], "fp16 encoder")
-    add(DECODERS["fp16"], "fp16 decoder")
-    add(VARIANTS["fp32_sharded"], "sharded fp32 encoder", subdir="sharded/")
-    add(VARIANTS["fp32_blockwise"], "blockwise fp32 encoder", subdir="blockwise/")
-    add(VARIANTS["int8_blockwise"], "blockwise int8 encoder", subdir="blockwise/")
-    add(VARIANTS["fp32_local"], "local-attention fp32 encoder", subdir="local/")
-    add(VARIANTS["int8_local"], "local-attention int8 encoder", subdir="local/")
-    for variant in (v for v in VARIANTS if v.startswith("nbits_")):
-        add(VARIANTS[variant], f"{variant} encoder")
-        suffix = VARIANTS[variant].name.removeprefix("encoder-model.")  # "w8.onnx": onnx-asr pairs by suffix
-        plan[f"decoder_joint-model.{suffix}"] = root / DECODERS["int8"].folder / DECODERS["int8"].name
+    for key in SHIPPED:  # what the registry ships, where it says
+        variant = VARIANTS[key]
+        add(variant, f"{key} encoder", subdir=variant.release)
+        decoder, name = DECODERS[variant.decoder], variant.release_decoder
+        if variant.release == "" and name == decoder.name:
+            add(decoder, f"{variant.decoder} decoder")
+        elif variant.release == "":  # a copy under the encoder's suffix: onnx-asr pairs files by it
+            plan[name] = root / decoder.folder / decoder.name
     for name in PLAIN_FILES:
         plan[name] = root / BASE_DIR / name
     plan["README.md"] = root / CARD_FILE

@@ -22,13 +22,12 @@ from tqdm import tqdm
 
 from requant.asr import SAMPLE_RATE, assemble_model_dir, decodings_for, load_asr, load_clip, recognize_all
 from requant.common import atomic_path, fail, run_cli, write_json
-from requant.evalsets import EVAL_AUDIO_DIR, RAW_EVAL_DIR, REFERENCE_DIR, SKIPPED, clip_audio
+from requant.evalsets import EVAL_AUDIO_DIR, RAW_EVAL_DIR, REFERENCE_DIR, SECTIONS_FILE, SKIPPED, TRUTH_FILE, clip_audio
 from requant.params import BeamParams, load_params
 from requant.scoring import make_sections
 
 log = logging.getLogger("pipeline.reference")
 
-SECTIONS_FILE, TRUTH_FILE = "sections.json", "truth.txt"
 
 
 def build_reference(

@@ -20,11 +20,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from requant.asr import VARIANTS, encoder_digest  # noqa: E402
+from requant.asr import encoder_digest  # noqa: E402
+from requant.variants import VARIANTS  # noqa: E402
 from requant.common import atomic_path, fail, read_json, run_cli, write_json  # noqa: E402
-from stages.evaluate import METRICS_DIR, TIMING_DIR, merge_timing  # noqa: E402
+from requant.evaluation import METRICS_DIR, TIMING_DIR, merge_timing  # noqa: E402
 from requant.longform_report import how_to_run, longform_tables, mode_label  # noqa: E402
-from requant.model_card import render_card, render_costs, render_headline, render_results  # noqa: E402
+from requant.model_card import CARD_FILE, render_card, render_costs, render_headline, render_results  # noqa: E402
 from requant.params import Params, load_params  # noqa: E402
 from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize  # noqa: E402
 from requant.web_figures import browser_table, browser_times  # noqa: E402
@@ -33,7 +34,7 @@ log = logging.getLogger("pipeline.report")
 
 WER_FILE, COST_FILE, SUMMARY_FILE = Path("metrics/wer.json"), Path("metrics/cost.json"), Path("metrics/eval_summary.json")
 PLOT_FILE, LANG_PLOT_FILE = Path("metrics/plots/section_wer.png"), Path("metrics/plots/language_wer.png")
-CARD_FILE, RESULTS_FILE, HEADLINE_FILE = Path("reports/MODEL_CARD.md"), Path("docs/results.md"), Path("reports/headline.md")
+RESULTS_FILE, HEADLINE_FILE = Path("docs/results.md"), Path("reports/headline.md")
 COSTS_FILE, FLOORS_FILE = Path("docs/costs.md"), Path("metrics/floors.json")  # floors: `python -m bench.floors`
 QUANTIZE_MORE = Path("metrics/bench_quantize_more.json")  # `python -m bench.quantize_more`
 WEB_CHECK = Path("metrics/web_check.json")  # `make web-check`

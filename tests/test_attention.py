@@ -13,7 +13,7 @@ from demo.fastconformer import TINY, build_random_model
 from requant import encoder_runs as runs
 from requant.attention import find_sites, rewrite
 from requant.features import features
-from stages.census import census
+from tools.census import census
 from tests.encoder_graph import speechlike
 
 

@@ -28,7 +28,8 @@ from stages.base_model import demo_model, verify_model_dir
 from stages.blockwise import build_blockwise
 from requant.common import StageError
 from requant.evalsets import clip_audio
-from stages.evaluate import evaluate, merge_timing
+from requant.evaluation import merge_timing
+from stages.evaluate import evaluate
 from requant.scoring import score_sections
 from stages.fp16 import build_fp16
 from stages.int8_dynamic import build_dynamic_int8

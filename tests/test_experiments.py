@@ -118,7 +118,7 @@ def test_alpha_experiment_shows_in_metrics_diff(tmp_path: Path) -> None:
     assert any(key.startswith("variants.int8_smoothquant.") and value["diff"] for key, value in fidelity.items())
 
     shown = json.loads(run(repo, *DVC, "exp", "show", "--json"))
-    from stages.alpha_sweep import sweep_points
+    from tools.alpha_sweep import sweep_points
 
     points = sweep_points(shown)
     assert set(points) == {0.5, 0.9}

@@ -16,7 +16,7 @@ import pytest
 from demo.fastconformer import PARAKEET, TINY, RandomWeights, build_encoder, read_weights, weight_shapes
 from requant import onnx_graph as og
 from requant import patterns
-from stages.census import census
+from tools.census import census
 
 # Parakeet's layout (bias-free, global attention, stored positional table) at a size a test can run
 SMALL_PARAKEET = PARAKEET.replace(n_layers=2, d_model=64, n_heads=2, ff_dim=128, subsampling_channels=8,
@@ -121,7 +121,7 @@ def test_census_of_the_demo_model() -> None:
     assert data["max_frames"] == 5000 and data["max_seconds"] == 400
     assert data["length_path_float"] == data["length_path_kept_fp32"] == 13
     assert data["pointwise"] == {"convs": 5 + 3 * TINY.n_layers, "takes": 2 * TINY.n_layers}
-    result = subprocess.run([sys.executable, "-m", "stages.census", str(DEMO_ENCODER)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "tools.census", str(DEMO_ENCODER)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "at most 5000 encoder frames per pass (400 s of audio)" in result.stdout
@@ -135,7 +135,7 @@ def test_census_names_an_unknown_pattern_in_one_line(twin: onnx.ModelProto, tmp_
     gelu = onnx.helper.make_node("Erf", ["/pre_encode/out/MatMul_output_0"], ["erf_out"], name="/odd/Erf")
     model.graph.node.insert(len(model.graph.node) - 2, gelu)
     onnx.save(model, str(tmp_path / "odd.onnx"))
-    result = subprocess.run([sys.executable, "-m", "stages.census", str(tmp_path / "odd.onnx")], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "tools.census", str(tmp_path / "odd.onnx")], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1
     findings = [line for line in result.stdout.splitlines() if line.startswith("finding:")]

@@ -18,7 +18,7 @@ from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant.common import StageError
 from stages.fidelity import measure
-from stages.int8 import build_int8
+from requant.static_int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder
 from requant.audio import write_wav

@@ -14,7 +14,7 @@ from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant import stable
 from requant.common import StageError
-from stages.int8 import NAME, build_int8, calibrate
+from requant.static_int8 import NAME, build_int8, calibrate
 from requant.patterns import fp32_matmuls
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from demo.fastconformer import PARAKEET, TINY, RandomWeights, build_encoder, sinusoid_table
 from requant import patterns, positions
 from requant.attention import band_masked, find_sites, rewrite
-from stages.census import census
+from tools.census import census
 
 # Parakeet's layout (stored table, no band in the mask) with a table of 40 frames: 3.2 s is the cap
 CAPPED = PARAKEET.replace(n_layers=2, d_model=64, n_heads=2, ff_dim=128, subsampling_channels=8, vocab_size=20,
@@ -150,7 +150,7 @@ def test_the_demo_layout_keeps_its_own_band_when_local_attention_is_narrower() -
 
 
 def test_the_census_reports_the_extended_table() -> None:
-    from stages.census import report
+    from tools.census import report
 
     text = report(Path("twin.onnx"), census(extended(model_of(CAPPED))))
     assert "positional table: extended past its stored rows (stage blockwise), no cap" in text

@@ -14,7 +14,7 @@ from demo.fastconformer import TINY, build_random_model
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant import patterns
-from requant.asr import COMPARISON_ROWS, VARIANTS
+from requant.variants import COMPARISON_ROWS, VARIANTS
 from stages.nbits import build_nbits
 from requant.params import NbitsRecipe, load_params
 from tests.encoder_graph import speechlike

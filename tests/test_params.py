@@ -76,7 +76,7 @@ def test_dvc_exp_run_set_changes_only_the_lines_it_sets(tmp_path) -> None:
     there and back gives the same file, and one value set changes one line."""
     from dvc.utils.hydra import apply_overrides
 
-    from requant.asr import COMPARISON_ROWS, VARIANTS
+    from requant.variants import COMPARISON_ROWS, VARIANTS
 
     copy = tmp_path / "params.yaml"
     original = PARAMS_YAML.read_text()

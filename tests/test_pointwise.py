@@ -14,7 +14,7 @@ from demo.fastconformer import TINY, build_random_model
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant import patterns, pointwise, stable
-from stages.census import census
+from tools.census import census
 from tests.test_attention import padded_batch
 
 LAYERS = 2

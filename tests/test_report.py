@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from requant.asr import VARIANTS, encoder_digest
+from requant.asr import encoder_digest
+from requant.variants import VARIANTS
 from requant.common import StageError, write_json
-from stages.evaluate import split_timing
+from requant.evaluation import split_timing
 from requant.scoring import score_sections
 from requant.params import parse_params
 from stages.report import (CARD_FILE, COST_FILE, COSTS_FILE, HEADLINE_FILE, LANG_PLOT_FILE, PLOT_FILE, RESULTS_FILE, SUMMARY_FILE, WER_FILE,

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from bench import standins
-from stages.int8 import NAME, build_int8
+from requant.static_int8 import NAME, build_int8
 from stages.smoothquant import smooth_encoder
 from tests.encoder_graph import build_encoder, save_encoder, write_windows
 

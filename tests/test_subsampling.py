@@ -14,8 +14,8 @@ from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant.params import BlockwiseParams
 from requant.subsampling import PREFIX, find_stack, rewrite
-from stages.blockwise import rewrite_long_pass
-from stages.census import census
+from requant.long_pass import rewrite_long_pass
+from tools.census import census
 from tests.test_attention import padded_batch, run
 
 

@@ -6,8 +6,8 @@
 // precision -> the files onnx-asr pairs for it (`quantization=` in onnx_asr.load_model)
 export const PRECISIONS = {
   fp32: { encoder: "encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
-  fp32_sharded: { encoder: "sharded/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
   fp16: { encoder: "encoder-model.fp16.onnx", decoder: "decoder_joint-model.fp16.onnx" },
+  fp32_sharded: { encoder: "sharded/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
   int8: { encoder: "encoder-model.int8.onnx", decoder: "decoder_joint-model.int8.onnx" },
   w8: { encoder: "encoder-model.w8.onnx", decoder: "decoder_joint-model.w8.onnx" },
   w4: { encoder: "encoder-model.w4.onnx", decoder: "decoder_joint-model.w4.onnx" },

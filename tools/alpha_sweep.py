@@ -1,7 +1,7 @@
 """Overall WER against smooth.alpha across DVC experiments (a helper command, not a pipeline stage).
 
 After an alpha sweep (`dvc exp run --queue -S smooth.alpha=0.3,0.4,0.5,0.6,0.7` then `dvc queue start`):
-    python -m stages.alpha_sweep [out.png]
+    python -m tools.alpha_sweep [out.png]
 reads `dvc exp show --json`, prints one row per alpha and draws the SmoothQuant int8 overall WER
 against alpha, with the fp32 and dynamic int8 figures as reference lines.
 """

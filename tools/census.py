@@ -1,6 +1,6 @@
 """What the pipeline will do to an encoder, read from its graph in seconds (no weights loaded).
 
-    python -m stages.census models/base/encoder-model.onnx
+    python -m tools.census models/base/encoder-model.onnx
 
 Prints op counts, the MatMuls by class (quantized or left fp32), the LayerNorms SmoothQuant folds
 into and the Muls it would insert, the longest pass the positional table allows, the dtype of the

@@ -1,6 +1,6 @@
 """How the mixed-precision int8 error falls as more of the worst MatMuls stay fp32 (picks mixed.keep_fp32).
 
-    python -m stages.mixed_sweep            # after `dvc repro diagnose`; prints a table and writes
+    python -m tools.mixed_sweep            # after `dvc repro diagnose`; prints a table and writes
                                              # metrics/mixed_sweep.json and metrics/plots/mixed_sweep.png
 
 For each K it builds the int8_mixed recipe into a scratch folder and measures, on the held-out windows,
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from requant import onnx_graph as og  # noqa: E402
 from requant.common import atomic_path, run_cli, write_json  # noqa: E402
-from stages.int8 import NAME, build_int8  # noqa: E402
+from requant.static_int8 import NAME, build_int8  # noqa: E402
 from stages.int8_mixed import DIAGNOSIS, SOURCE, WINDOWS, most_sensitive  # noqa: E402
 from requant.params import load_params  # noqa: E402
 
