@@ -57,7 +57,7 @@ def test_named_make_targets_and_modules_exist() -> None:
         text = "\n".join(CODE.findall(page.read_text()))  # commands live in code spans and blocks
         for target in re.findall(r"\bmake ([a-z][\w-]*)", text):
             assert target in targets, f"{page.name}: make {target}"
-        for module in re.findall(r"python -m ((?:stages|bench|demo|requant)(?:\.\w+)+)", text):
+        for module in re.findall(r"python -m ((?:stages|bench|demo|requant|tools)(?:\.\w+)+)", text):
             path = ROOT / module.replace(".", "/")
             assert path.with_suffix(".py").is_file() or (path / "__init__.py").is_file(), f"{page.name}: {module}"
 
@@ -74,3 +74,55 @@ def test_readme_is_short_and_its_headline_is_generated() -> None:
 def test_every_docs_page_is_linked_from_the_index(page: Path) -> None:
     if page.name != "README.md":
         assert f"({page.name})" in (ROOT / "docs" / "README.md").read_text()
+
+
+LAYOUT_FOLDERS = ("stages", "tools", "requant", "demo", "bench", "web")
+
+
+def layout_sections(text: str) -> dict[str, str]:
+    """docs/layout.md's tree: each top-level folder -> the text that describes it."""
+    tree = re.search(r"```\n(.*?)```", text, re.S)[1]
+    sections, current = {}, None
+    for line in tree.splitlines():
+        top = re.match(r"([\w.]+)/\s", line)
+        if top:
+            current = top[1]
+        if current:
+            sections[current] = sections.get(current, "") + line + "\n"
+    return sections
+
+
+def layout_disagreements(root: Path) -> list[str]:
+    """Modules of a folder its section does not name, and named *.py / *.mjs files that do not exist."""
+    sections, problems = layout_sections((root / "docs/layout.md").read_text()), []
+    for folder in LAYOUT_FOLDERS:
+        text = sections.get(folder, "")
+        words = set(re.findall(r"[\w-]+(?:\.(?:py|mjs|js|html))?", text))
+        for path in sorted((root / folder).glob("*.*")):
+            if path.suffix in (".py", ".mjs", ".js", ".html") and path.stem != "__init__":
+                if path.name not in words and path.stem not in words:
+                    problems.append(f"{folder}/{path.name} is not in docs/layout.md")
+        for name in re.findall(r"\b([\w-]+\.(?:py|mjs))\b", text):
+            if not (root / folder / name).is_file():
+                problems.append(f"docs/layout.md names {folder}/{name}, which does not exist")
+    return problems
+
+
+def test_layout_names_every_module_and_only_modules_that_exist(tmp_path: Path) -> None:
+    assert layout_disagreements(ROOT) == []
+    # and it notices: a module the page does not name, a name with no module
+    for folder in LAYOUT_FOLDERS:
+        (tmp_path / folder).mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/layout.md").write_text("```\nrequant/   the library: gone.py\n```\n")
+    (tmp_path / "requant/unnamed.py").write_text("")
+    assert layout_disagreements(tmp_path) == ["requant/unnamed.py is not in docs/layout.md",
+                                              "docs/layout.md names requant/gone.py, which does not exist"]
+
+
+def test_the_readme_leaves_the_docs_list_to_the_index() -> None:
+    readme = (ROOT / "README.md").read_text()
+    index_pages = set(re.findall(r"\]\(([\w-]+\.md)\)", (ROOT / "docs/README.md").read_text()))
+    listed = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", readme.split("## Documentation")[-1]))
+    assert listed <= index_pages | {"README.md"}, "a page the README lists but docs/README.md does not"
+    assert "(docs/README.md)" in readme
