@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # dvc.yaml's stage commands call `python`: the venv's must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro compare test train-demo rehearse readme lock clean-venv web-check
+.PHONY: repro compare test train-demo rehearse readme lock clean-venv web-check serve
 
 $(BIN)/.installed: requirements.lock requirements-vad.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ repro: $(BIN)/.installed
 # The heaviest comparisons as well (params.yaml compare): the long-form recordings and every comparison row,
 # as a DVC experiment applied to the workspace (about 34 min forced on 2 cores, against ~15 for `make repro`).
 # Off again: dvc exp run -S 'compare.longform=[]' -S '~compare.rows' -S '+compare.rows={}'
-ROWS = $(BIN)/python -c "from requant.asr import COMPARISON_ROWS, VARIANTS; \
+ROWS = $(BIN)/python -c "from requant.variants import COMPARISON_ROWS, VARIANTS; \
 	print(', '.join(f'{v}: {VARIANTS[v].folder}' for v in COMPARISON_ROWS))"
 compare: $(BIN)/.installed
 	$(BIN)/dvc exp run -S 'compare.longform=[all]' -S "++compare.rows={$$($(ROWS))}"
@@ -39,6 +39,10 @@ test: $(BIN)/.installed $(BIN)/.torch web/node_modules/.installed
 web/node_modules/.installed: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --ignore-scripts
 	touch $@
+
+# The page on this machine, cross-origin isolated (WASM threads): open the URL it prints (docs/browser.md)
+serve: web/node_modules/.installed
+	node web/serve.mjs models/release
 
 # Retrain the demo model from scratch on 2 CPU cores: about 3.5 min of synthesis, 98 min of training.
 # The schedule runs over a fixed 9602 steps (what 98 min gave on an idle machine), not the wall clock.

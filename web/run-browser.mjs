@@ -1,17 +1,17 @@
 // The page in headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core), one precision per load.
 //   node web/run-browser.mjs [--threads N] [--backend wasm|webgpu] [--no-isolation] [--profile]
 //                            <release folder> <audio file> <precision>...
-// Serves web/, onnxruntime-web's dist/, the folder and the audio on 127.0.0.1, cross-origin isolated (COOP +
-// COEP headers, so that WASM threads work) unless --no-isolation; prints one JSON line per precision, as
-// run-node.mjs does, plus the browser's peak memory (largest Chromium process, VmHWM) and, with --profile,
-// the encoder's time per op type from onnxruntime's profiler. WebGPU runs on SwiftShader, Chromium's CPU
-// adapter, unless WEBGPU_ADAPTER names another (e.g. "default" for the machine's GPU).
-import { createReadStream, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { createServer } from "node:http";
+// Serves web/, onnxruntime-web's dist/, the folder and the audio on 127.0.0.1 through web/serve.mjs,
+// cross-origin isolated (COOP + COEP headers, so that WASM threads work) unless --no-isolation; prints one
+// JSON line per precision, as run-node.mjs does, plus the browser's peak memory (largest Chromium process,
+// VmHWM) and, with --profile, the encoder's time per op type from onnxruntime's profiler. WebGPU runs on
+// SwiftShader, Chromium's CPU adapter, unless WEBGPU_ADAPTER names another (e.g. "default" for the machine's GPU).
+import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { ORT_DIST, startServer } from "./serve.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const { values: options, positionals } = parseArgs({ allowPositionals: true, options: {
@@ -21,33 +21,11 @@ const [root, audioFile, ...precisions] = [path.resolve(positionals[0]), path.res
 const browserPath = process.env.CHROMIUM || "/usr/bin/chromium";
 const timeoutMs = Number(process.env.WEB_TIMEOUT_MS || 600000);
 const adapter = process.env.WEBGPU_ADAPTER || "swiftshader";
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
-                ".json": "application/json", ".wav": "audio/wav", ".ogg": "audio/ogg", ".flac": "audio/flac",
-                ".mp3": "audio/mpeg" };
-const ISOLATION = { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" };
 
-function resolve(url) {
-  const name = decodeURIComponent(new URL(url, "http://x").pathname);
-  if (name === "/") return path.join(here, "index.html");
-  if (name === `/audio/${path.basename(audioFile)}`) return audioFile;
-  if (name.startsWith("/ort/")) return path.join(here, "node_modules/onnxruntime-web/dist", name.slice(5));
-  if (name.startsWith("/release/")) return path.join(root, name.slice(9));
-  return path.join(here, name.slice(1));
-}
-
-const server = createServer((request, reply) => {
-  const file = resolve(request.url);
-  if (file.includes("..") || !existsSync(file) || !statSync(file).isFile()) {
-    reply.writeHead(404).end();
-    return;
-  }
-  reply.writeHead(200, { "Content-Type": TYPES[path.extname(file)] || "application/octet-stream",
-                         "Content-Length": statSync(file).size, ...(options["no-isolation"] ? {} : ISOLATION) });
-  if (request.method === "HEAD") reply.end();
-  else createReadStream(file).pipe(reply);
-});
-await new Promise((done) => server.listen(0, "127.0.0.1", done));
-const base = `http://127.0.0.1:${server.address().port}/`;
+// the page's server (web/serve.mjs), plus the one recording under /audio/
+const { server, url: base } = await startServer({
+  mounts: { "/": here, "/release/": root, "/ort/": ORT_DIST, [`/audio/${path.basename(audioFile)}`]: audioFile },
+  isolation: !options["no-isolation"] });
 
 // peak resident memory of the largest process in Chromium's tree (Linux /proc); a fresh browser per precision
 function peakMb(rootPid) {
