@@ -59,7 +59,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stages.base_model import demo_model
     from stages.blockwise import build_blockwise
     from stages.fp16 import build_fp16
-    from stages.int8 import build_int8
+    from requant.static_int8 import build_int8
     from stages.nbits import build_nbits
     from stages.package import package
     from stages.shard import shard_encoder
