@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # dvc.yaml's stage commands call `python`: the venv's must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro compare test train-demo rehearse readme lock clean-venv web-check serve
+.PHONY: repro compare test train-demo rehearse readme lock clean-venv web-check serve plots
 
 $(BIN)/.installed: requirements.lock requirements-vad.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ web/node_modules/.installed: web/package.json web/package-lock.json
 # The page on this machine, cross-origin isolated (WASM threads): open the URL it prints (docs/browser.md)
 serve: web/node_modules/.installed
 	node web/serve.mjs models/release
+
+# DVC's plots of two revisions overlaid, offline (vega from web/node_modules): make plots REVS="main exp-name"
+REVS ?= HEAD
+plots: $(BIN)/.installed web/node_modules/.installed
+	$(BIN)/dvc plots diff $(REVS)
 
 # Retrain the demo model from scratch on 2 CPU cores: about 3.5 min of synthesis, 98 min of training.
 # The schedule runs over a fixed 9602 steps (what 98 min gave on an idle machine), not the wall clock.

@@ -6,7 +6,8 @@ fp32 source (the graph it was quantized from, smoothed for SmoothQuant), each Ma
 graph's own input so that errors do not compound, and the relative error of the encoder output.
 The quantized MatMul is run as onnxruntime runs it: the subgraph of the variant from that input to that
 output (Q/DQ pairs, DynamicQuantizeLinear + MatMulInteger, or MatMulNBits), cut out of the variant.
-Writes metrics/diagnosis.json and a heatmap (MatMul x length) per variant.
+Writes metrics/diagnosis.json, a heatmap (MatMul x length) per variant, and the errors by pass length as
+a data series (metrics/plots/diagnosis.json) for `dvc plots diff`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from requant.audio import read_wav  # noqa: E402
 from requant.common import atomic_path, fail, run_cli, write_json  # noqa: E402
 from requant.features import SAMPLE_RATE, features  # noqa: E402
 from requant.params import load_params  # noqa: E402
+from requant.plots import DIAGNOSIS_SERIES, diagnosis_series  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,7 @@ def main() -> None:
         heatmap(result, name, PLOTS / f"diagnosis_{name}.png")
         log.info("%s: output error %s; worst %s", name, result["output_rel_error"], result["worst"][:2])
     write_json(METRICS, report)
+    write_json(DIAGNOSIS_SERIES, diagnosis_series(report))
 
 
 if __name__ == "__main__":

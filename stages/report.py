@@ -4,7 +4,8 @@ Outputs: metrics/wer.json (headline: pooled long passes and corpus macro average
 difference to fp32 and its paired bootstrap interval) and metrics/cost.json, small and in git so
 `dvc metrics diff` compares commits and experiments; metrics/eval_summary.json (every set: each clip,
 each language, with intervals, and the per-section WERs); metrics/plots/section_wer.png (per clip and
-section) and language_wer.png (per language); reports/MODEL_CARD.md (the release folder's README),
+section) and language_wer.png (per language), with their data series beside them (.json, for
+`dvc plots diff`); reports/MODEL_CARD.md (the release folder's README),
 docs/results.md (every accuracy table), docs/costs.md (this run's times and memory, apart because they
 move with the machine) and reports/headline.md (the README's short table and picks: `make readme`).
 """
@@ -15,25 +16,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from requant.asr import encoder_digest  # noqa: E402
-from requant.variants import VARIANTS  # noqa: E402
-from requant.common import atomic_path, fail, read_json, run_cli, write_json  # noqa: E402
-from requant.evaluation import METRICS_DIR, TIMING_DIR, merge_timing  # noqa: E402
-from requant.longform_report import how_to_run, longform_tables, mode_label  # noqa: E402
-from requant.model_card import CARD_FILE, render_card, render_costs, render_headline, render_results  # noqa: E402
-from requant.params import Params, load_params  # noqa: E402
-from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize  # noqa: E402
-from requant.web_figures import browser_table, browser_times  # noqa: E402
+from requant.asr import encoder_digest
+from requant.common import atomic_path, fail, read_json, run_cli, write_json
+from requant.evaluation import METRICS_DIR, TIMING_DIR, merge_timing
+from requant.longform_report import how_to_run, longform_tables, mode_label
+from requant.model_card import CARD_FILE, render_card, render_costs, render_headline, render_results
+from requant.params import Params, load_params
+from requant.plots import (LANGUAGE_SERIES, PLOTS_DIR, SECTION_SERIES, language_series, plot_languages, plot_sections,
+                           section_series)
+from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize
+from requant.variants import VARIANTS
+from requant.web_figures import browser_table, browser_times
 
 log = logging.getLogger("pipeline.report")
 
 WER_FILE, COST_FILE, SUMMARY_FILE = Path("metrics/wer.json"), Path("metrics/cost.json"), Path("metrics/eval_summary.json")
-PLOT_FILE, LANG_PLOT_FILE = Path("metrics/plots/section_wer.png"), Path("metrics/plots/language_wer.png")
+PLOT_FILE, LANG_PLOT_FILE = PLOTS_DIR / "section_wer.png", PLOTS_DIR / "language_wer.png"
 RESULTS_FILE, HEADLINE_FILE = Path("docs/results.md"), Path("reports/headline.md")
 COSTS_FILE, FLOORS_FILE = Path("docs/costs.md"), Path("metrics/floors.json")  # floors: `python -m bench.floors`
 QUANTIZE_MORE = Path("metrics/bench_quantize_more.json")  # `python -m bench.quantize_more`
@@ -97,54 +95,6 @@ def cost_summary(evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for name, e in evals.items()}
 
 
-def _save(fig: Any, out: Path) -> None:
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-
-
-def plot_sections(evals: dict[str, dict[str, Any]], out: Path) -> None:
-    """One panel per long clip; grouped bars (one group per section, one bar per variant)."""
-    clips = list(evals[BASELINE]["long"])
-    sections = max(len(evals[BASELINE]["long"][c]["sections"]) for c in clips)
-    fig, axes = plt.subplots(len(clips), 1, figsize=(max(8, 1.6 * sections), 2.6 * len(clips) + 1.2), dpi=100,
-                             squeeze=False)
-    width = 0.8 / len(evals)
-    for ax, clip in zip(axes[:, 0], clips, strict=True):
-        for i, (name, e) in enumerate(evals.items()):
-            rows = e["long"][clip]["sections"]
-            ax.bar([s["index"] + (i - (len(evals) - 1) / 2) * width for s in rows],
-                   [s["wer_pct"] or 0.0 for s in rows], width, label=name)
-        rows = evals[BASELINE]["long"][clip]["sections"]
-        ax.set_xticks([s["index"] for s in rows], [f"{s['start_s']:g}-{s['end_s']:g} s" for s in rows])
-        ax.set_title(f"clip '{clip}': one single pass", fontsize="medium")
-        ax.set_ylabel("WER % vs fp32 short clips")
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[-1, 0].legend(fontsize="small", ncols=min(len(evals), 5), loc="upper center", bbox_to_anchor=(0.5, -0.25))
-    _save(fig, out)
-
-
-def plot_languages(summary: dict[str, dict[str, dict]], langs: list[str], out: Path) -> None:
-    """Grouped bars per language (and the macro average); whiskers: the paired 95 % interval vs fp32."""
-    groups = [*langs, MACRO]
-    width = 0.8 / len(summary)
-    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(groups) * max(1, len(summary) / 5)), 4.5), dpi=100)
-    for i, (name, row) in enumerate(summary.items()):
-        cells = [row[g] for g in groups]
-        wer = [c["wer_pct"] for c in cells]
-        spread = [[c["delta_pct"] - c["ci_low_pct"] for c in cells], [c["ci_high_pct"] - c["delta_pct"] for c in cells]]
-        ax.bar([g + (i - (len(summary) - 1) / 2) * width for g in range(len(groups))], wer, width, label=name,
-               yerr=spread, capsize=2, error_kw={"elinewidth": 0.8})
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel("WER % vs true transcripts")
-    ax.set_title("Short utterances per language (whiskers: 95 % paired interval of the difference to fp32)",
-                 fontsize="medium")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small", ncols=min(len(summary), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    _save(fig, out)
-
-
 def optional_json(path: Path) -> Any:
     if path.is_file():
         return read_json(path)
@@ -199,9 +149,11 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
     write_json(root / COST_FILE, cost_summary(evals))
     write_json(root / SUMMARY_FILE, {d: full_summary(views[d], summaries[d]) for d in decodings})
     plot_sections(evals, root / PLOT_FILE)
+    write_json(root / SECTION_SERIES, section_series(evals))
     langs = list(evals[BASELINE]["corpus"])
     if langs:
         plot_languages(summary, langs, root / LANG_PLOT_FILE)
+    write_json(root / LANGUAGE_SERIES, language_series(summary, langs) if langs else [])
     extras = {
         "fidelity": optional_json(root / "metrics/fidelity.json"),
         "smoothquant": optional_json(root / "metrics/smoothquant.json"),

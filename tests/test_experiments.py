@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,9 @@ from dvc.utils.serialize import modify_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
+# the `dvc exp show` commands docs/experiments.md promises under 100 columns
+NARROW_TABLES = re.findall(r"dvc exp show --drop '\.\*' --keep '([^']+)' +# < 100 columns",
+                           (ROOT / "docs/experiments.md").read_text())
 pytestmark = pytest.mark.dvc  # a few minutes: the full pipeline twice over, on a tiny model
 
 
@@ -116,6 +120,11 @@ def test_alpha_experiment_shows_in_metrics_diff(tmp_path: Path) -> None:
     assert (alpha["old"], alpha["new"]) == (0.5, 0.9)
     fidelity = diff["metrics/fidelity.json"]
     assert any(key.startswith("variants.int8_smoothquant.") and value["diff"] for key, value in fidelity.items())
+
+    assert len(NARROW_TABLES) == 2
+    for keep in NARROW_TABLES:  # the docs' tables, with an experiment's name in them
+        table = run(repo, "env", "COLUMNS=400", *DVC, "exp", "show", "--no-pager", "--drop", ".*", "--keep", keep)
+        assert "int8_smoothquant.long" in table and max(len(line.rstrip()) for line in table.splitlines()) < 100, table
 
     shown = json.loads(run(repo, *DVC, "exp", "show", "--json"))
     from tools.alpha_sweep import sweep_points
