@@ -3,8 +3,9 @@
     python -m bench.cost --model <twin dir> --windows 8 32 --audio-s 390 --out metrics/bench.json
 
 Every measurement runs in a child process (bench.tasks) so that its peak RSS is its own. Stages
-(the project's own functions): smoothquant and static int8 once per calibration-window count N,
-then int8_dynamic, fp16 and shard, with a plain copy of the external data as the yardstick for
+(the project's own functions, chained as dvc.yaml chains them): pointwise, smoothquant and static int8
+once per calibration-window count N (the default int8, pointwise convs quantized), the MatMul-only int8
+as a labelled comparison, then int8_dynamic, the weight-only recipes, fp16 and shard, with a plain copy of the external data as the yardstick for
 sharding. Variants: file size, session load time, peak RSS and wall time of one single pass over
 --audio-s seconds, and over each of --lengths to show how the cost grows with the audio length.
 Not part of `dvc repro`: the twin is too big for CI (tests/test_bench.py runs a tiny one).
@@ -35,6 +36,7 @@ from bench.meter import MB
 from bench.report import markdown, targets
 from bench.tasks import SAMPLE_RATE
 from requant.common import fail, run_cli, write_json
+from requant import onnx_graph, pointwise
 from requant.params import Params
 
 log = logging.getLogger("bench.cost")
@@ -45,7 +47,8 @@ VARIANT_FILES = {  # variant -> (folder under the work dir, or None for the twin
     "fp16": ("fp16", "encoder-model.fp16.onnx"),
     "fp32_sharded": ("fp32_sharded", ENCODER),
     "int8_dynamic": ("int8_dynamic", "encoder-model.int8.onnx"),
-    "int8_smoothquant": ("int8_smoothquant", "encoder-model.int8.onnx"),
+    "int8_smoothquant": ("int8_smoothquant", "encoder-model.int8.onnx"),  # the pipeline's default int8
+    "int8_matmul_only": ("int8_matmul_only", "encoder-model.int8.onnx"),  # comparison: pointwise convs fp32
     "nbits_w8": ("nbits_w8", "encoder-model.w8.onnx"),
     "nbits_w4": ("nbits_w4", "encoder-model.w4.onnx"),
 }
@@ -206,36 +209,44 @@ def _make_audio(work: Path, windows: list[int], window_s: float, heldout: int, l
 
 
 def _stages(model_dir: Path, work: Path, windows: list[int], params: Params) -> Iterator[dict[str, Any]]:
-    """Run every transform stage once (smoothquant and int8_static once per N); yield each record."""
-    src = model_dir / ENCODER
+    """Run every transform stage once, as the pipeline chains them: pointwise, then smoothquant and static int8
+    once per N (the default int8, pointwise convs quantized), the MatMul-only comparison at the largest N
+    (int8_compare@matmul_only: the same smoothed graph with its pointwise MatMuls kept fp32), int8_dynamic and
+    the weight-only recipes (from the pointwise graph, as stage nbits), fp16 and shard; yield each record."""
+    src, pointwise_dir = model_dir / ENCODER, work / "pointwise_convs"
 
     def stage(name: str, n: int | None, task: str, args: dict[str, Any], label: str) -> dict[str, Any]:
         record = run_task(task, args, work, label)
         return {"stage": name, "windows": n, "output_mb": _mb(record["files"]), **record}
 
+    yield stage("pointwise", None, "pointwise", {"src": str(src), "dst_dir": str(pointwise_dir),
+                                                  "windows_dir": str(work / f"windows_{max(windows)}")}, "pointwise")
     for n in sorted(windows):
         windows_dir = work / f"windows_{n}"
         smoothed, int8_dir = work / f"smoothed_{n}", work / f"int8_smoothquant_{n}"
-        yield stage("smoothquant", n, "smoothquant", {"src": str(src), "dst_dir": str(smoothed),
+        yield stage("smoothquant", n, "smoothquant", {"src": str(pointwise_dir / ENCODER), "dst_dir": str(smoothed),
                                                       "windows_dir": str(windows_dir), "alpha": params.smooth.alpha},
                     f"smoothquant_N{n}")
         # min_cosine -1: random weights say nothing about accuracy; the figure is recorded, not gated
-        yield stage("int8_static", n, "int8_static",
-                    {"src": str(smoothed / ENCODER), "dst_dir": str(int8_dir), "windows_dir": str(windows_dir),
-                     "percentile": params.quant.percentile, "reduce_range": params.quant.reduce_range,
-                     "min_cosine": -1.0}, f"int8_static_N{n}")
-        shutil.rmtree(smoothed)  # 2.4 GB at Parakeet size; the variant is the int8 file
+        int8_args = {"src": str(smoothed / ENCODER), "windows_dir": str(windows_dir), "min_cosine": -1.0,
+                     "percentile": params.quant.percentile, "reduce_range": params.quant.reduce_range}
+        yield stage("int8_static", n, "int8_static", {**int8_args, "dst_dir": str(int8_dir)}, f"int8_static_N{n}")
         if n == max(windows):
+            keep = pointwise.rewritten_matmuls(onnx_graph.load_graph(smoothed / ENCODER).graph)
+            yield stage("int8_matmul_only", n, "int8_static",
+                        {**int8_args, "dst_dir": str(work / "int8_matmul_only"), "keep_fp32": keep}, "int8_matmul_only")
             shutil.rmtree(work / "int8_smoothquant", ignore_errors=True)
             int8_dir.rename(work / "int8_smoothquant")
         else:
             shutil.rmtree(int8_dir)
+        shutil.rmtree(smoothed)  # 2.4 GB at Parakeet size; the variants are the int8 files
     yield stage("int8_dynamic", None, "int8_dynamic", {"src": str(src), "dst_dir": str(work / "int8_dynamic")},
                 "int8_dynamic")
     for recipe, spec in ((r, s) for r, s in params.nbits.items() if not s.aware):  # aware: bench.quantize_more
         yield stage(f"nbits_{recipe}", None, "nbits",
-                    {"src": str(src), "dst_dir": str(work / f"nbits_{recipe}"), "name": f"encoder-model.{recipe}.onnx",
-                     "recipe": dataclasses.asdict(spec)}, f"nbits_{recipe}")
+                    {"src": str(pointwise_dir / ENCODER), "dst_dir": str(work / f"nbits_{recipe}"),
+                     "name": f"encoder-model.{recipe}.onnx", "recipe": dataclasses.asdict(spec)}, f"nbits_{recipe}")
+    shutil.rmtree(pointwise_dir)
     yield stage("fp16", None, "fp16", {"base_dir": str(model_dir), "dst_dir": str(work / "fp16")}, "fp16")
     yield stage("shard", None, "shard", {"src": str(src), "dst_dir": str(work / "fp32_sharded"),
                                          "budget_bytes": int(params.shard.budget_mb * 1_000_000),

@@ -18,10 +18,11 @@ import onnxruntime as ort
 import pytest
 
 from bench.cost import VARIANT_FILES
+from requant import pointwise
 from bench.report import markdown
 
-STAGES = {("smoothquant", 2), ("int8_static", 2), ("int8_dynamic", None), ("nbits_w8", None), ("nbits_w4", None), ("fp16", None), ("shard", None),
-          ("disk_copy", None)}
+STAGES = {("pointwise", None), ("smoothquant", 2), ("int8_static", 2), ("int8_matmul_only", 2), ("int8_dynamic", None),
+          ("nbits_w8", None), ("nbits_w4", None), ("fp16", None), ("shard", None), ("disk_copy", None)}
 
 
 def _run(*args: str, cwd: Path) -> None:
@@ -94,6 +95,23 @@ def test_every_variant_measured_and_sizes_match_disk(bench_run: tuple[dict, Path
     assert len(sharded["encoder_files"]) > 2  # graph + several shards
     fp32_data = sum(v for k, v in fp32["encoder_files"].items() if ".data" in k)
     assert sum(v for k, v in sharded["encoder_files"].items() if ".data" in k) == fp32_data
+
+
+def test_int8_is_the_pipelines_default_and_matmul_only_its_comparison(bench_run: tuple[dict, Path, Path]) -> None:
+    """int8_smoothquant is built as dvc.yaml builds it (pointwise convs as MatMuls, quantized); int8_matmul_only
+    leaves exactly those MatMuls in fp32."""
+    _, _, work = bench_run
+    graphs = {v: onnx.load(str(work / v / "encoder-model.int8.onnx"), load_external_data=False).graph
+              for v in ("int8_smoothquant", "int8_matmul_only")}
+    made_from_convs = pointwise.rewritten_matmuls(graphs["int8_smoothquant"])
+    assert made_from_convs and made_from_convs == pointwise.rewritten_matmuls(graphs["int8_matmul_only"])
+    makers = {v: {out: n.op_type for n in g.node for out in n.output} for v, g in graphs.items()}
+    matmuls = {v: {n.name: n for n in g.node} for v, g in graphs.items()}
+    for name in made_from_convs:  # weight and input through a DequantizeLinear in the default, plain in MatMul-only
+        assert [makers["int8_smoothquant"].get(i) for i in matmuls["int8_smoothquant"][name].input] == \
+            ["DequantizeLinear"] * 2, name
+        plain = matmuls["int8_matmul_only"][name]
+        assert "DequantizeLinear" not in [makers["int8_matmul_only"].get(i) for i in plain.input], name
 
 
 def test_int8_runs_each_layers_position_projection_in_that_layer(bench_run: tuple[dict, Path, Path],

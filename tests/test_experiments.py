@@ -32,7 +32,7 @@ def copy_project(dest: Path) -> None:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", ".work", "*.pyc")
-    for folder in ("requant", "stages", "demo", "calibration_audio", "eval_corpus"):
+    for folder in ("requant", "stages", "demo", "calibration_audio", "eval_corpus", ".dvc/plots"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
     (dest / "metrics").mkdir(exist_ok=True)
     from stages.report import BENCH_FIGURES  # in git, not dvc outs
