@@ -45,7 +45,7 @@ def demo_project(root: Path) -> Path:
     from requant.evalsets import clip_audio
     from requant.params import load_params
     from stages.corpus import build_corpus
-    from stages.reference import build_reference
+    from requant.clips import build_reference
 
     params = load_params(REPO / "params.yaml")
     for link in ("models/base", "data/audio/eval", "data/raw/eval"):

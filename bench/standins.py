@@ -110,7 +110,7 @@ def flip_nearest_range(windows: Path = ROOT / "data/windows") -> dict[str, float
                                                                       np.floor(mantissa * steps) + 1))
         return float(np.copysign(low if snap(value, bits) == np.copysign(high, value) else high, value))
 
-    source, committed = ROOT / int8.SOURCE, ROOT / int8.OUT_DIR / static_int8.NAME
+    source, committed = ROOT / static_int8.SMOOTHED, ROOT / int8.OUT_DIR / static_int8.NAME
     with tempfile.TemporaryDirectory(prefix="flip-") as tmp:
         stable.snap_mantissa = record
         static_int8.build_int8(source, Path(tmp) / "again", windows, 99.999, 0, min_cosine=0.9)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,8 +42,8 @@ def fail(message: str) -> NoReturn:
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run a stage entry point: log to stderr, and turn StageError/ParamsError, and OSError from a full
-    or read-only disk, into one line and exit 1."""
+    """Run a stage entry point: log to stderr, and turn StageError/ParamsError, OSError from a full or
+    read-only disk, and running out of memory (numpy's, onnxruntime's or the OS's) into one line and exit 1."""
     from requant.params import ParamsError
 
     setup_logging()
@@ -55,12 +56,44 @@ def run_cli(main: Callable[[], Any]) -> None:
     except (StageError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except MemoryError as err:  # numpy's _ArrayMemoryError too
+        print(f"error: {describe_memory_error(err)}", file=sys.stderr)
+        sys.exit(1)
     except OSError as err:
-        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        print(f"error: {describe_memory_error(err) if err.errno == errno.ENOMEM else describe_os_error(err)}",
+              file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:  # onnxruntime's allocator failures arrive as its own RuntimeException
+        if not any(sign in str(err) for sign in ALLOCATION_FAILED):
+            raise
+        print(f"error: {describe_memory_error(err)}", file=sys.stderr)
         sys.exit(1)
     except Stopped as stop:
         print(f"error: stopped by {signal.Signals(stop.signum).name}; nothing was written", file=sys.stderr)
         sys.exit(128 + stop.signum)
+
+
+ALLOCATION_FAILED = ("Failed to allocate memory", "bad_alloc", "std::bad_alloc")
+REHEARSAL_FILE = Path("metrics/rehearsal.json")  # each stage's peak at Parakeet scale (make rehearse)
+
+
+def describe_memory_error(err: BaseException) -> str:
+    """One line: the stage (DVC's name when DVC runs it), the project function that asked for the memory,
+    and what the stage peaks at on the Parakeet-size twin."""
+    module = Path(sys.argv[0]).stem
+    stage = os.environ.get("DVC_STAGE") or " ".join([f"python -m stages.{module}", *sys.argv[1:]])
+    root, ours = Path(__file__).resolve().parents[1], []
+    for frame, line in traceback.walk_tb(err.__traceback__):  # the project's own frames, outermost first
+        path = Path(frame.f_code.co_filename).resolve()
+        if path.is_relative_to(root) and path != Path(__file__).resolve() and frame.f_code.co_name != "main":
+            ours.append((frame.f_code.co_name, f"{path.relative_to(root)}:{line}"))
+    where = f" in {' > '.join(name for name, _ in ours[-3:])} ({ours[-1][1]})" if ours else ""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        peak = json.loads(REHEARSAL_FILE.read_text())["stages"][stage.split(":")[-1] if "DVC_STAGE" in os.environ
+                                                                 else module]["peak_rss_gb"]
+        return (f"{stage} ran out of memory{where}; at Parakeet scale it peaks at {peak} GB of RAM "
+                f"({REHEARSAL_FILE}): free memory, or run it on a machine with more")
+    return f"{stage} ran out of memory{where}; free memory, or run it on a machine with more"
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -34,11 +34,14 @@ from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant import patterns, stable
 from requant.features import features
-from requant.common import atomic_path, fail
+from requant.common import atomic_path, fail, read_json
 
 log = logging.getLogger("pipeline.int8")
 
 NAME = "encoder-model.int8.onnx"
+SMOOTHED = Path("models/smoothed/encoder-model.onnx")  # SmoothQuant's fp32 graph: every static int8's source
+WINDOWS_DIR = Path("data/windows")
+DIAGNOSIS_FILE, RANKED = Path("metrics/diagnosis.json"), "int8_smoothquant"  # the ranking int8_mixed follows
 QUANTIZED_OPS = ("MatMul", "Conv")  # Convs only where named (quantize_convs); the others stay fp32
 
 
@@ -192,3 +195,15 @@ def build_int8(src: Path, dst_dir: Path, windows_dir: Path, percentile: float, c
             fail(f"int8 encoder cosine vs fp32 is {fidelity['cosine_min']:.6f} on a held-out window, below "
                  f"fidelity.min_cosine={min_cosine}; try another smooth.alpha or quant.percentile. Nothing written")
     return {**fidelity, **snapping}
+
+
+def most_sensitive(diagnosis_path: Path, k: int) -> list[str]:
+    """The K MatMuls the diagnosis ranks worst for SmoothQuant int8 (int8_mixed keeps them in fp32)."""
+    if not diagnosis_path.is_file():
+        fail(f"{diagnosis_path} not found; run `dvc repro diagnose` first")
+    ranking = read_json(diagnosis_path).get("variants", {}).get(RANKED, {}).get("ranking")
+    if ranking is None:
+        fail(f"{diagnosis_path} has no ranking for {RANKED}; rerun `dvc repro diagnose`")
+    if k > len(ranking):
+        fail(f"mixed.keep_fp32={k} but only {len(ranking)} MatMuls are quantized; lower it")
+    return ranking[:k]

@@ -10,40 +10,11 @@ so the WAV holds exactly round(crop_s * sample_rate) samples.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from requant.audio import check_audio, decode_audio, write_wav
-from requant.common import atomic_path, fail, read_json, run_cli, write_json
-from requant.evalsets import EVAL_AUDIO_DIR, RAW_EVAL_DIR, SKIPPED, clip_audio
+from requant.clips import AUDIO_DIR, RAW_DIR, decode, decode_eval_clip
+from requant.common import fail, run_cli
+from requant.evalsets import EVAL_AUDIO_DIR, RAW_EVAL_DIR
 from requant.params import load_params
-
-RAW_DIR, AUDIO_DIR = Path("data/raw"), Path("data/audio")
-
-
-def decode(raw_dir: Path, out_wav: Path, sample_rate: int) -> int:
-    """Decode the fetched clip in raw_dir to out_wav; return the number of samples written."""
-    provenance_path = raw_dir / "provenance.json"
-    if not provenance_path.is_file():
-        fail(f"{provenance_path} is missing; run the fetch stage first (dvc repro)")
-    provenance = read_json(provenance_path)
-    source = raw_dir / provenance["file"]
-    audio = decode_audio(source, sample_rate, float(provenance["offset_s"]), float(provenance["crop_s"]))
-    check_audio(audio, str(source))
-    with atomic_path(out_wav) as tmp:
-        write_wav(tmp, audio, sample_rate)
-    return len(audio)
-
-
-def decode_eval_clip(raw_dir: Path, out_dir: Path, sample_rate: int) -> int:
-    """An evaluation clip to out_dir/audio.wav, or out_dir/skipped.json; return the samples written."""
-    provenance_path = raw_dir / "provenance.json"
-    skipped = provenance_path.is_file() and "skipped" in read_json(provenance_path)
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        if skipped:
-            write_json(tmp / SKIPPED, read_json(provenance_path))
-            return 0
-        return decode(raw_dir, tmp / clip_audio(out_dir.name).name, sample_rate)
 
 
 def main() -> None:

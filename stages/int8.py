@@ -10,10 +10,8 @@ from pathlib import Path
 from requant import stable
 from requant.common import run_cli, write_json
 from requant.params import load_params
-from requant.static_int8 import build_int8
+from requant.static_int8 import SMOOTHED, WINDOWS_DIR, build_int8
 
-SOURCE = Path("models/smoothed/encoder-model.onnx")
-WINDOWS = Path("data/windows")
 OUT_DIR = Path("models/variants/int8_smoothquant")
 METRICS = Path("metrics/int8.json")  # how many ranges were snapped, how many lie near a grid edge
 
@@ -21,7 +19,7 @@ METRICS = Path("metrics/int8.json")  # how many ranges were snapped, how many li
 def main() -> None:
     params = load_params()
     stable.record_machine("int8")
-    result = build_int8(SOURCE, OUT_DIR, WINDOWS, params.quant.percentile, params.quant.calib_windows,
+    result = build_int8(SMOOTHED, OUT_DIR, WINDOWS_DIR, params.quant.percentile, params.quant.calib_windows,
                         params.fidelity.min_cosine, reduce_range=params.quant.reduce_range)
     write_json(METRICS, {k: result[k] for k in ("ranges", "ranges_near_grid_edge")})
 

@@ -16,13 +16,11 @@ from requant import onnx_graph as og
 from requant import pointwise, stable
 from requant.common import fail, run_cli
 from requant.params import load_params
-from requant.static_int8 import build_int8
+from requant.static_int8 import SMOOTHED, WINDOWS_DIR, build_int8
 
 log = logging.getLogger(__name__)
 
 ROWS = ("matmul_only", "subsampling")
-SOURCE = Path("models/smoothed/encoder-model.onnx")
-WINDOWS = Path("data/windows")
 
 
 def out_dir(row: str) -> Path:
@@ -50,9 +48,9 @@ def main() -> None:
     if row not in ROWS:
         fail(f"usage: python -m stages.int8_compare <row>, row one of {', '.join(ROWS)}")
     stable.record_machine(f"int8_compare@{row}")
-    chosen = recipe(row, SOURCE)
+    chosen = recipe(row, SMOOTHED)
     log.info("int8 %s: %s", row, {k: len(v) for k, v in chosen.items()})
-    build_int8(SOURCE, out_dir(row), WINDOWS, params.quant.percentile, params.quant.calib_windows,
+    build_int8(SMOOTHED, out_dir(row), WINDOWS_DIR, params.quant.percentile, params.quant.calib_windows,
                params.fidelity.min_cosine, reduce_range=params.quant.reduce_range, **chosen)
 
 

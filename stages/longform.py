@@ -31,13 +31,12 @@ from requant.asr import (CANONICAL_ENCODER, SAMPLE_RATE, assemble_model_dir, enc
                          recognize_all)
 from requant.bootstrap import Stratum, draw_seed, paired_interval
 from requant.common import atomic_path, fail, memory_bytes, read_json, reset_peak_memory, run_cli, write_json
-from requant.evalsets import SKIPPED, clip_audio
+from requant.evalsets import LONGFORM_DIR, SKIPPED, clip_audio
 from requant.longform_report import longform_tables
 from requant.params import LongformParams, Params, load_params
 from requant.scoring import count_errors, percent, score_sections, split_by_section, tokens_to_text
 from requant.long_pass import rewrite_long_pass
 from requant.evaluation import read_reference
-from stages.longform_data import LONGFORM_DIR
 
 log = logging.getLogger("pipeline.longform")
 

@@ -12,51 +12,15 @@ skipped.json).
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from tqdm import tqdm
-
-from requant.asr import SAMPLE_RATE, assemble_model_dir, decodings_for, load_asr, load_clip, recognize_all
-from requant.common import atomic_path, fail, run_cli, write_json
-from requant.evalsets import EVAL_AUDIO_DIR, RAW_EVAL_DIR, REFERENCE_DIR, SECTIONS_FILE, SKIPPED, TRUTH_FILE, clip_audio
-from requant.params import BeamParams, load_params
-from requant.scoring import make_sections
-
-log = logging.getLogger("pipeline.reference")
-
-
-
-def build_reference(
-    audio_path: Path, raw_dir: Path, out_dir: Path, section_s: float, max_s: float, decoder: str, root: Path,
-    decodings: dict[str, BeamParams | None] | None = None,
-) -> list[dict]:
-    """Each section alone through fp32, under each decoding (default: greedy only)."""
-    decodings = decodings or {"greedy": None}
-    audio = load_clip(audio_path, max_s)
-    sections = make_sections(len(audio) / SAMPLE_RATE, section_s)
-    with tempfile.TemporaryDirectory(prefix="reference-model-") as model_dir:
-        assemble_model_dir("fp32", decoder, Path(model_dir), root)
-        asr = load_asr(Path(model_dir))
-        rows = []
-        for section in tqdm(sections, desc="fp32 reference sections", unit="section"):
-            clip = audio[round(section.start_s * SAMPLE_RATE) : round(section.end_s * SAMPLE_RATE)]
-            found = recognize_all(asr, [clip], decodings).transcripts
-            texts = {name: found[name][0].text.strip() for name in decodings}
-            rows.append({"index": section.index, "start_s": section.start_s, "end_s": section.end_s, "text": texts})
-            log.info("section %s: %s words", section.label, {k: len(v.split()) for k, v in texts.items()})
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        write_json(tmp / SECTIONS_FILE, rows)
-        truth = raw_dir / "transcript.txt"
-        if truth.is_file():
-            shutil.copyfile(truth, tmp / TRUTH_FILE)
-        else:
-            log.info("no true transcript in %s: WER against the truth will not be reported", raw_dir)
-    return rows
+from requant.asr import decodings_for
+from requant.clips import build_reference
+from requant.common import atomic_path, fail, run_cli
+from requant.evalsets import EVAL_AUDIO_DIR, RAW_EVAL_DIR, REFERENCE_DIR, SKIPPED, clip_audio
+from requant.params import load_params
 
 
 def main() -> None:

@@ -12,9 +12,8 @@ from onnx import numpy_helper
 from requant import onnx_graph as og
 from requant.common import StageError
 from stages.diagnose import diagnose, summarize
-from requant.static_int8 import NAME, build_int8
+from requant.static_int8 import NAME, build_int8, most_sensitive
 from stages.int8_dynamic import build_dynamic_int8
-from stages.int8_mixed import most_sensitive
 from stages.smoothquant import smooth_encoder
 from tests.encoder_graph import build_encoder, save_encoder, speechlike, write_windows
 

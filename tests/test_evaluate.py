@@ -37,7 +37,7 @@ from stages.package import package
 from requant.asr import decodings_for
 from requant.params import BeamParams, BlockwiseParams, EvalParams, NbitsRecipe, parse_params
 from stages.corpus import build_corpus
-from stages.reference import build_reference
+from requant.clips import build_reference
 from requant.scoring import Section, split_by_section
 from stages.nbits import build_nbits
 from stages.shard import shard_encoder

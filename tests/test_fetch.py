@@ -1,4 +1,4 @@
-"""stages/fetch.py + requant/download.py: real yt-dlp against a loopback HTTP server, local files, synthesis."""
+"""requant/clips.py (stages fetch and decode) + requant/download.py: real yt-dlp against a loopback HTTP server, local files, synthesis."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ import pytest
 
 from requant.audio import decode_audio, read_wav
 from requant.common import StageError, read_json
-from stages.decode import decode, decode_eval_clip
-from stages.fetch import fetch
+from demo.synth import make_speech
+from requant import clips
+from requant.clips import decode, decode_eval_clip
 from requant.download import _options
 from requant.params import Params, load_params
 from tests.audio_helpers import make_tone
 from tests.http_fixture import FileServer, file_server
 from tests.params_helpers import make_params, raw_params
+
+
+def fetch(clip, params: Params, out_dir: Path) -> dict:
+    """As stages/fetch.py calls it: with the demo preset's synthesizer."""
+    return clips.fetch(clip, params, out_dir, make_speech)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +177,8 @@ def test_demo_synthesis_is_reproducible(tmp_path: Path) -> None:
     for name in ("eval/speech.flac", "eval/provenance.json", "eval/transcript.txt", "talk/speech.flac"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert not (tmp_path / "a" / "talk" / "transcript.txt").exists()
+    with pytest.raises(StageError, match="no synthesizer was given"):  # the library knows no synthesizer itself
+        clips.fetch(params.speeches["talk"], params, tmp_path / "none")
     transcript = (tmp_path / "a" / "eval" / "transcript.txt").read_text().strip()
     assert transcript and provenance_voice(tmp_path / "a" / "eval") == "en-us+m3"
     assert decode(tmp_path / "a" / "eval", tmp_path / "eval.wav", 16000) == 96000

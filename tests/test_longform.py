@@ -15,8 +15,8 @@ from requant.params import load_params
 from requant.scoring import tokens_to_text
 from stages.base_model import demo_model
 from stages.longform import decode, prepare_encoder, run_cell, summarize, vad_segments
-from stages.longform_data import LONGFORM_DIR
-from stages.reference import build_reference
+from requant.evalsets import LONGFORM_DIR
+from requant.clips import build_reference
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ["full", "local", "chunk20", "vad"]

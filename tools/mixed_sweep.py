@@ -20,8 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from requant import onnx_graph as og  # noqa: E402
 from requant.common import atomic_path, run_cli, write_json  # noqa: E402
-from requant.static_int8 import NAME, build_int8  # noqa: E402
-from stages.int8_mixed import DIAGNOSIS, SOURCE, WINDOWS, most_sensitive  # noqa: E402
+from requant.static_int8 import DIAGNOSIS_FILE, NAME, SMOOTHED, WINDOWS_DIR, build_int8, most_sensitive  # noqa: E402
 from requant.params import load_params  # noqa: E402
 
 PLOT, METRICS = Path("metrics/plots/mixed_sweep.png"), Path("metrics/mixed_sweep.json")
@@ -33,9 +32,9 @@ def sweep(ks: list[int]) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="mixed-sweep-") as scratch:
         for k in ks:
             out = Path(scratch) / f"k{k}"
-            fidelity = build_int8(SOURCE, out, WINDOWS, params.quant.percentile, params.quant.calib_windows,
+            fidelity = build_int8(SMOOTHED, out, WINDOWS_DIR, params.quant.percentile, params.quant.calib_windows,
                                   min_cosine=-1.0, reduce_range=params.quant.reduce_range,
-                                  keep_fp32=most_sensitive(DIAGNOSIS, k))
+                                  keep_fp32=most_sensitive(DIAGNOSIS_FILE, k))
             rows.append({"keep_fp32": k, "rel_error_mean": fidelity["rel_error_mean"],
                          "cosine_min": fidelity["cosine_min"], "bytes": og.model_size(out / NAME)})
     return rows

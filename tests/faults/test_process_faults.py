@@ -3,6 +3,7 @@ runs at once, corrupt weights past base_model, a shard budget below the largest 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.encoder_graph import write_windows
-from tests.faults.helpers import error_line, make_project, nothing_under, read_params, run_stage, succeeds, \
+from tests.faults.helpers import ROOT, error_line, make_project, nothing_under, read_params, run_stage, succeeds, \
     write_params
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -146,3 +147,27 @@ def test_shard_budget_below_the_largest_tensor(project: Path) -> None:
                                                                      "shard.allow_oversize": True}})
     succeeds(run_stage(project, "shard"))
     write_params(project, good)
+
+
+# the stage's own imports first, then an address-space cap of so many bytes above what they took: what fails
+# is what the stage itself asks for (onnxruntime's sessions, numpy's arrays), as on a machine out of memory
+CAPPED = """
+import resource, runpy, sys
+import stages.int8
+size = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.argv = ["stages/int8.py"]
+runpy.run_module("stages.int8", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("headroom_mb", [2, 16])
+def test_out_of_memory_is_one_line_with_the_peak_it_needs(project: Path, headroom_mb: int) -> None:
+    (project / "metrics").mkdir(exist_ok=True)
+    shutil.copyfile(ROOT / "metrics/rehearsal.json", project / "metrics/rehearsal.json")
+    peak = json.loads((ROOT / "metrics/rehearsal.json").read_text())["stages"]["int8"]["peak_rss_gb"]
+    _empty_variants(project)
+    result = subprocess.run([sys.executable, "-c", CAPPED, str(headroom_mb << 20)], cwd=project, capture_output=True,
+                            text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(project), "DVC_STAGE": "int8"})
+    error_line(result, "int8 ran out of memory in build_int8", f"peaks at {peak} GB of RAM", "free memory")
+    nothing_under(project / "models" / "variants" / "int8_smoothquant")
