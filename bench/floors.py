@@ -33,8 +33,8 @@ from requant import stable
 from requant.common import read_json, write_json
 from requant.params import load_params
 from requant.summary import BASELINE, decoding_view, summarize
-from requant.static_int8 import build_int8
-from stages import int8_mixed, smoothquant
+from requant.static_int8 import DIAGNOSIS_FILE, build_int8, most_sensitive
+from stages import smoothquant
 from requant.evaluation import METRICS_DIR
 from stages.evaluate import evaluate
 from stages.windows import build_windows
@@ -76,8 +76,7 @@ def build_and_score(project: Path, windows: Path, variants: tuple[str, ...]) -> 
     smoothed = project / "models/smoothed"
     smoothquant.smooth_encoder(ROOT / smoothquant.SOURCE, smoothed, windows, p.smooth.alpha)
     source = smoothed / smoothquant.SOURCE.name
-    keep = {"int8_smoothquant": (), "int8_mixed": int8_mixed.most_sensitive(ROOT / int8_mixed.DIAGNOSIS,
-                                                                            p.mixed.keep_fp32)}
+    keep = {"int8_smoothquant": (), "int8_mixed": most_sensitive(ROOT / DIAGNOSIS_FILE, p.mixed.keep_fp32)}
     eval_params = dataclasses.replace(p.eval, decodings=["greedy"])
     evals = {BASELINE: decoding_view(read_json(ROOT / METRICS_DIR / f"{BASELINE}.json"), "greedy")}
     for variant in variants:
