@@ -24,12 +24,12 @@ repro: $(BIN)/.installed
 	$(BIN)/dvc repro
 
 # The heaviest comparisons as well (params.yaml compare): the long-form recordings and every comparison row,
-# as a DVC experiment applied to the workspace (about 34 min forced on 2 cores, against ~15 for `make repro`).
-# Off again: dvc exp run -S 'compare.longform=[]' -S '~compare.rows' -S '+compare.rows={}'
+# as a DVC experiment applied to the workspace (about 34 min forced on 2 cores, against ~10 for `make repro`).
+# Off again: dvc exp run -S 'compare.longform=[]' -S 'compare.builds=[]' -S '~compare.rows' -S '+compare.rows={}'
 ROWS = $(BIN)/python -c "from requant.variants import COMPARISON_ROWS, VARIANTS; \
 	print(', '.join(f'{v}: {VARIANTS[v].folder}' for v in COMPARISON_ROWS))"
 compare: $(BIN)/.installed
-	$(BIN)/dvc exp run -S 'compare.longform=[all]' -S "++compare.rows={$$($(ROWS))}"
+	$(BIN)/dvc exp run -S 'compare.longform=[all]' -S 'compare.builds=[all]' -S "++compare.rows={$$($(ROWS))}"
 
 test: $(BIN)/.installed $(BIN)/.torch web/node_modules/.installed
 	$(BIN)/python -m pytest

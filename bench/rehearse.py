@@ -178,7 +178,8 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool 
         params = yaml.safe_load((repo / "params.yaml").read_text())
         write_audio(repo, params, seed)
         params["preset"] = "parakeet"
-        params["compare"] = {"longform": [], "rows": {}}  # what a plain `dvc repro` runs, whatever the workspace's
+        # what a plain `dvc repro` runs, whatever the workspace's params
+        params["compare"] = {"longform": [], "builds": [], "rows": {}}
         params["model"]["hf_revision"] = REVISION
         params["eval_clips"]["jfk"].update(source=str(repo / "eval_clip.wav"),
                                            transcript=str(repo / "eval_clip.txt"))

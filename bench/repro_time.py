@@ -33,7 +33,8 @@ STAGE = re.compile(r"^Running stage '([^']+)':")
 
 def turn_on_comparisons(params_file: Path) -> None:
     params = yaml.safe_load(params_file.read_text())
-    params["compare"] = {"longform": ["all"], "rows": {v: str(VARIANTS[v].folder) for v in COMPARISON_ROWS}}
+    params["compare"] = {"longform": ["all"], "builds": ["all"],
+                         "rows": {v: str(VARIANTS[v].folder) for v in COMPARISON_ROWS}}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -48,7 +48,9 @@ def model_files(spec: ModelFile, root: Path, what: str) -> list[Path]:
     """
     onnx_path = root / spec.folder / spec.name
     if not onnx_path.is_file():
-        fail(f"{what}: {onnx_path} is missing; run `dvc repro {spec.stage}` first")
+        how = ("build the comparison encoders first: `make compare`, or `dvc exp run -S 'compare.builds=[all]'`"
+               if getattr(spec, "role", None) == "comparison" else f"run `dvc repro {spec.stage}` first")
+        fail(f"{what}: {onnx_path} is missing; {how}")
     prefixes = (spec.name + ".", spec.name.removesuffix(".onnx") + ".data")
     sidecars = sorted(p for p in onnx_path.parent.iterdir() if p.is_file() and p.name.startswith(prefixes))
     return [onnx_path, *sidecars]

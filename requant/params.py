@@ -170,6 +170,7 @@ class CompareParams:
     """The heaviest comparisons, on only when listed (DVC makes their stages from these lists)."""
 
     longform: list[str]  # [] or ["all"]: stages longform_data@all and longform@all
+    builds: list[str]  # [] or ["all"]: the comparison encoders, stages int8_compare@all, diagnose@all, int8_mixed@all
     rows: dict[str, str]  # comparison variant -> its folder (models/variants/<variant>): stage compare@<variant>
 
 
@@ -342,16 +343,24 @@ def _named(cls: type, raw: Any, group: str, empty: str) -> dict[str, Any]:
 
 def _compare(group: Any) -> CompareParams:
     """Not _group: its list and map may be empty."""
-    if not isinstance(group, dict) or set(group) != {"longform", "rows"}:
-        raise ParamsError("params.yaml: 'compare' must hold exactly 'longform' ([] or [all]) and 'rows' (a map)")
-    if group["longform"] not in ([], ["all"]):
-        raise ParamsError(f"params.yaml: compare.longform is {group['longform']!r}; use [] (off) or [all]")
+    from requant.variants import REGISTRY
+
+    if not isinstance(group, dict) or set(group) != {"longform", "builds", "rows"}:
+        raise ParamsError("params.yaml: 'compare' must hold exactly 'longform' and 'builds' ([] or [all]) and "
+                          "'rows' (a map)")
+    for switch in ("longform", "builds"):
+        if group[switch] not in ([], ["all"]):
+            raise ParamsError(f"params.yaml: compare.{switch} is {group[switch]!r}; use [] (off) or [all]")
     rows = group["rows"]
     if not isinstance(rows, dict) or any(not KEY.fullmatch(str(name)) or folder != f"models/variants/{name}"
                                          for name, folder in rows.items()):
         raise ParamsError(f"params.yaml: compare.rows is {rows!r}; map each comparison variant to its folder, "
                           "as in {int8_mixed: models/variants/int8_mixed} (`make compare` lists them all)")
-    return CompareParams(longform=list(group["longform"]), rows=dict(rows))
+    unbuilt = [name for name in rows if name in REGISTRY and REGISTRY[name].role == "comparison"]
+    if unbuilt and not group["builds"]:
+        raise ParamsError(f"params.yaml: compare.rows lists {', '.join(unbuilt)}, built only with "
+                          "compare.builds: [all]; add it (`make compare` sets both)")
+    return CompareParams(longform=list(group["longform"]), builds=list(group["builds"]), rows=dict(rows))
 
 
 def parse_params(raw: dict[str, Any]) -> Params:

@@ -33,7 +33,7 @@ class Variant(ModelFile):
     """One encoder variant.
 
     role: "baseline" (what the others are measured against), "shipped" (in the release folder) or
-    "comparison" (measured only). every_run: evaluated on every run; False: only when params.yaml
+    "comparison" (measured only, and built only when params.yaml compare.builds is [all]). every_run: evaluated on every run; False: only when params.yaml
     compare.rows lists it (`make compare`). release: its folder inside models/release ("" the top level),
     None when not shipped. decoder: the decoder precision it is paired with in the release folder and the
     page. browser: its name on the page's precision list, None when the page does not offer it.
@@ -98,12 +98,12 @@ REGISTRY: dict[str, Variant] = {
     "nbits_w4_aware": _variant("nbits_w4_aware", "encoder-model.w4_aware.onnx", "nbits@w4_aware",
                                label="w4 weight-only, activation-aware scales", role="shipped", release="",
                                decoder="int8", browser="w4_aware"),
-    "int8_mixed": _variant("int8_mixed", "encoder-model.int8.onnx", "int8_mixed",
+    "int8_mixed": _variant("int8_mixed", "encoder-model.int8.onnx", "int8_mixed@all",
                            label="int8 SmoothQuant, worst MatMuls fp32 (mixed)", role="comparison", every_run=False),
-    "int8_matmul_only": _variant("int8_matmul_only", "encoder-model.int8.onnx", "int8_compare@matmul_only",
+    "int8_matmul_only": _variant("int8_matmul_only", "encoder-model.int8.onnx", "int8_compare@all",
                                  label="int8 SmoothQuant, MatMuls only (pointwise convs fp32)", role="comparison",
                                  every_run=False),
-    "int8_subsampling": _variant("int8_subsampling", "encoder-model.int8.onnx", "int8_compare@subsampling",
+    "int8_subsampling": _variant("int8_subsampling", "encoder-model.int8.onnx", "int8_compare@all",
                                  label="int8 SmoothQuant + subsampling convs int8", role="comparison",
                                  every_run=False),
     # the exact long-pass rewrite of fp32 and SmoothQuant int8 (memory linear in the pass length)

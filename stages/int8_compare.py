@@ -1,4 +1,4 @@
-"""Stage `int8_compare@<row>`: SmoothQuant int8 recipes that differ from the default in what they quantize.
+"""Stage `int8_compare@all` (compare.builds): SmoothQuant int8 recipes that differ from the default in what they quantize.
 
 - `matmul_only`: the pointwise convs (MatMuls since stage pointwise) stay fp32, as in every int8 before
   they were quantized: what quantizing them costs or gains, on the same smoothed graph and calibration.
@@ -44,14 +44,15 @@ def recipe(row: str, src: Path) -> dict[str, list[str]]:
 
 def main() -> None:
     params = load_params()
-    row = sys.argv[1] if len(sys.argv) == 2 else ""
-    if row not in ROWS:
-        fail(f"usage: python -m stages.int8_compare <row>, row one of {', '.join(ROWS)}")
-    stable.record_machine(f"int8_compare@{row}")
-    chosen = recipe(row, SMOOTHED)
-    log.info("int8 %s: %s", row, {k: len(v) for k, v in chosen.items()})
-    build_int8(SMOOTHED, out_dir(row), WINDOWS_DIR, params.quant.percentile, params.quant.calib_windows,
-               params.fidelity.min_cosine, reduce_range=params.quant.reduce_range, **chosen)
+    rows = sys.argv[1:] or list(ROWS)  # dvc.yaml's int8_compare@all builds every row
+    if any(row not in ROWS for row in rows):
+        fail(f"usage: python -m stages.int8_compare [row], row one of {', '.join(ROWS)} (default: all)")
+    for row in rows:
+        stable.record_machine(f"int8_compare@{row}")
+        chosen = recipe(row, SMOOTHED)
+        log.info("int8 %s: %s", row, {k: len(v) for k, v in chosen.items()})
+        build_int8(SMOOTHED, out_dir(row), WINDOWS_DIR, params.quant.percentile, params.quant.calib_windows,
+                   params.fidelity.min_cosine, reduce_range=params.quant.reduce_range, **chosen)
 
 
 if __name__ == "__main__":

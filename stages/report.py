@@ -25,7 +25,7 @@ from requant.params import Params, load_params
 from requant.plots import (LANGUAGE_SERIES, PLOTS_DIR, SECTION_SERIES, language_series, plot_languages, plot_sections,
                            section_series)
 from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize
-from requant.variants import VARIANTS
+from requant.variants import COMPARISON_ROWS, VARIANTS
 from requant.web_figures import browser_table, browser_times
 
 log = logging.getLogger("pipeline.report")
@@ -125,11 +125,18 @@ def stale(measured_on: dict[str, str | None], root: Path, digests: dict[str, str
 
 
 def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
-    raw, digests = read_evaluations(root / METRICS_DIR), {}
+    raw = read_evaluations(root / METRICS_DIR)
+    # without compare.builds the comparison encoders count as not built, whatever an earlier run left behind
+    digests: dict[str, str | None] = {} if p.compare.builds else {
+        v: None for v, spec in VARIANTS.items() if spec.role == "comparison"}
     left_out = stale({name: e.get("encoder_sha256") for name, e in raw.items()}, root, digests)
+    raw = {name: e for name, e in raw.items() if name not in left_out}
+    # comparison rows this run has no figures for (their encoder not built: compare.builds), apart from those
+    # whose figures in git were measured on another build of their encoder
+    not_run = [v for v in COMPARISON_ROWS if v not in raw and digests.get(v) is None]
+    left_out = [v for v in left_out if v not in not_run]
     if left_out:
         log.warning("left out of the report, measured on other encoders than this run's: %s", ", ".join(left_out))
-    raw = {name: e for name, e in raw.items() if name not in left_out}
     decodings = raw[BASELINE]["decodings"] if BASELINE in raw else []
     for e in raw.values():  # JSON keys come back sorted: long clips in params.yaml's order again
         e["long"] = {clip: e["long"][clip] for clip in sorted(e["long"], key=[*p.eval_clips, *e["long"]].index)}
@@ -162,6 +169,7 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
         "decodings": summaries,
         "floors": floors,
         "left_out": left_out,
+        "not_run": not_run,
     }
     web = optional_json(root / WEB_CHECK)
     extras["browser"], extras["browser_md"] = browser_times(web), browser_table(web)

@@ -67,6 +67,7 @@ def make_it_quick(params_file: Path) -> None:
             clip["crop_s"] = 30.0  # two 20 s windows, one seam
         params["longform"]["variants"] = ["fp32", "int8_smoothquant"]
         params["compare"]["longform"] = ["all"]  # the heaviest comparisons, off by default, on here
+        params["compare"]["builds"] = ["all"]
         params["compare"]["rows"] = {v: f"models/variants/{v}" for v in ("fp32_sharded", "int8_dynamic",
                                                                           "int8_matmul_only")}
         params["presets"]["demo"]["corpus.max_per_language"] = 6

@@ -116,6 +116,7 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     (tmp_path / "metrics").mkdir(exist_ok=True)  # smoothquant wrote metrics/smoothquant.json
     (tmp_path / "metrics/diagnosis.json").write_text(json.dumps({"variants": {"int8_smoothquant": {"ranking": ranking}}}))
     params["mixed"]["keep_fp32"] = 2
+    params["compare"]["builds"] = ["all"]  # the comparison encoders too
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("int8", "int8_mixed", "int8_compare matmul_only", "int8_compare subsampling", "int8_dynamic",
                   "fp16", "shard", "nbits w8", "nbits w4", "nbits w8_aware", "nbits w4_aware", "blockwise", "fidelity"):
@@ -146,6 +147,12 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     assert variants["int8_stock"] == {**variants["int8_dynamic"], "file": variants["int8_stock"]["file"]}
     shards = sorted((tmp_path / "models/variants/fp32_sharded").glob("encoder-model.onnx.data.*"))
     assert len(shards) >= 2 and all(p.stat().st_size <= 300_000 for p in shards)
+
+    params["compare"]["builds"] = []  # the default run: the comparison encoders are not measured, built or not
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _stage(tmp_path, "fidelity").returncode == 0
+    default = set(json.loads((tmp_path / "metrics" / "fidelity.json").read_text())["variants"])
+    assert default == set(variants) - {"int8_mixed", "int8_matmul_only", "int8_subsampling"}
 
     params["fidelity"]["min_cosine"] = 0.9999999
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -87,7 +87,10 @@ def test_dvc_exp_run_set_changes_only_the_lines_it_sets(tmp_path) -> None:
 
     rows = ", ".join(f"{v}: {VARIANTS[v].folder}" for v in COMPARISON_ROWS)
     copy.write_text(original)
-    apply_overrides(str(copy), ["compare.longform=[all]", f"++compare.rows={{{rows}}}"])  # make compare
-    assert load_params(copy).compare.rows.keys() == set(COMPARISON_ROWS)
+    apply_overrides(str(copy), ["compare.longform=[all]", "compare.builds=[all]", f"++compare.rows={{{rows}}}"])
+    assert load_params(copy).compare.rows.keys() == set(COMPARISON_ROWS)  # make compare
+    apply_overrides(str(copy), ["compare.builds=[]"])  # rows that need the comparison builds, without them
+    with pytest.raises(ParamsError, match="compare.rows lists int8_mixed, .* built only with compare.builds: "):
+        load_params(copy)
     apply_overrides(str(copy), ["compare.longform=[]", "~compare.rows", "+compare.rows={}"])
     assert copy.read_text() == original

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -306,22 +307,32 @@ def test_figures_measured_on_other_encoders_are_left_out(root: Path):
     longform = {"clips": ["long_en"], "context": [32, 32], "overlap_s": 4.0, "variants": {},
                 "encoder_sha256": {v: encoder_digest(v, root) for v in ("fp32", "int8_smoothquant")}}
     write_json(root / "metrics/longform.json", longform)
-    build_report(params(), root)
+    built = params()
+    built = dataclasses.replace(built, compare=dataclasses.replace(built.compare, builds=["all"]))
+    build_report(built, root)
     assert "int8_matmul_only" in json.loads((root / WER_FILE).read_text())
-    assert "Left out" not in (root / RESULTS_FILE).read_text()
+    results = (root / RESULTS_FILE).read_text()
+    assert "Left out" not in results
+    not_run = next(line for line in results.splitlines() if line.startswith("Not run: "))
+    assert "int8_mixed" in not_run and "int8_matmul_only" not in not_run and "`make compare`" in not_run
 
     build_encoder(root, "int8_matmul_only", b"rebuilt with another alpha")
     build_encoder(root, "int8_smoothquant", b"rebuilt with another alpha")
     write_eval(root, "int8_smoothquant", fake_eval("int8_smoothquant", REFERENCES))  # a core row: evaluated again
-    build_report(params(), root)
+    build_report(built, root)
     assert set(json.loads((root / WER_FILE).read_text())) == {"fp32", "int8_smoothquant"}
     results = (root / RESULTS_FILE).read_text()
     assert "Left out: int8_matmul_only; their figures in git were measured on other encoders" in results
     assert "`metrics/longform.json` was measured on other encoders" in (root / CARD_FILE).read_text()
 
     (root / VARIANTS["int8_matmul_only"].folder / VARIANTS["int8_matmul_only"].name).unlink()  # not built at all
-    build_report(params(), root)
-    assert "Left out: int8_matmul_only;" in (root / RESULTS_FILE).read_text()
+    build_report(built, root)
+    results = (root / RESULTS_FILE).read_text()
+    assert "Left out" not in results and "int8_matmul_only" in results.split("Not run: ")[1].splitlines()[0]
+
+    build_encoder(root, "int8_matmul_only", b"rebuilt with another alpha")  # built, by an earlier run
+    build_report(params(), root)  # compare.builds off: a comparison encoder in the workspace does not count
+    assert "int8_matmul_only" in (root / RESULTS_FILE).read_text().split("Not run: ")[1].splitlines()[0]
 
 
 def test_forced_run_table_derives_the_default_from_the_comparison_run() -> None:
@@ -333,8 +344,8 @@ def test_forced_run_table_derives_the_default_from_the_comparison_run() -> None:
     compare = {"commit": "abc1234", "machine": machine, "total_s": 300.0,
                "stages": {"diagnose": 100.0, "longform@all": 120.0, "compare@int8_mixed": 50.0, "evaluate@fp32": 30.0}}
     text = repro_time_section({"default": None, "compare": compare})
-    assert "| `longform@all` | off | 120 |" in text and "| `diagnose` | 100 | 100 |" in text
-    assert "| **every stage** | **2.2 min** | **5.0 min** |" in text and "less the stages" in text
+    assert "| `longform@all` | off | 120 |" in text and "| `diagnose` | off | 100 |" in text
+    assert "| **every stage** | **0.5 min** | **5.0 min** |" in text and "less the stages" in text
     default = {**compare, "commit": "def5678", "total_s": 600.0, "stages": {"diagnose": 600.0}}
     text = repro_time_section({"default": default, "compare": compare})
     assert "| **every stage** | **10.0 min** | **5.0 min** |" in text and "a fresh clone at def5678" in text
