@@ -44,7 +44,7 @@ def diagnosis_series(report: dict[str, Any]) -> list[dict[str, Any]]:
     MatMul's, and how many MatMuls are past the break threshold at that length."""
     threshold = report["break_rel_error"]
     records = []
-    for name, result in report["variants"].items():
+    for name, result in sorted(report["variants"].items()):  # as metrics/diagnosis.json reads back: sorted
         for length, output_error in sorted(result["output_rel_error"].items(), key=lambda kv: float(kv[0])):
             errors = [by_length[length] for by_length in result["matmuls"].values()]
             records.append({"variant": name, "length_s": float(length), "output_rel_error": output_error,

@@ -161,6 +161,24 @@ def test_evaluate_schema_and_arithmetic(root: Path, tmp_path: Path):
     assert cost["peak_rss_mb"] >= cost["baseline_rss_mb"] > 0
 
 
+def test_model_files_are_checked_once_per_variant_before_any_measured_pass(root: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """Parsing a graph costs memory (a one-file model's weights with it): done while a pass is measured, it
+    would count in that pass's peak RSS. So assemble_model_dir checks the encoder and decoder once, and the
+    long passes and the corpus load what it assembled."""
+    import requant.asr as asr
+    import requant.evaluation as evaluation
+
+    parsed, measuring = [], []
+    real_load_graph, real_reset = asr.load_graph, evaluation.reset_peak_memory
+    monkeypatch.setattr(asr, "load_graph", lambda path: (parsed.append((Path(path).name, bool(measuring))),
+                                                         real_load_graph(path))[1])
+    monkeypatch.setattr(evaluation, "reset_peak_memory", lambda: (measuring.append(1), real_reset())[1])
+    evaluate("int8_smoothquant", PARAMS, CLIPS, root, tmp_path, timing_dir=tmp_path / "timing")
+    assert measuring, "no long pass was measured"
+    assert parsed == [("encoder-model.int8.onnx", False), ("decoder_joint-model.onnx", False)]
+
+
 def test_a_reference_without_the_beam_is_refused(root: Path, tmp_path: Path):
     greedy_only = tmp_path / "project"
     shutil.copytree(root / "data", greedy_only / "data")
