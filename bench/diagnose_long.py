@@ -58,7 +58,7 @@ def main() -> None:
             variants = {name: (sources[src], any_length(VARIANTS[name].folder / VARIANTS[name].name,
                                                         folder / f"{name}.onnx", ctx))
                         for name, src in SOURCES.items()}
-            results = diagnose(variants, sources[BASE], clips, folder)
+            results = diagnose(variants, sources[BASE], clips)
             report["attention"][attention] = {name: {**r, **summarize(r, p.diagnose.break_rel_error),
                                                      "source": SOURCES[name].as_posix()}  # not the scratch copy
                                               for name, r in results.items()}

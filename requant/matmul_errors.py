@@ -4,16 +4,18 @@ fed the same fp32 input. The only extra outputs are sums of squares (in float64)
 difference to the fp32 MatMul's output, and of that output. One run per source and pass length gives each
 MatMul's relative error, sqrt(err / ref), with no activations captured and no probe passes.
 
-The combined graph is written to a scratch folder with hard links to the source's and the variants' weight
-files (put it on their file system): no weight byte is copied, so its memory is the fp32 pass's plus the
-quantized weights the kernels read.
+The combined graph is a small file written for the time of the passes into the folder above every weight
+file it reads, its external tensors pointing down into their own files: no weight byte is copied or linked
+(onnx refuses external data with several hard links, onnxruntime data that resolves outside the model's
+folder), so its memory is the fp32 pass's plus the quantized weights the kernels read.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +44,12 @@ def quantized_matmuls(source: onnx.ModelProto, variant: onnx.ModelProto) -> Pair
     return found
 
 
-def _link_weights(model: onnx.ModelProto, model_dir: Path, scratch: Path, prefix: str) -> None:
-    """Point the model's external tensors at hard links in scratch named prefix + their file: no byte copied.
-    (onnxruntime refuses external data that resolves outside the model's folder, so not symbolic links; on
-    another file system than the weights, a copy.)"""
+def _relocate(model: onnx.ModelProto, model_dir: Path, home: Path) -> None:
+    """Point the model's external tensors at their files as seen from `home`, a folder above model_dir."""
     for tensor in (t for t in model.graph.initializer if og.is_external(t)):
         for entry in tensor.external_data:
             if entry.key == "location":
-                link = scratch / f"{prefix}{entry.value}"
-                if not link.exists():
-                    try:
-                        os.link(model_dir / entry.value, link)
-                    except OSError:
-                        shutil.copyfile(model_dir / entry.value, link)
-                entry.value = link.name
+                entry.value = os.path.relpath(model_dir.resolve() / entry.value, home)
 
 
 def _sum_squares(nodes: list[onnx.NodeProto], tensor: str, out: str) -> None:
@@ -64,13 +58,30 @@ def _sum_squares(nodes: list[onnx.NodeProto], tensor: str, out: str) -> None:
     nodes.append(helper.make_node("ReduceSumSquare", [f"{out}/f64"], [out], name=out, keepdims=0))
 
 
-def error_graph(source_path: Path, variants: dict[str, Path],
-                scratch: Path) -> tuple[Path, dict[str, dict[str, tuple[str, str]]]]:
-    """Write the combined graph of one fp32 source and the variants quantized from it into scratch; return its
-    path and, per variant, MatMul -> (the output holding its error's sum of squares, the one holding fp32's).
-    The source's own outputs stay outputs (its encoder output is the pass's reference where it is the base)."""
-    source, tag = og.load_graph(source_path), source_path.parent.name  # links and file named by the source's folder
-    _link_weights(source, source_path.parent, scratch, f"{tag}.")
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError, OverflowError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return pid > 0
+
+
+SCRATCH_PREFIX = ".matmul-errors-"  # the combined graph's file while it runs; a stale one is removed
+
+
+@contextmanager
+def error_graph(source_path: Path, variants: dict[str, Path]) -> Iterator[tuple[Path, dict[str, Pairs]]]:
+    """The combined graph of one fp32 source and the variants quantized from it, for the time of the block:
+    its path and, per variant, MatMul -> (the output holding its error's sum of squares, the one holding
+    fp32's). The source's own outputs stay outputs (its encoder output is a pass's reference)."""
+    home = Path(os.path.commonpath([p.parent.resolve() for p in (source_path, *variants.values())]))
+    for stale in home.glob(f"{SCRATCH_PREFIX}*"):  # left by a run killed before it cleaned up
+        if not _alive(int(stale.name.removeprefix(SCRATCH_PREFIX).split("-")[0] or 0)):
+            stale.unlink(missing_ok=True)
+    source = og.load_graph(source_path)
+    _relocate(source, source_path.parent, home)
     graph = source.graph
     nodes, outputs, found = [], [], {}
     references: dict[str, str] = {}
@@ -83,7 +94,7 @@ def error_graph(source_path: Path, variants: dict[str, Path],
         for i, (matmul, (x, y)) in enumerate(pairs.items()):
             prefix = f"diag{v}.{i}/"
             kernel = og.extract(variant, y, x)  # the quantized MatMul as the variant runs it
-            _link_weights(kernel, variant_path.parent, scratch, f"{tag}.variant{v}.")
+            _relocate(kernel, variant_path.parent, home)
             rename = {t: prefix + t for node in kernel.graph.node for t in [*node.input, *node.output] if t and t != x}
             for node in kernel.graph.node:
                 node.name = prefix + (node.name or node.output[0])
@@ -104,9 +115,12 @@ def error_graph(source_path: Path, variants: dict[str, Path],
             found[name][matmul] = (f"{prefix}error", references[y])
     graph.node.extend(nodes)
     graph.output.extend(helper.make_tensor_value_info(o, onnx.TensorProto.DOUBLE, []) for o in outputs)
-    path = scratch / f"errors-{tag}.onnx"
-    onnx.save(source, str(path))
-    return path, found
+    path = home / f"{SCRATCH_PREFIX}{os.getpid()}-{source_path.parent.name}.onnx"
+    try:
+        onnx.save(source, str(path))
+        yield path, found
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def relative_errors(values: dict[str, np.ndarray], found: dict[str, tuple[str, str]]) -> dict[str, float]:

@@ -154,6 +154,7 @@ class BlockwiseParams:
     block: int  # queries per block: peak activations ~ heads x block x 2T floats per layer
     subsampling_block: int  # encoder frames per chunk of the convolutional subsampling
     max_rel_error: float  # the exactness gate, relative to the largest output
+    gate_s: float = 120.0  # the longest pass the gate runs the unrewritten encoder on (its attention is T^2)
     pos_tolerance: float = 2e-3  # the stored positional table against NeMo's formula, before rows past it are computed
     quantized_share: float = 0.1  # int8 local attention: its error against the float encoder may grow this much
 

@@ -15,8 +15,7 @@ a data series (metrics/plots/diagnosis.json) for `dvc plots diff`.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import matplotlib
@@ -43,7 +42,6 @@ POINTWISE = Path("models/pointwise/encoder-model.onnx")  # base with the pointwi
 SOURCES = {"int8_smoothquant": SMOOTHED, "nbits_w8": POINTWISE, "nbits_w4": POINTWISE}  # others: the base
 DIAGNOSED = ("int8_smoothquant", "int8_dynamic", "int8_stock", "nbits_w8", "nbits_w4")
 AUDIO_DIR, METRICS, PLOTS = Path("data/audio"), Path("metrics/diagnosis.json"), Path("metrics/plots")
-SCRATCH_PREFIX = ".diagnose-"  # models/.diagnose-*: the combined graphs of one run
 
 
 def relative_error(reference: np.ndarray, value: np.ndarray) -> float:
@@ -51,8 +49,7 @@ def relative_error(reference: np.ndarray, value: np.ndarray) -> float:
     return float(np.linalg.norm(value.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dict[float, np.ndarray],
-             scratch: Path) -> dict:
+def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dict[float, np.ndarray]) -> dict:
     """Per-MatMul and encoder-output relative errors of each variant (name -> (its fp32 source, its file))
     at each clip length. Per source and length, one pass of a graph that holds the source and, beside each
     of its MatMuls, every variant's quantized replacement fed the same input (requant/matmul_errors.py);
@@ -60,30 +57,31 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
     sources: dict[Path, dict[str, Path]] = {}
     for name, (source, variant) in variants.items():
         sources.setdefault(source, {})[name] = variant
-    graphs = {source: errors.error_graph(source, made, scratch) for source, made in sources.items()}
-    result = {name: {"source": src.as_posix(), "output_rel_error": {},
-                     "matmuls": {m: {} for m in graphs[src][1][name]}} for name, (src, _) in variants.items()}
-    for seconds, audio in tqdm(clips.items(), desc="diagnose", unit="length"):
-        key = f"{seconds:g}"
-        signal, length = features(audio)
-        feed = {"audio_signal": signal, "length": length}
-        expected = None
-        for source, (path, found) in graphs.items():
-            session = runs.open_session(path, arena=False)
-            names = ["outputs", *sorted({o for pairs in found.values() for pair in pairs.values() for o in pair})]
-            values = dict(zip(names, session.run(names, feed)))
-            del session
-            if source == reference:  # the combined graph's own output is the reference encoder's
-                expected = values["outputs"]
-            for name, pairs in found.items():
-                for matmul, error in errors.relative_errors(values, pairs).items():
-                    result[name]["matmuls"][matmul][key] = runs.round_sig(error, 4)
-            del values
-        if expected is None:
-            expected = runs.open_session(reference, arena=False).run(["outputs"], feed)[0]
-        for name, (_, variant_path) in variants.items():
-            out = runs.open_session(variant_path, arena=False).run(["outputs"], feed)[0]
-            result[name]["output_rel_error"][key] = runs.round_sig(relative_error(expected, out), 4)
+    with ExitStack() as stack:
+        graphs = {source: stack.enter_context(errors.error_graph(source, made)) for source, made in sources.items()}
+        result = {name: {"source": src.as_posix(), "output_rel_error": {},
+                         "matmuls": {m: {} for m in graphs[src][1][name]}} for name, (src, _) in variants.items()}
+        for seconds, audio in tqdm(clips.items(), desc="diagnose", unit="length"):
+            key = f"{seconds:g}"
+            signal, length = features(audio)
+            feed = {"audio_signal": signal, "length": length}
+            expected = None
+            for source, (path, found) in graphs.items():
+                session = runs.open_session(path, arena=False)
+                names = ["outputs", *sorted({o for pairs in found.values() for pair in pairs.values() for o in pair})]
+                values = dict(zip(names, session.run(names, feed)))
+                del session
+                if source == reference:  # the combined graph's own output is the reference encoder's
+                    expected = values["outputs"]
+                for name, pairs in found.items():
+                    for matmul, error in errors.relative_errors(values, pairs).items():
+                        result[name]["matmuls"][matmul][key] = runs.round_sig(error, 4)
+                del values
+            if expected is None:
+                expected = runs.open_session(reference, arena=False).run(["outputs"], feed)[0]
+            for name, (_, variant_path) in variants.items():
+                out = runs.open_session(variant_path, arena=False).run(["outputs"], feed)[0]
+                result[name]["output_rel_error"][key] = runs.round_sig(relative_error(expected, out), 4)
     return result
 
 
@@ -134,11 +132,7 @@ def main() -> None:
     report = {"audio": f"calibration speech '{longest}'", "lengths_s": sorted(clips),
               "break_rel_error": params.diagnose.break_rel_error, "variants": {}}
     variants = {name: (SOURCES.get(name, BASE), VARIANTS[name].folder / VARIANTS[name].name) for name in DIAGNOSED}
-    for stale in BASE.parent.parent.glob(f"{SCRATCH_PREFIX}*"):  # a run killed before it cleaned up
-        shutil.rmtree(stale, ignore_errors=True)
-    # beside the models, on their file system: the combined graphs hard-link the weight files
-    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=BASE.parent.parent) as scratch:
-        results = diagnose(variants, BASE, clips, Path(scratch))
+    results = diagnose(variants, BASE, clips)
     for name, result in results.items():
         result |= summarize(result, params.diagnose.break_rel_error)
         report["variants"][name] = result

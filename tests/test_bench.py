@@ -97,6 +97,18 @@ def test_every_variant_measured_and_sizes_match_disk(bench_run: tuple[dict, Path
     assert sum(v for k, v in sharded["encoder_files"].items() if ".data" in k) == fp32_data
 
 
+def test_diagnose_pass_measures_every_quantized_matmul_beside_the_fp32_pass(bench_run: tuple[dict, Path, Path],
+                                                                            tmp_path: Path) -> None:
+    _, twin, _ = bench_run
+    _run("bench.diagnose_pass", "--twin", str(twin), "--lengths", "3", "--out", str(tmp_path / "d.json"),
+         cwd=Path(__file__).resolve().parents[1])
+    fp32, combined = json.loads((tmp_path / "d.json").read_text())["passes"]
+    assert (fp32["kind"], fp32["matmuls"], combined["kind"]) == ("fp32", 0, "errors")
+    assert combined["matmuls"] == 2 * 9 + 1 and 0 < combined["worst_rel_error"] < 1  # 2 layers of 9, the subsampling's
+    assert fp32["peak_rss_gb"] > 0 and combined["pass_s"] >= 0
+    assert not list(twin.glob(".matmul-errors-*"))  # the combined graph lived only for the pass
+
+
 def test_int8_is_the_pipelines_default_and_matmul_only_its_comparison(bench_run: tuple[dict, Path, Path]) -> None:
     """int8_smoothquant is built as dvc.yaml builds it (pointwise convs as MatMuls, quantized); int8_matmul_only
     leaves exactly those MatMuls in fp32."""
