@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import json
@@ -94,6 +96,15 @@ def describe_memory_error(err: BaseException) -> str:
         return (f"{stage} ran out of memory{where}; at Parakeet scale it peaks at {peak} GB of RAM "
                 f"({REHEARSAL_FILE}): free memory, or run it on a machine with more")
     return f"{stage} ran out of memory{where}; free memory, or run it on a machine with more"
+
+
+def release_large_blocks(threshold: int = 1 << 20) -> None:
+    """Have glibc serve every block above `threshold` bytes with mmap and hand it back when freed. By default
+    it raises that threshold as large blocks are freed (up to 32 MB), after which a pass's many [T, N]
+    tensors come from the heap, which fragments and stays resident: 5.95 GB instead of 3.43 GB for diagnose's
+    120 s pass on the Parakeet-size twin. A no-op where the C library has no mallopt."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -1,6 +1,6 @@
 """Every quantized MatMul's error in one pass: the fp32 source graph, and beside each weighted MatMul the
 subgraph each quantized variant replaced it with (Q/DQ, DynamicQuantizeLinear + MatMulInteger, MatMulNBits),
-fed the same fp32 input. The only extra outputs are sums of squares (in float64): of the quantized output's
+fed the same fp32 input. The only extra outputs are sums of squares (totalled in float64): of the quantized output's
 difference to the fp32 MatMul's output, and of that output. One run per source and pass length gives each
 MatMul's relative error, sqrt(err / ref), with no activations captured and no probe passes.
 
@@ -52,10 +52,18 @@ def _relocate(model: onnx.ModelProto, model_dir: Path, home: Path) -> None:
                 entry.value = os.path.relpath(model_dir.resolve() / entry.value, home)
 
 
-def _sum_squares(nodes: list[onnx.NodeProto], tensor: str, out: str) -> None:
-    """out = sum(tensor ** 2) in float64: the sum over a [T, 4096] output keeps every digit the ratio needs."""
-    nodes.append(helper.make_node("Cast", [tensor], [f"{out}/f64"], name=f"{out}/f64", to=onnx.TensorProto.DOUBLE))
-    nodes.append(helper.make_node("ReduceSumSquare", [f"{out}/f64"], [out], name=out, keepdims=0))
+def _sum_squares(nodes: list[onnx.NodeProto], tensor: str, out: str, opset: int) -> None:
+    """out = sum(tensor ** 2): float32 sums along the last axis (a few thousand terms each), then their sum in
+    float64, so that no [T, N] float64 copy is ever made."""
+    rows = f"{out}/rows"
+    if opset >= 18:  # axes became an input
+        nodes.append(helper.make_node("Constant", [], [f"{out}/axes"], name=f"{out}/axes",
+                                      value=helper.make_tensor(f"{out}/axes", onnx.TensorProto.INT64, [1], [-1])))
+        nodes.append(helper.make_node("ReduceSumSquare", [tensor, f"{out}/axes"], [rows], name=rows, keepdims=0))
+    else:
+        nodes.append(helper.make_node("ReduceSumSquare", [tensor], [rows], name=rows, axes=[-1], keepdims=0))
+    nodes.append(helper.make_node("Cast", [rows], [f"{rows}/f64"], name=f"{rows}/f64", to=onnx.TensorProto.DOUBLE))
+    nodes.append(helper.make_node("ReduceSum", [f"{rows}/f64"], [out], name=out, keepdims=0))
 
 
 def _alive(pid: int) -> bool:
@@ -82,8 +90,9 @@ def error_graph(source_path: Path, variants: dict[str, Path]) -> Iterator[tuple[
             stale.unlink(missing_ok=True)
     source = og.load_graph(source_path)
     _relocate(source, source_path.parent, home)
-    graph = source.graph
-    nodes, outputs, found = [], [], {}
+    graph, opset = source.graph, next(o.version for o in source.opset_import if o.domain in ("", "ai.onnx"))
+    outputs, found = [], {}
+    groups: dict[str, list[onnx.NodeProto]] = {}  # the fp32 MatMul output -> the nodes measuring its replacements
     references: dict[str, str] = {}
     for v, (name, variant_path) in enumerate(variants.items()):
         variant = og.load_graph(variant_path)
@@ -92,7 +101,7 @@ def error_graph(source_path: Path, variants: dict[str, Path]) -> Iterator[tuple[
             fail(f"{variant_path}: no quantized MatMul found against {source_path}; is it a quantized variant?")
         found[name] = {}
         for i, (matmul, (x, y)) in enumerate(pairs.items()):
-            prefix = f"diag{v}.{i}/"
+            prefix, nodes = f"diag{v}.{i}/", groups.setdefault(y, [])
             kernel = og.extract(variant, y, x)  # the quantized MatMul as the variant runs it
             _relocate(kernel, variant_path.parent, home)
             rename = {t: prefix + t for node in kernel.graph.node for t in [*node.input, *node.output] if t and t != x}
@@ -106,18 +115,23 @@ def error_graph(source_path: Path, variants: dict[str, Path]) -> Iterator[tuple[
                 graph.initializer.append(tensor)
             if y not in references:
                 references[y] = f"diag.ref{len(references)}"
-                _sum_squares(nodes, y, references[y])
+                _sum_squares(nodes, y, references[y], opset)
                 outputs.append(references[y])
             difference = f"{prefix}difference"
             nodes.append(helper.make_node("Sub", [rename[y], y], [difference], name=difference))
-            _sum_squares(nodes, difference, f"{prefix}error")
+            _sum_squares(nodes, difference, f"{prefix}error", opset)
             outputs.append(f"{prefix}error")
             found[name][matmul] = (f"{prefix}error", references[y])
-    graph.node.extend(nodes)
+    # onnxruntime orders a graph by a depth-first walk up from its last leaf: with the earliest MatMul's group
+    # last, each group runs right after its MatMul and its input and output are freed at once, instead of every
+    # layer's being held to the end of the pass (13 GB at 390 s at Parakeet's size)
+    made = [y for node in graph.node for y in node.output if y in groups]
+    graph.node.extend(node for y in reversed(made) for node in groups[y])
     graph.output.extend(helper.make_tensor_value_info(o, onnx.TensorProto.DOUBLE, []) for o in outputs)
     path = home / f"{SCRATCH_PREFIX}{os.getpid()}-{source_path.parent.name}.onnx"
     try:
         onnx.save(source, str(path))
+        del source, graph, groups, variant, kernel  # a one-file variant's weights: not held through the passes
         yield path, found
     finally:
         path.unlink(missing_ok=True)
