@@ -31,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import fixtures
+from bench.gemm import gemm_rates, isa
 from bench.fixtures import pipeline_params
 from bench.meter import MB
 from bench.report import markdown, targets
@@ -136,7 +137,7 @@ def run_benchmark(model_dir: Path, work: Path, windows: list[int], audio_s: floa
     started = time.perf_counter()
     fp32_files = _encoder_files(src)
     result: dict[str, Any] = {
-        "machine": machine(),
+        "machine": {**machine(), "isa": isa(), "gemm": gemm_rates()},  # the CPU kind and its int8 GEMM ceiling
         "model": {"dir": str(model_dir), "encoder_mb": _mb(fp32_files),
                   "twin": json.loads((model_dir / "twin.json").read_text()) if (model_dir / "twin.json").is_file()
                   else None},

@@ -34,8 +34,12 @@ def targets(stages: list[dict[str, Any]], variants: dict[str, Any], audio_s: flo
 def markdown(result: dict[str, Any]) -> str:
     """The stage and variant tables in markdown."""
     m = result["machine"]
-    lines = [f"Machine: {m['cpu_model']}, {m['cpus']} cores, {m['mem_gb']} GB RAM; onnxruntime {m['onnxruntime']}.",
-             "", "| stage | N windows | wall (s) | peak RSS (MB) | output (MB) | cores busy | slowest phases |",
+    lines = [f"Machine: {m['cpu_model']}, {m['cpus']} cores, {m['mem_gb']} GB RAM; onnxruntime {m['onnxruntime']}."]
+    if "gemm" in m:  # bench.gemm: the ceiling an int8 speed-up is measured against
+        g = m["gemm"]
+        lines.append(f"ISA: {', '.join(m['isa']) or 'none of note'}; bare GEMM {g['shape']} on {g['threads']} threads: "
+                     f"fp32 {g['fp32_gflops']} GFLOP/s, int8 {g['int8_gflops']} GFLOP/s ({g['int8_vs_fp32']}x).")
+    lines += ["", "| stage | N windows | wall (s) | peak RSS (MB) | output (MB) | cores busy | slowest phases |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for s in result["stages"]:
         phases = sorted(s["phases"].items(), key=lambda kv: -kv[1]["wall_s"])[:3]

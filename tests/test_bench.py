@@ -58,6 +58,14 @@ def test_twin_has_upstream_layout(bench_run: tuple[dict, Path, Path]) -> None:
     assert summary["config"]["n_layers"] == 2 and summary["peak_rss_mb"] > 0
 
 
+def test_the_cpu_kind_and_its_gemm_ceiling_are_recorded(bench_run: tuple[dict, Path, Path]) -> None:
+    machine = bench_run[0]["machine"]
+    assert machine["gemm"]["fp32_gflops"] > 0 and machine["gemm"]["int8_gflops"] > 0
+    assert machine["gemm"]["int8_vs_fp32"] == round(machine["gemm"]["int8_gflops"] / machine["gemm"]["fp32_gflops"], 2)
+    assert set(machine["isa"]) <= {"avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
+    assert "bare GEMM" in markdown(bench_run[0])
+
+
 def test_every_stage_measured(bench_run: tuple[dict, Path, Path]) -> None:
     result, _, _ = bench_run
     assert result["complete"] and result["settings"]["windows"] == [2]
