@@ -27,14 +27,13 @@ from bench.cost import machine
 from bench.fixtures import ROOT, speech
 from requant import encoder_runs as runs
 from requant import matmul_errors as errors
-from requant.common import memory_bytes, release_large_blocks, run_cli, write_json
+from requant.common import memory_bytes, run_cli, write_json
 from requant.features import features
 
 
 def one_pass(twin: Path, kind: str, audio: Path) -> dict[str, float]:
-    """In this process: one pass of the fp32 encoder ("fp32") or of the error graph ("errors"), with glibc
-    returning large blocks as stage diagnose has it."""
-    release_large_blocks()
+    """In this process: one pass of the fp32 encoder ("fp32") or of the error graph ("errors"); run_cli has
+    glibc return large blocks, as in every stage."""
     signal, length = features(np.load(audio))
     feed = {"audio_signal": signal, "length": length}
     started, found = time.perf_counter(), {"int8": {}}

@@ -30,7 +30,7 @@ from requant import matmul_errors as errors  # noqa: E402
 from requant import stable  # noqa: E402
 from requant.variants import VARIANTS  # noqa: E402
 from requant.audio import read_wav  # noqa: E402
-from requant.common import atomic_path, fail, release_large_blocks, run_cli, write_json  # noqa: E402
+from requant.common import atomic_path, fail, run_cli, write_json  # noqa: E402
 from requant.features import SAMPLE_RATE, features  # noqa: E402
 from requant.params import load_params  # noqa: E402
 from requant.plots import DIAGNOSIS_SERIES, diagnosis_series  # noqa: E402
@@ -125,7 +125,6 @@ def clips_from(audio: np.ndarray, lengths_s: list[float]) -> dict[float, np.ndar
 
 
 def main() -> None:
-    release_large_blocks()
     params = load_params()
     speeches = {name: read_wav(AUDIO_DIR / f"{name}.wav") for name in params.speeches}
     longest = max(speeches, key=lambda n: len(speeches[n]))
