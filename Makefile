@@ -54,11 +54,12 @@ plots: $(BIN)/.installed web/node_modules/.installed
 train-demo: $(BIN)/.torch
 	$(BIN)/python -m demo.train --out demo/model --minutes 600 --steps 9602 --n-per-lang 5000 --n-french 11000 --seed 0 --segment-long
 
-# The parakeet preset end to end on the Parakeet-size random twin, offline (4.5 h on 2 cores, diagnose about
-# two of them; 12.3 GB of RAM at most, 65 GB of disk under /tmp): every stage under dvc repro; the summary
-# goes to metrics/rehearsal.json and docs/rehearsal.md. After a cut: python -m bench.rehearse --resume.
+# The parakeet preset end to end on the Parakeet-size random twin, offline, every stage under dvc repro: the
+# default run, then the comparisons on top as `make compare` runs them (the last rehearsal, with everything:
+# 4.5 h on 2 cores, 12.3 GB of RAM at most, 65 GB of disk under /tmp). The summary goes to
+# metrics/rehearsal.json and docs/rehearsal.md. After a cut: python -m bench.rehearse --compare --resume.
 rehearse: $(BIN)/.installed
-	$(BIN)/python -m bench.rehearse
+	$(BIN)/python -m bench.rehearse --compare
 
 # Paste the report stage's headline (reports/headline.md: a short table and the picks) into README.md;
 # docs/results.md (every table) is written by the report stage itself. tests/test_docs.py checks they agree.

@@ -42,6 +42,7 @@ PROJECT = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", "requant", "s
 STAGE_TIMEOUT_S = 3 * 3600  # diagnose takes over an hour at this size on 2 cores; three mean it hangs
 CORPUS_UTTERANCES = 40  # French short utterances in eval_corpus/ (the stage would fetch FLEURS otherwise)
 GB = 1e9
+SKIPPED_S = 5.0  # `dvc repro --single-item` on a stage with nothing to do: dvc's own start-up, no work
 DOC = ROOT / "docs" / "rehearsal.md"
 # the largest descendant's peak RSS (KiB on Linux), measured around one command by a fresh interpreter
 MEASURE = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
@@ -163,8 +164,36 @@ def variant_figures(metrics: Path, clip: str = "jfk") -> dict[str, dict]:
     return variants
 
 
-def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool = True) -> dict:
-    """Run (or with run_stages=False only summarize) the rehearsal in work; the summary for metrics/."""
+def run_comparisons(repo: Path, env: dict[str, str], done: dict, record: Path) -> list[str]:
+    """After the default run: params.yaml's comparisons on, as `make compare` turns them on, and every stage
+    that then runs (each already-done stage is skipped by dvc in a second), into done["compare_stages"]; return
+    dvc.yaml's order with them on."""
+    from bench.repro_time import turn_on_comparisons
+
+    turn_on_comparisons(repo / "params.yaml")
+    done.setdefault("compare_stages", {})
+    order = stage_order(repo, env)
+    for stage in order:
+        if stage not in done["compare_stages"]:
+            done["compare_stages"][stage], _ = run_stage(repo, env, stage)
+            write_json(record, done)
+            log.info("with the comparisons, %s: %s", stage, done["compare_stages"][stage])
+    return order
+
+
+def comparison_summary(done: dict, order: list[str]) -> dict:
+    """What `make compare` adds to the default run: the stages that did work (a skipped one takes no time)."""
+    ran = {s: f for s, f in done["compare_stages"].items() if f["wall_s"] >= SKIPPED_S or s not in done["stages"]}
+    return {"total_s": round(sum(f["wall_s"] for f in ran.values()), 1),
+            "peak_rss_gb": max((f["peak_rss_gb"] for f in ran.values()), default=0.0),
+            "disk_gb": max(f["disk_gb"] for f in done["compare_stages"].values()),
+            "stages": ran, "stage_order": [s for s in order if s in ran]}
+
+
+def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool = True,
+             compare: bool = False) -> dict:
+    """Run (or with run_stages=False only summarize) the rehearsal in work, then with compare the comparisons
+    on top; the summary for metrics/."""
     repo, hf_home, record = work / "repo", work / "hf", work / "stages.json"
     if not run_stages and not record.exists():
         fail(f"{record} does not exist: no rehearsal to summarize in {work}; run `python -m bench.rehearse`")
@@ -199,7 +228,8 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool 
         done["warnings"] += [line.split(" WARNING ", 1)[1] for line in stderr.splitlines() if " WARNING " in line]
         write_json(record, done)  # after every stage: --resume carries on from here
         log.info("%s: %s", stage, done["stages"][stage])
-    variants = variant_figures(repo / "metrics")
+    compare_order = run_comparisons(repo, env, done, record) if compare and run_stages else order
+    variants = variant_figures(repo / "metrics")  # the comparisons' rows too, when they ran
     stages = done["stages"]
     return {
         "twin": done["twin"],
@@ -213,6 +243,7 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool 
         "not_run": [stage for stage in order if stage not in stages],  # a rehearsal cut short
         "variants": variants,
         **({"note": done["note"]} if done.get("note") else {}),  # how the run went, written into work/stages.json
+        **({"compare": comparison_summary(done, compare_order)} if done.get("compare_stages") else {}),
     }
 
 
@@ -249,7 +280,22 @@ def render(summary: dict) -> str:
         if clip_s else "Per variant, its evaluation:", "",
         "| variant | encoder | session load | encoder pass | greedy decoding | beam decoding | peak RSS |",
         "|---|---|---|---|---|---|---|", *(variant_rows or ["| (no variant evaluated yet) | | | | | | |"]), "",
+        *compare_section(summary.get("compare")),
         "WER is meaningless on random weights: the rehearsal proves the code path and its costs, not accuracy.", ""])
+
+
+def compare_section(compare: dict | None) -> list[str]:
+    """The comparisons on top of the default run (`make compare`): their stages and what they cost."""
+    if not compare:
+        return ["No comparison run was rehearsed on top of this one (`make compare`; `python -m bench.rehearse --compare`).",
+                ""]
+    rows = [f"| `{name}` | {f['wall_s']:.0f} s | {f['peak_rss_gb']:.2f} GB | {f['disk_gb']:.1f} GB |"
+            for name, f in ((s, compare["stages"][s]) for s in compare["stage_order"])]
+    return [f"Then the comparisons on top (`make compare`: long-form recordings, comparison encoders and rows): "
+            f"**{compare['total_s'] / 60:.0f} min** more, peak RSS **{compare['peak_rss_gb']:.2f} GB**, "
+            f"**{compare['disk_gb']:.1f} GB** of disk at most.", "",
+            "| stage (with the comparisons) | wall | peak RSS (largest process) | disk after |", "|---|---|---|---|",
+            *rows, ""]
 
 
 def main() -> None:
@@ -260,13 +306,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="carry on in --work after its last recorded stage")
     parser.add_argument("--render", action="store_true", help="only write docs/rehearsal.md from --out")
+    parser.add_argument("--compare", action="store_true",
+                        help="after the default run, the comparisons on top, as `make compare` runs them")
     parser.add_argument("--so-far", action="store_true",
                         help="summarize the stages --work has run, without running more (a rehearsal cut short)")
     args = parser.parse_args()
     if args.render:
         DOC.write_text(render(read_json(args.out)))
         return
-    summary = rehearse(args.work, args.seed, args.layers, args.resume or args.so_far, run_stages=not args.so_far)
+    summary = rehearse(args.work, args.seed, args.layers, args.resume or args.so_far, run_stages=not args.so_far,
+                       compare=args.compare)
     write_json(args.out, summary)
     DOC.write_text(render(summary))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("stages", "variants")}, indent=2))

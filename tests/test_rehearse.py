@@ -58,6 +58,27 @@ def test_the_summary_reads_the_evaluations_as_the_evaluate_stage_writes_them() -
     assert f"| fp32 | {fp32['encoder_mb']:.0f} MB | {fp32['load_s']:.1f} s | {fp32['encode_s']:.0f} s |" in text
 
 
+def test_the_comparisons_on_top_count_only_the_stages_that_worked() -> None:
+    """`--compare` runs every stage again with the comparisons on: dvc skips the done ones in seconds, and only
+    the new stages and the real re-runs make the second table."""
+    from bench.rehearse import comparison_summary
+
+    figures = {"wall_s": 50.0, "peak_rss_gb": 1.4, "disk_gb": 10.0}
+    done = {"stages": {"base_model": figures, "report": figures},
+            "compare_stages": {"base_model": {**figures, "wall_s": 1.8}, "diagnose@all": {**figures, "wall_s": 600.0,
+                                                                                           "peak_rss_gb": 6.4},
+                               "report": {**figures, "wall_s": 30.0, "disk_gb": 12.0}}}
+    compare = comparison_summary(done, ["base_model", "diagnose@all", "report"])
+    assert compare["stage_order"] == ["diagnose@all", "report"] and compare["total_s"] == 630.0
+    assert (compare["peak_rss_gb"], compare["disk_gb"]) == (6.4, 12.0)
+    text = render({"twin": {"layers": 24, "encoder_mb": 2477, "blank_bias": 3.5}, "total_s": 100.0, "twin_s": 10.0,
+                   "peak_rss_gb": 1.4, "disk_gb": 10.0, "stages": done["stages"], "variants": {}, "compare": compare})
+    assert "**10 min** more, peak RSS **6.40 GB**" in text and "| `diagnose@all` | 600 s | 6.40 GB | 10.0 GB |" in text
+    assert "No comparison run was rehearsed" in render({**{"twin": {"layers": 24, "encoder_mb": 2477, "blank_bias": 3.5}},
+                                           "total_s": 1.0, "twin_s": 1.0, "peak_rss_gb": 1.0, "disk_gb": 1.0,
+                                           "stages": done["stages"], "variants": {}})
+
+
 def test_a_rehearsal_cut_short_says_which_stages_did_not_run() -> None:
     stages = {"base_model": {"wall_s": 50.0, "peak_rss_gb": 1.4, "disk_gb": 10.0}}
     text = render({"twin": {"layers": 24, "encoder_mb": 2477, "blank_bias": 3.5}, "total_s": 3600.0, "twin_s": 10.0,
