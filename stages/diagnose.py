@@ -67,7 +67,7 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
             feed = {"audio_signal": signal, "length": length}
             expected = None
             for source, (path, found) in graphs.items():
-                session = runs.open_session(path, arena=False)
+                session = runs.open_session(path)  # one session at a time: the arena is freed with it
                 names = ["outputs", *sorted({o for pairs in found.values() for pair in pairs.values() for o in pair})]
                 values = dict(zip(names, session.run(names, feed)))
                 del session
@@ -78,9 +78,9 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
                         result[name]["matmuls"][matmul][key] = runs.round_sig(error, 4)
                 del values
             if expected is None:
-                expected = runs.open_session(reference, arena=False).run(["outputs"], feed)[0]
+                expected = runs.open_session(reference).run(["outputs"], feed)[0]
             for name, (_, variant_path) in variants.items():
-                out = runs.open_session(variant_path, arena=False).run(["outputs"], feed)[0]
+                out = runs.open_session(variant_path).run(["outputs"], feed)[0]
                 result[name]["output_rel_error"][key] = runs.round_sig(relative_error(expected, out), 4)
     return result
 
