@@ -43,7 +43,7 @@ def one_pass(twin: Path, kind: str, audio: Path) -> dict[str, float]:
         else:
             path, found = stack.enter_context(errors.error_graph(twin / "encoder-model.onnx",
                                                                  {"int8": twin / "encoder-model.int8.onnx"}))
-            names = ["outputs", *sorted({o for pair in found["int8"].values() for o in pair})]
+            names = ["outputs", *errors.sum_outputs(found)]
         session = runs.open_session(path)
         loaded = time.perf_counter()
         values = dict(zip(names, session.run(names, feed)))

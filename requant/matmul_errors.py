@@ -137,6 +137,11 @@ def error_graph(source_path: Path, variants: dict[str, Path]) -> Iterator[tuple[
         path.unlink(missing_ok=True)
 
 
+def sum_outputs(found: dict[str, Pairs]) -> list[str]:
+    """Every sum-of-squares output the combined graph holds for these variants, once each (fp32's are shared)."""
+    return sorted({o for pairs in found.values() for pair in pairs.values() for o in pair})
+
+
 def relative_errors(values: dict[str, np.ndarray], found: dict[str, tuple[str, str]]) -> dict[str, float]:
     """MatMul -> sqrt(error's sum of squares / fp32 output's), as numpy's norm ratio would give."""
     return {m: math.sqrt(float(values[err]) / max(float(values[ref]), 1e-60)) for m, (err, ref) in found.items()}

@@ -68,7 +68,7 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
             expected = None
             for source, (path, found) in graphs.items():
                 session = runs.open_session(path)  # one session at a time: the arena is freed with it
-                names = ["outputs", *sorted({o for pairs in found.values() for pair in pairs.values() for o in pair})]
+                names = ["outputs", *errors.sum_outputs(found)]
                 values = dict(zip(names, session.run(names, feed)))
                 del session
                 if source == reference:  # the combined graph's own output is the reference encoder's

@@ -104,7 +104,7 @@ def captured_errors(source: Path, variant: Path, audio: np.ndarray) -> dict[str,
 
 def one_pass_errors(source: Path, variants: dict[str, Path], audio: np.ndarray) -> dict:
     with errors.error_graph(source, variants) as (path, found):
-        names = sorted({o for pairs in found.values() for pair in pairs.values() for o in pair})
+        names = errors.sum_outputs(found)
         signal, length = features(audio)
         values = dict(zip(names, runs.open_session(path).run(names, {"audio_signal": signal, "length": length})))
     assert not path.exists()  # the combined graph is gone with the block
