@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -31,9 +30,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import fixtures
-from bench.gemm import gemm_rates, isa
+from bench.gemm import gemm_rates
 from bench.fixtures import pipeline_params
-from bench.meter import MB
+from bench.meter import MB, machine
 from bench.report import markdown, targets
 from bench.tasks import SAMPLE_RATE
 from requant.common import fail, run_cli, write_json
@@ -108,15 +107,6 @@ def _mb(files: dict[str, int]) -> float:
     return round(sum(files.values()) / MB, 1)
 
 
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return {"cpu_model": cpu, "cpus": os.cpu_count(), "mem_gb": round(mem_kb * 1024 / 1e9, 1),
-            "onnxruntime": ort.__version__, "python": platform.python_version()}
-
-
 # --- the benchmark ------------------------------------------------------------------------------
 
 
@@ -137,7 +127,7 @@ def run_benchmark(model_dir: Path, work: Path, windows: list[int], audio_s: floa
     started = time.perf_counter()
     fp32_files = _encoder_files(src)
     result: dict[str, Any] = {
-        "machine": {**machine(), "isa": isa(), "gemm": gemm_rates()},  # the CPU kind and its int8 GEMM ceiling
+        "machine": {**machine(), "gemm": gemm_rates()},  # the CPU kind and its int8 GEMM ceiling
         "model": {"dir": str(model_dir), "encoder_mb": _mb(fp32_files),
                   "twin": json.loads((model_dir / "twin.json").read_text()) if (model_dir / "twin.json").is_file()
                   else None},

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cost import machine
+from bench.meter import machine
 from bench.fixtures import ROOT, speech
 from requant import encoder_runs as runs
 from requant import matmul_errors as errors

@@ -19,15 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")  # what MLAS picks kernels by
-
-
-def isa() -> list[str]:
-    """The instruction sets among FLAGS this CPU has (/proc/cpuinfo)."""
-    line = next((row for row in Path("/proc/cpuinfo").read_text().splitlines() if row.startswith("flags")), "")
-    have = set(line.split(":", 1)[-1].split())
-    return [flag for flag in FLAGS if flag in have]
-
+from bench.meter import machine
 
 def _graph(kind: str, k: int, n: int, rng: np.random.Generator) -> onnx.ModelProto:
     if kind == "fp32":
@@ -70,7 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     rates = gemm_rates(threads=args.threads)
-    print(f"ISA: {', '.join(isa()) or 'none of ' + ', '.join(FLAGS)}")
+    print(f"ISA: {', '.join(machine()['isa']) or 'none of note'}")
     print(f"{'kind':>6} {'GFLOP/s':>9}\n{'fp32':>6} {rates['fp32_gflops']:>9}\n{'int8':>6} {rates['int8_gflops']:>9}")
     print(f"int8 / fp32: {rates['int8_vs_fp32']}x ({rates['shape']}, {rates['threads']} threads)")
 

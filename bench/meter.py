@@ -10,15 +10,29 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
+import platform
 import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from requant.common import memory_bytes, reset_peak_memory
+from requant.stable import machine as kernel_machine
 
 MB = 1e6
+
+
+def machine() -> dict[str, Any]:
+    """What a benchmark ran on: the CPU, its cores and memory, the instruction sets onnxruntime's kernels pick
+    from (requant.stable.machine: AVX2, AVX-512 VNNI, AMX...), onnxruntime's and Python's versions."""
+    kernels = kernel_machine()
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    return {"cpu_model": kernels["cpu"], "cpus": os.cpu_count(), "mem_gb": round(mem_kb * 1024 / 1e9, 1),
+            "isa": kernels["kernel_isa"], "onnxruntime": kernels["onnxruntime"], "python": platform.python_version()}
 @dataclass
 class Phase:
     calls: int = 0

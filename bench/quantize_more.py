@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from bench.cost import machine, pipeline_params, run_task
+from bench.cost import pipeline_params, run_task
+from bench.meter import machine
 from bench.fixtures import prepare_twin, speech
 from requant import onnx_graph as og
 from requant import pointwise

@@ -32,6 +32,7 @@ from pathlib import Path
 import soundfile
 import yaml
 
+from bench.meter import machine
 from requant.common import fail, read_json, run_cli, sha256_file, write_json
 
 log = logging.getLogger("bench.rehearse")
@@ -232,6 +233,7 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool 
     variants = variant_figures(repo / "metrics")  # the comparisons' rows too, when they ran
     stages = done["stages"]
     return {
+        "machine": machine(),  # the CPU kind the times belong to
         "twin": done["twin"],
         "warnings": sorted(set(done["warnings"])),
         "twin_s": done["twin_s"],
@@ -272,6 +274,10 @@ def render(summary: dict) -> str:
         f"(the twin's build {summary['twin_s'] / 60:.0f} min of it), peak RSS **{summary['peak_rss_gb']:.2f} GB**, "
         f"**{summary['disk_gb']:.1f} GB** of disk at most. How it is set up: "
         "[parakeet-preset.md](parakeet-preset.md#dress-rehearsal-of-the-parakeet-preset-offline-full-scale).", "",
+        *([f"Machine: {m['cpu_model']}, {m['cpus']} cores, {m['mem_gb']} GB; kernels' instruction sets: "
+           f"{', '.join(m['isa']) or 'none of note'}. Without the twin's build, the run took "
+           f"**{(summary['total_s'] - summary['twin_s']) / 60:.0f} min**.", ""]
+          if (m := summary.get("machine")) else []),
         *([f"**Cut short**: {len(not_run)} stages not run yet: " + ", ".join(f"`{s}`" for s in not_run) + ".", ""]
           if not_run else []),
         *([summary["note"], ""] if summary.get("note") else []),  # how this run went, when it needs saying

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.cost import machine
+from bench.meter import machine
 from requant.variants import COMPARISON_ROWS, VARIANTS
 from requant.common import fail, run_cli, write_json
 
