@@ -10,7 +10,9 @@ result equals the original up to float summation order.
 
 A site is matched only when the chain is the real export's, node for node (MatMul(q+u, k) + rel_shift
 (MatMul(q+v, pe)) -> Div -> Where(mask) -> Softmax -> Where(mask) -> MatMul(., v)), every intermediate
-has a single reader and the pad is the rel_shift's; anything else is reported and left unchanged.
+has a single reader and the pad is the rel_shift's; anything else is reported and left unchanged. The same
+attention after requant/glue.py (the shift without its Pad, the mask as a bias added once per layer, the
+empty rows zeroed on the context) is matched too: the blockwise rewrite replaces it just the same.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from requant import onnx_graph as og
 
 SHIFT_CHAIN = ("Slice", "Reshape", "Slice", "Reshape", "Pad", "MatMul")  # read backwards from the Add
+GLUED_SHIFT_CHAIN = ("Slice", "Reshape", "Slice", "Reshape", "MatMul")  # requant/glue.py's shift, without the Pad
 REL_SHIFT_PADS = [0, 0, 0, 1, 0, 0, 0, 0]
 
 
@@ -60,41 +63,48 @@ def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
 
     for softmax in (n for n in graph.node if n.op_type == "Softmax"):
         where_in = made_by(softmax.input[0], "Where")
-        where_out = single_reader(softmax.output[0])
-        div = made_by(where_in.input[2], "Div") if where_in is not None else None
+        glued = made_by(softmax.input[0], "Add") if where_in is None else None  # requant/glue.py's form
+        bias = made_by(glued.input[1], "Where") if glued is not None else None
+        masked = where_in or (glued if bias is not None else None)
+        div = made_by(masked.input[0] if glued is not None else masked.input[2], "Div") if masked is not None else None
         add = made_by(div.input[0], "Add") if div is not None else None
-        context = single_reader(where_out.output[0]) if where_out is not None else None
-        if None in (where_in, div, add, where_out, context) or where_out.op_type != "Where" \
-                or context.op_type != "MatMul" or where_out.input[0] != where_in.input[0]:
+        after = single_reader(softmax.output[0])
+        where_out, context = (after, single_reader(after.output[0]) if after is not None else None) \
+            if glued is None else (single_reader(after.output[0]) if after is not None else None, after)
+        mask_where = where_in if glued is None else bias
+        if None in (masked, div, add, where_out, context) or where_out.op_type != "Where" \
+                or context.op_type != "MatMul" or (glued is None and where_out.input[0] != where_in.input[0]):
             refused.append(f"{softmax.name}: not Div -> Where(mask) -> Softmax -> Where(mask) -> MatMul")
             continue
         chains = {}
         for term in add.input:
             chain, tensor = [], term
-            for op in SHIFT_CHAIN:
+            for op in SHIFT_CHAIN if glued is None else GLUED_SHIFT_CHAIN:
                 node = made_by(tensor, op)
                 if node is None:
                     break
                 chain.append(node)
                 tensor = node.input[0]
             chains[term] = chain
-        shifted = [t for t, c in chains.items() if len(c) == len(SHIFT_CHAIN)]
+        shifted = [t for t, c in chains.items() if len(c) == len(SHIFT_CHAIN if glued is None else GLUED_SHIFT_CHAIN)]
         plain = [t for t in add.input if made_by(t, "MatMul") is not None and t not in shifted]
         if len(shifted) != 1 or len(plain) != 1:
             refused.append(f"{softmax.name}: the scores are not MatMul + rel_shift(MatMul)")
             continue
         chain, ac = chains[shifted[0]], made_by(plain[0], "MatMul")
-        pad, bd = chain[4], chain[5]
-        pads = og.constant_value(graph, pad.input[1]) if len(pad.input) > 1 else None
-        inner = [ac, bd, *chain[:5], add, div, where_in]
-        if pads is None or pads.tolist() != REL_SHIFT_PADS or any(
+        bd, shift = chain[-1], chain[:-1]
+        pads = og.constant_value(graph, shift[-1].input[1]) if glued is None and len(shift[-1].input) > 1 else None
+        inner = [ac, bd, *shift, add, div, masked]
+        if (glued is None and (pads is None or pads.tolist() != REL_SHIFT_PADS)) or any(
                 single_reader(out) is None for node in inner for out in node.output):
             refused.append(f"{softmax.name}: the shift is not the export's rel_shift, or an intermediate is read twice")
             continue
-        sites.append(Site(qu=ac.input[0], k=ac.input[1], qv=bd.input[0], pe=bd.input[1], mask=where_in.input[0],
-                          v=context.input[1], scale=div.input[1], fill=where_in.input[1], zero=where_out.input[1],
-                          softmax=softmax, out=context.output[0],
-                          nodes=(*inner, softmax, where_out, context)))
+        tail = (softmax, where_out, context) if glued is None else (softmax, context, where_out)
+        sites.append(Site(qu=ac.input[0], k=ac.input[1], qv=bd.input[0], pe=bd.input[1], mask=mask_where.input[0],
+                          v=context.input[1], scale=div.input[1], fill=mask_where.input[1],
+                          zero=mask_where.input[2] if glued is not None else where_out.input[1],
+                          softmax=softmax, out=where_out.output[0] if glued is not None else context.output[0],
+                          nodes=(*inner, *tail)))
     return sites, refused
 
 
@@ -283,7 +293,7 @@ def band_masked(model: onnx.ModelProto, context: tuple[int, int]) -> onnx.ModelP
             banded[site.mask] = new.op("Or", [site.mask, new.op("Unsqueeze", [outside, new.ints("ax01", [0, 1])],
                                                                  "outside4")], "mask")
             og.insert_before_first_reader(graph, site.mask, new.nodes)
-        for node in site.nodes:
-            if node.op_type == "Where" and node.input[0] == site.mask:
-                node.input[0] = banded[site.mask]
+        for node in graph.node:  # the export's two Wheres per layer, or glue's bias and empty rows once
+            if site.mask in node.input and not node.name.startswith("/band_reference."):
+                node.input[list(node.input).index(site.mask)] = banded[site.mask]
     return out

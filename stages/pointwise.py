@@ -1,9 +1,12 @@
-"""Stage `pointwise`: the base encoder with every pointwise Conv1d rewritten as a MatMul (requant/pointwise.py).
+"""Stage `pointwise`: the base encoder with every pointwise Conv1d rewritten as a MatMul (requant/pointwise.py),
+and the attention's glue without its [B, H, T, T] copies (requant/glue.py).
 
 The fp32 graph every quantized recipe starts from (SmoothQuant, the weight-only w8/w4): their MatMul
-passes then take the conv module's pointwise convs too. Gated against the base encoder on the held-out
-windows: a 1x1 conv and a MatMul add the same products, only their order may differ, so the outputs
-agree to float32 rounding (max relative difference in metrics/pointwise.json) or nothing is written.
+passes then take the conv module's pointwise convs too, and every pass runs the lighter attention glue (the
+mask added as a bias built once per pass, the relative-position shift without its Pad). Gated against the
+base encoder on the held-out windows: a 1x1 conv and a MatMul add the same products, only their order may
+differ, and the glue moves the same values, so the outputs agree to float32 rounding (max relative
+difference in metrics/pointwise.json) or nothing is written.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import pointwise
+from requant import glue, pointwise
 from requant.common import run_cli, write_json
 from requant.gated import write_gated
 
@@ -33,8 +36,11 @@ def rewrite_encoder(src: Path, dst_dir: Path, windows_dir: Path) -> dict:
     log.info("pointwise convs: %d of %d rewritten as MatMuls, refused %s; transposes %d -> %d",
              summary["rewritten"], summary["convs"], summary["refused"] or "none", summary["transposes"],
              summary["transposes_after"])
+    attention = glue.simplify(model)
+    log.info("attention glue: %d of %d sites rewritten, refused %s; Where %s, Pad %s", attention["rewritten"],
+             attention["sites"], attention["refused"] or "none", attention["where_nodes"], attention["pad_nodes"])
     heldout = runs.Windows(windows_dir, "heldout")
-    return {**summary, **write_gated(model, src, dst_dir, src.name, replace, heldout, MAX_REL_ERROR, "pointwise")}
+    return {**summary, "attention_glue": attention, **write_gated(model, src, dst_dir, src.name, replace, heldout, MAX_REL_ERROR, "pointwise")}
 
 
 def main() -> None:
