@@ -113,7 +113,8 @@ def nbits(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 def pointwise(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     with instrumented(meter, {"write": "requant.onnx_graph:write_model",
                               "checks": "requant.encoder_runs:encoder_outputs"}):
-        summary = rewrite_encoder(Path(args["src"]), Path(args["dst_dir"]), Path(args["windows_dir"]))
+        summary = rewrite_encoder(Path(args["src"]), Path(args["dst_dir"]), Path(args["windows_dir"]),
+                                  glue_attention=args.get("glue", True))
     return {"summary": summary, "files": folder_bytes(Path(args["dst_dir"]))}
 
 

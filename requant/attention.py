@@ -46,6 +46,7 @@ class Site:
     softmax: onnx.NodeProto
     out: str  # the context [B, H, T, dk]
     nodes: tuple[onnx.NodeProto, ...]
+    glued: bool = False  # in requant/glue.py's form
 
 
 def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
@@ -104,7 +105,7 @@ def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
                           v=context.input[1], scale=div.input[1], fill=mask_where.input[1],
                           zero=mask_where.input[2] if glued is not None else where_out.input[1],
                           softmax=softmax, out=where_out.output[0] if glued is not None else context.output[0],
-                          nodes=(*inner, *tail)))
+                          nodes=(*inner, *tail), glued=glued is not None))
     return sites, refused
 
 

@@ -46,6 +46,9 @@ def simplify(model: onnx.ModelProto) -> dict:
     shared: dict[str, dict[str, str]] = {}  # per mask tensor: the bias, the empty rows, T and the fold's shape
     done = 0
     for index, site in enumerate(sites):
+        if site.glued:
+            refused["already glued"] = refused.get("already glued", 0) + 1
+            continue
         fill, zero = og.constant_value(graph, site.fill), og.constant_value(graph, site.zero)
         if fill is None or fill.size != 1 or float(fill.reshape(())) > MIN_FILL \
                 or zero is None or zero.size != 1 or float(zero.reshape(())) != 0.0:

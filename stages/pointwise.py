@@ -29,16 +29,17 @@ METRICS = Path("metrics/pointwise.json")
 MAX_REL_ERROR = 1e-5  # the same sums in another order: float32 rounding only
 
 
-def rewrite_encoder(src: Path, dst_dir: Path, windows_dir: Path) -> dict:
-    """Write the rewritten encoder into dst_dir (atomically) after checking it equals the original."""
+def rewrite_encoder(src: Path, dst_dir: Path, windows_dir: Path, glue_attention: bool = True) -> dict:
+    """Write the rewritten encoder into dst_dir (atomically) after checking it equals the original. Without
+    glue_attention, the attention is left as exported (bench.op_profile's before)."""
     model = og.load_graph(src)
     replace, summary = pointwise.rewrite(model, src.parent)
     log.info("pointwise convs: %d of %d rewritten as MatMuls, refused %s; transposes %d -> %d",
              summary["rewritten"], summary["convs"], summary["refused"] or "none", summary["transposes"],
              summary["transposes_after"])
-    attention = glue.simplify(model)
+    attention = glue.simplify(model) if glue_attention else {"sites": 0, "rewritten": 0, "refused": {}}
     log.info("attention glue: %d of %d sites rewritten, refused %s; Where %s, Pad %s", attention["rewritten"],
-             attention["sites"], attention["refused"] or "none", attention["where_nodes"], attention["pad_nodes"])
+             attention["sites"], attention["refused"] or "none", attention.get("where_nodes"), attention.get("pad_nodes"))
     heldout = runs.Windows(windows_dir, "heldout")
     return {**summary, "attention_glue": attention, **write_gated(model, src, dst_dir, src.name, replace, heldout, MAX_REL_ERROR, "pointwise")}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,20 @@ def test_a_forced_run_is_timed_stage_by_stage(tmp_path: Path) -> None:
     (tmp_path / "dvc.yaml").write_text("stages:\n  broken:\n    cmd: exit 3\n")
     with pytest.raises(StageError, match=f"dvc repro --force in {tmp_path} failed"):
         forced_run(tmp_path)
+
+
+def test_the_op_profile_times_each_encoder_as_exported_and_glued(bench_run: tuple[dict, Path, Path],
+                                                                 tmp_path: Path) -> None:
+    _, twin, _ = bench_run
+    shutil.copytree(twin, tmp_path / "work" / "twin")  # prepare_twin builds none where one is
+    out = tmp_path / "profile.json"
+    _run("bench.op_profile", "--work", str(tmp_path / "work"), "--lengths", "3", "6", "--out", str(out),
+         cwd=Path(__file__).resolve().parents[1])
+    result = json.loads(out.read_text())
+    assert [(r["encoder"], r["audio_s"]) for r in result["passes"]] == [
+        (name, seconds) for seconds in (3, 6) for name in ("fp32", "fp32 glued", "int8", "int8 glued")]
+    for row in result["passes"]:  # the glue's bias and empty rows are built once, with a ReduceMin
+        assert ("ReduceMin" in row["op_seconds"]) == row["encoder"].endswith("glued"), row
+        assert ("QuantizeLinear" in row["op_seconds"] or "DynamicQuantizeLinear" in row["op_seconds"]) == \
+            row["encoder"].startswith("int8"), row
+    assert result["machine"]["gemm"]["int8_vs_fp32"] > 0

@@ -93,3 +93,10 @@ def test_a_fill_that_would_not_underflow_is_refused_and_left_as_it_was(encoder: 
     assert summary["rewritten"] == LAYERS - 1
     assert summary["refused"] == {"the mask's fills are not constants -1000 or below, and 0": 1}
     assert og.op_counts(model.graph)["Where"] == before["Where"] - (LAYERS - 1) + 1  # that site kept both Wheres
+
+
+def test_a_glued_graph_is_left_as_it_is(encoder: Path) -> None:
+    model, _ = glued(encoder)
+    before = og.op_counts(model.graph)
+    assert glue.simplify(model)["refused"] == {"already glued": LAYERS}
+    assert og.op_counts(model.graph) == before
