@@ -19,7 +19,7 @@ from requant.beam import BeamParams, JointFn, beam_search
 from requant.common import fail, sha256_file
 from requant.features import SAMPLE_RATE
 from requant.onnx_graph import load_graph
-from requant.variants import BASE_DIR, DECODERS, VARIANTS, ModelFile
+from requant.variants import BASE_DIR, BUILT_ON_REQUEST, DECODERS, VARIANTS, ModelFile
 
 
 # --- Variants and speech recognition through onnx-asr -------------------------------------------
@@ -40,7 +40,7 @@ def encoder_digest(variant: str, root: Path = Path(".")) -> str | None:
     return digest.hexdigest()
 
 
-def model_files(spec: ModelFile, root: Path, what: str) -> list[Path]:
+def model_files(spec: ModelFile, root: Path, what: str, on_request: bool = False) -> list[Path]:
     """The ONNX file plus its external-data sidecars (`<name>.onnx.data`, `<name>.onnx.data.000`, ...).
 
     Sidecars are found by name rather than by parsing the graph, so that no weights are read before
@@ -49,7 +49,7 @@ def model_files(spec: ModelFile, root: Path, what: str) -> list[Path]:
     onnx_path = root / spec.folder / spec.name
     if not onnx_path.is_file():
         how = ("build the comparison encoders first: `make compare`, or `dvc exp run -S 'compare.builds=[all]'`"
-               if getattr(spec, "role", None) == "comparison" else f"run `dvc repro {spec.stage}` first")
+               if on_request else f"run `dvc repro {spec.stage}` first")
         fail(f"{what}: {onnx_path} is missing; {how}")
     prefixes = (spec.name + ".", spec.name.removesuffix(".onnx") + ".data")
     sidecars = sorted(p for p in onnx_path.parent.iterdir() if p.is_file() and p.name.startswith(prefixes))
@@ -65,7 +65,7 @@ def assemble_model_dir(variant: str, decoder: str, dest: Path, root: Path = Path
         fail(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
     if decoder not in DECODERS:
         fail(f"params.yaml: eval.decoder='{decoder}'; use one of {', '.join(DECODERS)}")
-    encoder_files = model_files(VARIANTS[variant], root, f"variant '{variant}'")
+    encoder_files = model_files(VARIANTS[variant], root, f"variant '{variant}'", variant in BUILT_ON_REQUEST)
     decoder_files = model_files(DECODERS[decoder], root, f"decoder '{decoder}'")
     for graph in (encoder_files[0], decoder_files[0]):  # missing or truncated weights: one line naming the file,
         load_graph(graph)  # here, once, before any measured region (load_asr does not parse again)

@@ -344,7 +344,7 @@ def _named(cls: type, raw: Any, group: str, empty: str) -> dict[str, Any]:
 
 def _compare(group: Any) -> CompareParams:
     """Not _group: its list and map may be empty."""
-    from requant.variants import REGISTRY
+    from requant.variants import BUILT_ON_REQUEST
 
     if not isinstance(group, dict) or set(group) != {"longform", "builds", "rows"}:
         raise ParamsError("params.yaml: 'compare' must hold exactly 'longform' and 'builds' ([] or [all]) and "
@@ -357,7 +357,7 @@ def _compare(group: Any) -> CompareParams:
                                          for name, folder in rows.items()):
         raise ParamsError(f"params.yaml: compare.rows is {rows!r}; map each comparison variant to its folder, "
                           "as in {int8_mixed: models/variants/int8_mixed} (`make compare` lists them all)")
-    unbuilt = [name for name in rows if name in REGISTRY and REGISTRY[name].role == "comparison"]
+    unbuilt = [name for name in rows if name in BUILT_ON_REQUEST]
     if unbuilt and not group["builds"]:
         raise ParamsError(f"params.yaml: compare.rows lists {', '.join(unbuilt)}, built only with "
                           "compare.builds: [all]; add it (`make compare` sets both)")

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant.params import load_params
-from requant.variants import VARIANTS
+from requant.variants import BUILT_ON_REQUEST, VARIANTS
 from requant.common import fail, run_cli, write_json
 from requant.features import features
 
@@ -82,9 +82,8 @@ def measure(reference: Path, variants: dict[str, Path], windows: runs.Windows) -
 
 
 def main() -> None:
-    built_on_request = not load_params().compare.builds  # the comparison encoders: compare.builds: [all]
-    files = {name: spec.folder / spec.name for name, spec in VARIANTS.items()
-             if not (built_on_request and spec.role == "comparison")}
+    skipped = () if load_params().compare.builds else BUILT_ON_REQUEST  # built with compare.builds: [all]
+    files = {name: spec.folder / spec.name for name, spec in VARIANTS.items() if name not in skipped}
     reference = files.pop(REFERENCE)
     write_json(METRICS, measure(reference, files, runs.Windows(WINDOWS, "heldout")))
 

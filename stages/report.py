@@ -25,7 +25,7 @@ from requant.params import Params, load_params
 from requant.plots import (LANGUAGE_SERIES, PLOTS_DIR, SECTION_SERIES, language_series, plot_languages, plot_sections,
                            section_series)
 from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize
-from requant.variants import COMPARISON_ROWS, VARIANTS
+from requant.variants import BUILT_ON_REQUEST, COMPARISON_ROWS, VARIANTS
 from requant.web_figures import browser_table, browser_times
 
 log = logging.getLogger("pipeline.report")
@@ -128,7 +128,7 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
     raw = read_evaluations(root / METRICS_DIR)
     # without compare.builds the comparison encoders count as not built, whatever an earlier run left behind
     digests: dict[str, str | None] = {} if p.compare.builds else {
-        v: None for v, spec in VARIANTS.items() if spec.role == "comparison"}
+        v: None for v in BUILT_ON_REQUEST}
     left_out = stale({name: e.get("encoder_sha256") for name, e in raw.items()}, root, digests)
     raw = {name: e for name, e in raw.items() if name not in left_out}
     # comparison rows this run has no figures for (their encoder not built: compare.builds), apart from those
