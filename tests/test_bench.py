@@ -240,7 +240,7 @@ def test_the_op_profile_times_each_encoder_as_exported_and_glued(bench_run: tupl
     shutil.copytree(twin, tmp_path / "work" / "twin")  # prepare_twin builds none where one is
     out = tmp_path / "profile.json"
     _run("bench.op_profile", "--work", str(tmp_path / "work"), "--lengths", "3", "6", "--out", str(out),
-         cwd=Path(__file__).resolve().parents[1])
+         "--doc", str(tmp_path / "op-profile.md"), cwd=Path(__file__).resolve().parents[1])
     result = json.loads(out.read_text())
     assert [(r["encoder"], r["audio_s"]) for r in result["passes"]] == [
         (name, seconds) for seconds in (3, 6) for name in ("fp32", "fp32 glued", "int8", "int8 glued")]
@@ -249,3 +249,4 @@ def test_the_op_profile_times_each_encoder_as_exported_and_glued(bench_run: tupl
         assert ("QuantizeLinear" in row["op_seconds"] or "DynamicQuantizeLinear" in row["op_seconds"]) == \
             row["encoder"].startswith("int8"), row
     assert result["machine"]["gemm"]["int8_vs_fp32"] > 0
+    assert (tmp_path / "op-profile.md").read_text().count("| int8 glued | ") == 2
