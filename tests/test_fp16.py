@@ -144,3 +144,25 @@ def test_position_arithmetic_and_its_constants_stay_fp32(tmp_path: Path) -> None
     scores = runs.compare(runs.encoder_outputs(tmp_path / "base" / "encoder-model.onnx", window, "fp32"),
                         runs.encoder_outputs(tmp_path / "fp16" / "encoder-model.fp16.onnx", window, "fp16"))
     assert scores["cosine_min"] > 0.99999, scores
+
+
+def test_the_fp32_weights_are_never_loaded_whole(fp16: tuple[Path, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converter runs on the graph alone and the weights are cast one at a time: onnx never loads the
+    model with its external data (at Parakeet size that held 2.4 GB of fp32 weights and their copies), and the
+    files are the same bytes as the whole-model conversion's."""
+    base, out = fp16
+    copy = tmp_path / "base"
+    copy.mkdir()
+    for path in base.iterdir():
+        copy.joinpath(path.name).write_bytes(path.read_bytes())
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole model's external data was loaded")
+
+    monkeypatch.setattr(onnx, "load_external_data_for_model", refuse)
+    monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_model", refuse)
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", refuse)
+    build_fp16(copy, tmp_path / "fp16")
+    for path in sorted(out.iterdir()):
+        assert (tmp_path / "fp16" / path.name).read_bytes() == path.read_bytes(), path.name
