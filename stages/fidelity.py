@@ -19,7 +19,7 @@ from requant import onnx_graph as og
 from requant.params import load_params
 from requant.variants import BUILT_ON_REQUEST, VARIANTS
 from requant.common import fail, run_cli, write_json
-from requant.features import features
+from requant.features import SAMPLE_RATE, features
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ METRICS = Path("metrics/fidelity.json")
 REFERENCE = "fp32"
 LENGTHS = "encoded_lengths"
 BATCH = 3
+BATCH_SAMPLES = 10 * SAMPLE_RATE  # the padded batch's longest clip: 10 s
 TELLING_OPS = ("Cast", "Conv", "ConvInteger", "DequantizeLinear", "DynamicQuantizeLinear", "Loop", "MatMul",
                "MatMulInteger", "MatMulNBits", "QLinearConv", "QLinearMatMul", "QuantizeLinear")
 
@@ -42,15 +43,17 @@ def describe(path: Path) -> dict:
 
 def encode(path: Path, windows: runs.Windows, desc: str) -> tuple[list[np.ndarray], list[list[int]]]:
     """The encoder's outputs per window, and its encoded_lengths per window and for one padded batch of
-    the first BATCH windows cut to 1/BATCH, 2/BATCH, ... of their length (masks and padding exercised)."""
+    the first BATCH windows cut to 1/BATCH, 2/BATCH, ... of 10 s (masks and padding exercised)."""
     session = runs.open_session(path)
     outputs, lengths = [], []
     for audio in tqdm(windows, desc=desc, unit="win"):
         out, n = session.run([runs.ENCODER_OUTPUT, LENGTHS], runs.encoder_feed(session, audio))
         outputs.append(out)
         lengths.append(n.tolist())
-    n = min(BATCH, len(windows))  # a few suffice to exercise the masks; each adds a window's activations
-    clips = [features(windows[i][: len(windows[i]) * (i + 1) // n]) for i in range(n)]
+    # a few short clips suffice to exercise the masks and the padding: a batch of whole 30 s windows would
+    # hold three windows' activations at once (at Parakeet size 2 GB above a single window's pass)
+    n, samples = min(BATCH, len(windows)), min(BATCH_SAMPLES, min(len(w) for w in windows))
+    clips = [features(windows[i][: samples * (i + 1) // n]) for i in range(n)]
     batch = np.zeros((len(clips), clips[0][0].shape[1], max(c[0].shape[2] for c in clips)), np.float32)
     for i, (signal, _) in enumerate(clips):
         batch[i, :, : signal.shape[2]] = signal[0]
