@@ -28,6 +28,9 @@ from requant import onnx_graph as og
 SHIFT_CHAIN = ("Slice", "Reshape", "Slice", "Reshape", "Pad", "MatMul")  # read backwards from the Add
 GLUED_SHIFT_CHAIN = ("Slice", "Reshape", "Slice", "Reshape", "MatMul")  # requant/glue.py's shift, without the Pad
 REL_SHIFT_PADS = [0, 0, 0, 1, 0, 0, 0, 0]
+# a masked score is pushed at least this far below its row: exp() of it underflows to exactly 0, so adding the
+# fill (requant/glue.py, the blockwise body) gives what the export's Where gives
+MIN_FILL = -1000.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class Site:
     out: str  # the context [B, H, T, dk]
     nodes: tuple[onnx.NodeProto, ...]
     glued: bool = False  # in requant/glue.py's form
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
 
 
 def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
@@ -99,6 +106,12 @@ def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
         if (glued is None and (pads is None or pads.tolist() != REL_SHIFT_PADS)) or any(
                 single_reader(out) is None for node in inner for out in node.output):
             refused.append(f"{softmax.name}: the shift is not the export's rel_shift, or an intermediate is read twice")
+            continue
+        fill = og.constant_value(graph, mask_where.input[1])
+        zero = og.constant_value(graph, mask_where.input[2] if glued is not None else where_out.input[1])
+        if fill is None or fill.size != 1 or float(fill.reshape(())) > MIN_FILL \
+                or zero is None or zero.size != 1 or float(zero.reshape(())) != 0.0:
+            refused.append(f"{softmax.name}: the mask's fills are not constants {MIN_FILL:g} or below, and 0")
             continue
         tail = (softmax, where_out, context) if glued is None else (softmax, context, where_out)
         sites.append(Site(qu=ac.input[0], k=ac.input[1], qv=bd.input[0], pe=bd.input[1], mask=mask_where.input[0],
@@ -166,8 +179,17 @@ def _band(graph: onnx.GraphProto, tensor: str, made_by) -> tuple[int | None, lis
     return int(width.reshape(())), [negate, greater, distance]
 
 
+def rows_without_keys(new: og.NewNodes, mask: str, opset: int) -> str:
+    """[B, 1, R, 1] True for the query rows of a [B, 1, R, K] mask with every key masked (padded queries): the
+    min over the keys (bool has no ReduceMin: via uint8)."""
+    as_u8 = new.op("Cast", [mask], "mask_u8", to=TensorProto.UINT8)
+    reduced = new.op("ReduceMin", [as_u8, new.ints("keys_axis", [3])], "all_masked", keepdims=1) if opset >= 18 \
+        else new.op("ReduceMin", [as_u8], "all_masked", axes=[3], keepdims=1)  # axes an input from opset 18
+    return new.op("Cast", [reduced], "empty_rows", to=TensorProto.BOOL)
+
+
 def _body(site: Site, prefix: str, block: int, context: tuple[int, int] | None,
-          mask_source: MaskSource | None) -> onnx.GraphProto:
+          mask_source: MaskSource | None, opset: int) -> onnx.GraphProto:
     """One Loop iteration: queries [s, e) = [i*block, min((i+1)*block, T)) against the keys [k0, k1) they
     can see (all T, or the local band [s-left, e-1+right]), appended to the context so far."""
     inner = f"{prefix}body/"  # the body's own names: none may shadow the outer graph's
@@ -191,15 +213,15 @@ def _body(site: Site, prefix: str, block: int, context: tuple[int, int] | None,
     window = op("Slice", [site.pe, op("Add", [op("Sub", [t1, end], "w0_raw"), k0], "w0"),
                           op("Add", [op("Sub", [op("Sub", [t1, one], "t_m1"), start], "w1_raw"), k1], "w1"), axis3],
                 "pe")
-    raw = op("MatMul", [op("Slice", [site.qv, start, end, axis2], "qv"), window], "bd_raw")  # [B,H,R,K+R-1]
-    # rel_shift of the block: pad one column at the end, flatten the rows, drop R-1, fold to K+R-1 columns
-    padded = op("Pad", [raw, const("pads", [0, 0, 0, 0, 0, 0, 0, 1])], "bd_pad")
-    flat = op("Reshape", [padded, const("flat", [0, 0, -1])], "bd_flat")
+    raw = op("MatMul", [op("Slice", [site.qv, start, end, axis2], "qv"), window], "bd_raw")  # [B,H,R,W], W=K+R-1
+    # rel_shift of the block without a Pad (requant/glue.py's fold): out[r, c] = raw[r, R-1-r+c] is element
+    # r*(W-1) + R-1 + c of the flat rows; rows of L = max(W-1, K) columns (one query: L = K = W)
+    flat = op("Reshape", [raw, const("flat", [0, 0, -1])], "bd_flat")
     width = op("Sub", [op("Add", [keys, rows], "k_r"), one], "width")
+    row = op("Max", [op("Sub", [width, one], "w_m1"), keys], "row")
     skip = op("Sub", [rows, one], "skip")
-    cut = op("Slice", [flat, skip, op("Add", [skip, op("Mul", [rows, width], "cells")], "stop"), axis2], "bd_cut")
-    folded = op("Reshape", [cut, op("Concat", [const("keep", [0, 0]), rows, const("rest", [-1])], "fold", axis=0)],
-                "bd_fold")
+    cut = op("Slice", [flat, skip, op("Add", [skip, op("Mul", [rows, row], "cells")], "stop"), axis2], "bd_cut")
+    folded = op("Reshape", [cut, op("Concat", [const("keep", [0, 0]), rows, row], "fold", axis=0)], "bd_fold")
     shifted = op("Slice", [folded, zero, keys, axis3], "bd")
     if mask_source is None:
         mask = key_slice(op("Slice", [site.mask, start, end, axis2], "mask_rows"), "mask", axis3)
@@ -223,11 +245,13 @@ def _body(site: Site, prefix: str, block: int, context: tuple[int, int] | None,
                 ok = op("And", [ok, inside], f"ok{index}")
         mask = op("Unsqueeze", [op("Not", [ok], "not_ok"), one], "mask")
     scores = op("Div", [op("Add", [scores_ac, shifted], "sum"), site.scale], "scaled")
-    masked = op("Where", [mask, site.fill, scores], "masked")
+    # the mask as a bias [B, 1, R, K] and the rows with no visible key zeroed on the context (requant/glue.py:
+    # exp() of a masked score underflows to 0 either way), not two Wheres over [B, H, R, K]
+    masked = op("Add", [scores, op("Where", [mask, site.fill, site.zero], "bias")], "masked")
     softmax = op("Softmax", [masked], "softmax",
                  **{a.name: helper.get_attribute_value(a) for a in site.softmax.attribute})
-    attn = op("Where", [mask, site.zero, softmax], "attn")
-    context_out = op("MatMul", [attn, key_slice(site.v, "v", axis2)], "ctx")
+    unmasked = op("MatMul", [softmax, key_slice(site.v, "v", axis2)], "ctx_unmasked")
+    context_out = op("Where", [rows_without_keys(b, mask, opset), site.zero, unmasked], "ctx")
     op("Concat", [f"{inner}acc", context_out], "acc_out", axis=2)
     op("Identity", [f"{inner}cond"], "cond_out")
     inputs = [helper.make_tensor_value_info(f"{inner}i", TensorProto.INT64, []),
@@ -268,7 +292,7 @@ def rewrite(model: onnx.ModelProto, block: int,
         true = new.op("Constant", [], "true", value=numpy_helper.from_array(np.array(True), f"{prefix}true"))
         new.nodes.append(helper.make_node("Loop", [count, true, empty], [site.out], name=f"{prefix}loop",
                                           body=_body(site, prefix, block, tuple(context) if context else None,
-                                                     mask_source)))
+                                                     mask_source, opset_of(model))))
         og.insert_before_first_reader(graph, site.out, new.nodes)
     og.drop_dead_nodes(graph)
     return out, refused

@@ -28,16 +28,15 @@ import onnx
 from onnx import numpy_helper
 
 from requant import onnx_graph as og
-from requant.attention import Site, find_sites
+from requant.attention import Site, find_sites, opset_of, rows_without_keys
 
-MIN_FILL = -1000.0  # a masked score must be pushed this far below the row's scores for exp() to give 0
 
 
 def simplify(model: onnx.ModelProto) -> dict:
     """Rewrite, in place, every attention site find_sites takes; return counts: sites, rewritten, refused
     (reason -> count), and the op counts that tell (Where, Pad, Slice) before and after."""
     graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    opset = opset_of(model)
     before = og.op_counts(graph)
     sites, refused_sites = find_sites(graph)
     refused: dict[str, int] = {}
@@ -49,12 +48,7 @@ def simplify(model: onnx.ModelProto) -> dict:
         if site.glued:
             refused["already glued"] = refused.get("already glued", 0) + 1
             continue
-        fill, zero = og.constant_value(graph, site.fill), og.constant_value(graph, site.zero)
-        if fill is None or fill.size != 1 or float(fill.reshape(())) > MIN_FILL \
-                or zero is None or zero.size != 1 or float(zero.reshape(())) != 0.0:
-            reason = f"the mask's fills are not constants {MIN_FILL:g} or below, and 0"
-            refused[reason] = refused.get(reason, 0) + 1
-            continue
+        fill = og.constant_value(graph, site.fill)  # find_sites checked it: a scalar, MIN_FILL or below
         if site.mask not in shared:
             shared[site.mask] = _per_pass(graph, site.mask, float(fill.reshape(())), len(shared), opset)
         _rewrite_site(graph, site, shared[site.mask], f"/glue.{index}/")
@@ -74,10 +68,7 @@ def _per_pass(graph: onnx.GraphProto, mask: str, fill: float, index: int, opset:
     zero = scalar("zero_f", 0.0)
     bias = new.op("Where", [mask, scalar("fill", fill), zero], "bias")  # [B, 1, T, T]: fill where masked, else 0
     # a query row with every key masked: min over the keys of the mask (bool has no ReduceMin: via uint8)
-    as_u8 = new.op("Cast", [mask], "mask_u8", to=onnx.TensorProto.UINT8)
-    reduced = new.op("ReduceMin", [as_u8, new.ints("keys", [3])], "all_masked_u8", keepdims=1) if opset >= 18 \
-        else new.op("ReduceMin", [as_u8], "all_masked_u8", axes=[3], keepdims=1)  # axes an input from opset 18
-    empty = new.op("Cast", [reduced], "empty_rows", to=onnx.TensorProto.BOOL)  # [B, 1, T, 1]
+    empty = rows_without_keys(new, mask, opset)  # [B, 1, T, 1]
     t = new.op("Shape", [mask], "T", start=2, end=3)
     one = new.ints("one", [1])
     skip = new.op("Sub", [t, one], "skip")  # T - 1

@@ -100,3 +100,13 @@ def test_a_glued_graph_is_left_as_it_is(encoder: Path) -> None:
     before = og.op_counts(model.graph)
     assert glue.simplify(model)["refused"] == {"already glued": LAYERS}
     assert og.op_counts(model.graph) == before
+
+
+def test_the_blockwise_body_adds_its_mask_and_moves_no_pad(encoder: Path) -> None:
+    """The blocks do as the glue does: per block a [B, 1, R, K] bias instead of two Wheres over [B, H, R, K],
+    and the shift without a Pad (their exactness: tests/test_attention.py, every block size)."""
+    loops = [n for n in rewrite(onnx.load(encoder, load_external_data=False), 16)[0].graph.node if n.op_type == "Loop"]
+    assert len(loops) == LAYERS
+    for loop in loops:
+        ops = [n.op_type for n in loop.attribute[0].g.node]
+        assert "Pad" not in ops and ops.count("Where") == 2 and "ReduceMin" in ops
