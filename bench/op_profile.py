@@ -86,7 +86,8 @@ def render(result: dict) -> str:
     fp32 = {r["audio_s"]: r["pass_s"] for r in result["passes"] if r["encoder"] == "fp32"}
     rows = [f"| {r['encoder']} | {r['audio_s']:g} s | {r['pass_s']:.2f} s | {fp32[r['audio_s']] / r['pass_s']:.2f}x | "
             f"{r['peak_rss_mb'] / 1000:.2f} GB | {r['kernel_s']:.2f} s | "
-            + ", ".join(f"{op} {s:.2f}" for op, s in list(r["op_seconds"].items())[:TOP_OPS]) + " |"
+            + ", ".join(f"{op} {s:.2f}" for op, s in sorted(r["op_seconds"].items(), key=lambda kv: -kv[1])[:TOP_OPS])
+            + " |"
             for r in result["passes"]]
     return "\n".join([
         "# Where an encoder pass goes", "",
