@@ -84,17 +84,17 @@ def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
                 or context.op_type != "MatMul" or (glued is None and where_out.input[0] != where_in.input[0]):
             refused.append(f"{softmax.name}: not Div -> Where(mask) -> Softmax -> Where(mask) -> MatMul")
             continue
-        chains = {}
+        chains, shift_chain = {}, SHIFT_CHAIN if glued is None else GLUED_SHIFT_CHAIN
         for term in add.input:
             chain, tensor = [], term
-            for op in SHIFT_CHAIN if glued is None else GLUED_SHIFT_CHAIN:
+            for op in shift_chain:
                 node = made_by(tensor, op)
                 if node is None:
                     break
                 chain.append(node)
                 tensor = node.input[0]
             chains[term] = chain
-        shifted = [t for t, c in chains.items() if len(c) == len(SHIFT_CHAIN if glued is None else GLUED_SHIFT_CHAIN)]
+        shifted = [t for t, c in chains.items() if len(c) == len(shift_chain)]
         plain = [t for t in add.input if made_by(t, "MatMul") is not None and t not in shifted]
         if len(shifted) != 1 or len(plain) != 1:
             refused.append(f"{softmax.name}: the scores are not MatMul + rel_shift(MatMul)")

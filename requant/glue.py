@@ -31,7 +31,6 @@ from requant import onnx_graph as og
 from requant.attention import Site, find_sites, opset_of, rows_without_keys
 
 
-
 def simplify(model: onnx.ModelProto) -> dict:
     """Rewrite, in place, every attention site find_sites takes; return counts: sites, rewritten, refused
     (reason -> count), and the op counts that tell (Where, Pad, Slice) before and after."""
