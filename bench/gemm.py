@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.meter import machine
 
+
 def _graph(kind: str, k: int, n: int, rng: np.random.Generator) -> onnx.ModelProto:
     if kind == "fp32":
         weight = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")

@@ -33,6 +33,8 @@ def machine() -> dict[str, Any]:
                   if line.startswith("MemTotal"))
     return {"cpu_model": kernels["cpu"], "cpus": os.cpu_count(), "mem_gb": round(mem_kb * 1024 / 1e9, 1),
             "isa": kernels["kernel_isa"], "onnxruntime": kernels["onnxruntime"], "python": platform.python_version()}
+
+
 @dataclass
 class Phase:
     calls: int = 0

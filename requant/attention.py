@@ -52,10 +52,6 @@ class Site:
     glued: bool = False  # in requant/glue.py's form
 
 
-def opset_of(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-
-
 def find_sites(graph: onnx.GraphProto) -> tuple[list[Site], list[str]]:
     """Every attention the rewrite can take, and why each other softmax was left alone."""
     makers, readers = og.producers(graph), og.consumers(graph)
@@ -183,8 +179,8 @@ def rows_without_keys(new: og.NewNodes, mask: str, opset: int) -> str:
     """[B, 1, R, 1] True for the query rows of a [B, 1, R, K] mask with every key masked (padded queries): the
     min over the keys (bool has no ReduceMin: via uint8)."""
     as_u8 = new.op("Cast", [mask], "mask_u8", to=TensorProto.UINT8)
-    reduced = new.op("ReduceMin", [as_u8, new.ints("keys_axis", [3])], "all_masked", keepdims=1) if opset >= 18 \
-        else new.op("ReduceMin", [as_u8], "all_masked", axes=[3], keepdims=1)  # axes an input from opset 18
+    reduced = f"{new.prefix}all_masked"
+    new.nodes.extend(og.reduce_nodes("ReduceMin", as_u8, reduced, [3], opset, keepdims=1))
     return new.op("Cast", [reduced], "empty_rows", to=TensorProto.BOOL)
 
 
@@ -292,7 +288,7 @@ def rewrite(model: onnx.ModelProto, block: int,
         true = new.op("Constant", [], "true", value=numpy_helper.from_array(np.array(True), f"{prefix}true"))
         new.nodes.append(helper.make_node("Loop", [count, true, empty], [site.out], name=f"{prefix}loop",
                                           body=_body(site, prefix, block, tuple(context) if context else None,
-                                                     mask_source, opset_of(model))))
+                                                     mask_source, og.opset_of(model))))
         og.insert_before_first_reader(graph, site.out, new.nodes)
     og.drop_dead_nodes(graph)
     return out, refused

@@ -59,6 +59,12 @@ def encoder_outputs(model: Path, windows: Sequence[np.ndarray], desc: str) -> li
     return [session.run([ENCODER_OUTPUT], encoder_feed(session, w))[0] for w in tqdm(windows, desc=desc, unit="win")]
 
 
+def relative_error(reference: np.ndarray, value: np.ndarray) -> float:
+    """||value - reference|| / ||reference|| in float64 over every element."""
+    ref = np.asarray(reference, dtype=np.float64)
+    return float(np.linalg.norm(np.asarray(value, dtype=np.float64) - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
 def compare(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> dict[str, float]:
     """Cosine similarity and relative L2 error per window against the reference, summarised."""
     cosines, errors = [], []
@@ -72,7 +78,7 @@ def compare(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> d
         a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
         norm = np.linalg.norm(a) * np.linalg.norm(b)
         cosines.append(float(a @ b / norm) if norm else float(np.array_equal(a, b)))
-        errors.append(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30)))
+        errors.append(relative_error(a, b))
     return {
         "cosine_min": round_sig(min(cosines)),
         "cosine_mean": round_sig(float(np.mean(cosines))),

@@ -23,29 +23,29 @@ post-softmax fill is not 0, is refused and left unchanged.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from requant import onnx_graph as og
-from requant.attention import Site, find_sites, opset_of, rows_without_keys
+from requant.attention import Site, find_sites, rows_without_keys
 
 
 def simplify(model: onnx.ModelProto) -> dict:
     """Rewrite, in place, every attention site find_sites takes; return counts: sites, rewritten, refused
     (reason -> count), and the op counts that tell (Where, Pad, Slice) before and after."""
     graph = model.graph
-    opset = opset_of(model)
+    opset = og.opset_of(model)
     before = og.op_counts(graph)
     sites, refused_sites = find_sites(graph)
-    refused: dict[str, int] = {}
-    for reason in refused_sites:
-        refused[reason.split(": ", 1)[1]] = refused.get(reason.split(": ", 1)[1], 0) + 1
+    refused = Counter(reason.split(": ", 1)[1] for reason in refused_sites)  # "<softmax>: <why>"
     shared: dict[str, dict[str, str]] = {}  # per mask tensor: the bias, the empty rows, T and the fold's shape
     done = 0
     for index, site in enumerate(sites):
         if site.glued:
-            refused["already glued"] = refused.get("already glued", 0) + 1
+            refused["already glued"] += 1
             continue
         fill = og.constant_value(graph, site.fill)  # find_sites checked it: a scalar, MIN_FILL or below
         if site.mask not in shared:

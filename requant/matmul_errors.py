@@ -56,12 +56,7 @@ def _sum_squares(nodes: list[onnx.NodeProto], tensor: str, out: str, opset: int)
     """out = sum(tensor ** 2): float32 sums along the last axis (a few thousand terms each), then their sum in
     float64, so that no [T, N] float64 copy is ever made."""
     rows = f"{out}/rows"
-    if opset >= 18:  # axes became an input
-        nodes.append(helper.make_node("Constant", [], [f"{out}/axes"], name=f"{out}/axes",
-                                      value=helper.make_tensor(f"{out}/axes", onnx.TensorProto.INT64, [1], [-1])))
-        nodes.append(helper.make_node("ReduceSumSquare", [tensor, f"{out}/axes"], [rows], name=rows, keepdims=0))
-    else:
-        nodes.append(helper.make_node("ReduceSumSquare", [tensor], [rows], name=rows, axes=[-1], keepdims=0))
+    nodes.extend(og.reduce_nodes("ReduceSumSquare", tensor, rows, [-1], opset, keepdims=0))
     nodes.append(helper.make_node("Cast", [rows], [f"{rows}/f64"], name=f"{rows}/f64", to=onnx.TensorProto.DOUBLE))
     nodes.append(helper.make_node("ReduceSum", [f"{rows}/f64"], [out], name=out, keepdims=0))
 
@@ -90,7 +85,7 @@ def error_graph(source_path: Path, variants: dict[str, Path]) -> Iterator[tuple[
             stale.unlink(missing_ok=True)
     source = og.load_graph(source_path)
     _relocate(source, source_path.parent, home)
-    graph, opset = source.graph, next(o.version for o in source.opset_import if o.domain in ("", "ai.onnx"))
+    graph, opset = source.graph, og.opset_of(source)
     outputs, found = [], {}
     groups: dict[str, list[onnx.NodeProto]] = {}  # the fp32 MatMul output -> the nodes measuring its replacements
     references: dict[str, str] = {}

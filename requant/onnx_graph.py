@@ -168,6 +168,21 @@ class NewNodes:
                                                                          f"{self.prefix}{name}"))
 
 
+def opset_of(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset version."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+
+
+def reduce_nodes(kind: str, data: str, out: str, axes: Sequence[int], opset: int, keepdims: int) -> list[onnx.NodeProto]:
+    """A Reduce* node over `axes`: an attribute up to opset 17, a constant input from 18."""
+    if opset >= 18:
+        axes_name = f"{out}/axes"
+        return [helper.make_node("Constant", [], [axes_name], name=axes_name,
+                                 value=helper.make_tensor(axes_name, onnx.TensorProto.INT64, [len(axes)], list(axes))),
+                helper.make_node(kind, [data, axes_name], [out], name=out, keepdims=keepdims)]
+    return [helper.make_node(kind, [data], [out], name=out, axes=list(axes), keepdims=keepdims)]
+
+
 def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The value of an initializer or a Constant node's tensor output; None for anything computed."""
     for tensor in graph.initializer:

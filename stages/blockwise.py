@@ -106,7 +106,8 @@ def build_blockwise(src: Path, dst_dir: Path, params: BlockwiseParams, checks: l
                 float_pass = tmp / "reference-float.onnx"
                 og.write_model(rewrite_long_pass(og.load_graph(unquantized), params, unquantized.parent, context)[0],
                                unquantized.parent, float_pass)
-                errors = [_l2_difference(_run_all(float_pass, [long_pass]), run) for run in (mine, theirs)]
+                float_out = _run_all(float_pass, [long_pass])[0][0]
+                errors = [runs.relative_error(float_out, run[0][0]) for run in (mine, theirs)]
                 agrees = max(errors) <= (1 + params.quantized_share) * min(errors)
                 report["long_pass_quantization_rel_l2"] = [stable.stable_error(e) for e in errors]
             if not (agrees and same_lengths):
@@ -143,12 +144,6 @@ def _difference(reference: list, candidate: list) -> tuple[float, bool]:
         worst = max(worst, float(np.abs(ref - new).max()) / (float(np.abs(ref).max()) or 1.0))
         lengths_equal &= bool(np.array_equal(ref_len, new_len))
     return worst, lengths_equal
-
-
-def _l2_difference(reference: list, candidate: list) -> float:
-    """Relative L2 error over every output frame: stable where one flipped int8 rounding moves the max."""
-    diff = sum(float(np.square(new - ref, dtype=np.float64).sum()) for (ref, _), (new, _) in zip(reference, candidate))
-    return (diff / max(sum(float(np.square(ref, dtype=np.float64).sum()) for ref, _ in reference), 1e-30)) ** 0.5
 
 
 def _run_all(path: Path, clips: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -44,11 +44,6 @@ DIAGNOSED = ("int8_smoothquant", "int8_dynamic", "int8_stock", "nbits_w8", "nbit
 AUDIO_DIR, METRICS, PLOTS = Path("data/audio"), Path("metrics/diagnosis.json"), Path("metrics/plots")
 
 
-def relative_error(reference: np.ndarray, value: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
-    return float(np.linalg.norm(value.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
 def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dict[float, np.ndarray]) -> dict:
     """Per-MatMul and encoder-output relative errors of each variant (name -> (its fp32 source, its file))
     at each clip length. Per source and length, one pass of a graph that holds the source and, beside each
@@ -81,7 +76,7 @@ def diagnose(variants: dict[str, tuple[Path, Path]], reference: Path, clips: dic
                 expected = runs.open_session(reference).run(["outputs"], feed)[0]
             for name, (_, variant_path) in variants.items():
                 out = runs.open_session(variant_path).run(["outputs"], feed)[0]
-                result[name]["output_rel_error"][key] = runs.round_sig(relative_error(expected, out), 4)
+                result[name]["output_rel_error"][key] = runs.round_sig(runs.relative_error(expected, out), 4)
     return result
 
 

@@ -41,7 +41,8 @@ def rewrite_encoder(src: Path, dst_dir: Path, windows_dir: Path, glue_attention:
     log.info("attention glue: %d of %d sites rewritten, refused %s; Where %s, Pad %s", attention["rewritten"],
              attention["sites"], attention["refused"] or "none", attention.get("where_nodes"), attention.get("pad_nodes"))
     heldout = runs.Windows(windows_dir, "heldout")
-    return {**summary, "attention_glue": attention, **write_gated(model, src, dst_dir, src.name, replace, heldout, MAX_REL_ERROR, "pointwise")}
+    gate = write_gated(model, src, dst_dir, src.name, replace, heldout, MAX_REL_ERROR, "pointwise")
+    return {**summary, "attention_glue": attention, **gate}
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from requant import matmul_errors as errors
 from requant import onnx_graph as og
 from requant.common import StageError
 from requant.features import features
-from stages.diagnose import diagnose, relative_error, summarize
+from stages.diagnose import diagnose, summarize
 from requant.static_int8 import NAME, build_int8, most_sensitive
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder
@@ -98,7 +98,7 @@ def captured_errors(source: Path, variant: Path, audio: np.ndarray) -> dict[str,
     signal, length = features(audio)
     values = dict(zip(tensors, runs.open_session(runs.probe(graph, tensors), source.parent).run(
         tensors, {"audio_signal": signal, "length": length})))
-    return {m: relative_error(values[y], runs.open_session(og.extract(model, y, x)).run(None, {x: values[x]})[0])
+    return {m: runs.relative_error(values[y], runs.open_session(og.extract(model, y, x)).run(None, {x: values[x]})[0])
             for m, (x, y) in pairs.items()}
 
 
