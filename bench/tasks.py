@@ -150,7 +150,7 @@ def disk_copy(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 @task
 def encoder_pass(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     """Load one encoder and run one single pass over the first `seconds` of the audio."""
-    audio = np.load(args["audio"])[: round(args["seconds"] * SAMPLE_RATE)]
+    audio = np.array(np.load(args["audio"], mmap_mode="r")[: round(args["seconds"] * SAMPLE_RATE)])  # not the rest
     with meter.phase("load"):
         session = _session(Path(args["model"]), args.get("profile_dir"))
     with meter.phase("features"):

@@ -12,12 +12,13 @@ import onnx_asr
 import onnxruntime as ort
 import soundfile as sf
 from onnx_asr.adapters import TimestampedResultsAsrAdapter
+from onnx_asr.preprocessors.numpy_preprocessor import NemoPreprocessorNumpy
 from onnx_asr.utils import read_wav_files
 
 from requant.beam import BeamParams, JointFn, beam_search
 
 from requant.common import fail, sha256_file
-from requant.features import SAMPLE_RATE
+from requant.features import SAMPLE_RATE, BlockedPreprocessor
 from requant.onnx_graph import load_graph
 from requant.variants import BASE_DIR, BUILT_ON_REQUEST, DECODERS, VARIANTS, ModelFile
 
@@ -99,7 +100,17 @@ def load_asr(model_dir: Path) -> TimestampedResultsAsrAdapter:
         model = onnx_asr.load_model(None, model_dir, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime/onnx-asr raise many types; the user needs one line
         fail(f"could not load the model in {model_dir}: {str(err).splitlines()[0][:300]}")
+    blocked_features(model.asr)
     return model.with_timestamps()
+
+
+def blocked_features(model: object) -> None:
+    """Give an onnx-asr model the same features computed in blocks (requant.features): its own preprocessor
+    holds a long recording's frames several times over (1.5 GB at 20 min). onnx-asr takes no preprocessor from
+    outside, so the wrapper replaces its attribute; a model with another preprocessor is left as it is."""
+    inner = getattr(model, "_preprocessor", None)
+    if isinstance(inner, NemoPreprocessorNumpy):
+        model._preprocessor = BlockedPreprocessor(inner)  # type: ignore[attr-defined]
 
 
 def transcribe(asr: TimestampedResultsAsrAdapter, audio: np.ndarray) -> Transcript:

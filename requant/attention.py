@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from requant import onnx_graph as og
+from requant import patterns
 
 SHIFT_CHAIN = ("Slice", "Reshape", "Slice", "Reshape", "Pad", "MatMul")  # read backwards from the Add
 GLUED_SHIFT_CHAIN = ("Slice", "Reshape", "Slice", "Reshape", "MatMul")  # requant/glue.py's shift, without the Pad
@@ -31,6 +32,7 @@ REL_SHIFT_PADS = [0, 0, 0, 1, 0, 0, 0, 0]
 # a masked score is pushed at least this far below its row: exp() of it underflows to exactly 0, so adding the
 # fill (requant/glue.py, the blockwise body) gives what the export's Where gives
 MIN_FILL = -1000.0
+LOCAL_POSITIONS = "/local_positions/"
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ def rows_without_keys(new: og.NewNodes, mask: str, opset: int) -> str:
 
 
 def _body(site: Site, prefix: str, block: int, context: tuple[int, int] | None,
-          mask_source: MaskSource | None, opset: int) -> onnx.GraphProto:
+          mask_source: MaskSource | None, opset: int, pe_offset: str | None = None) -> onnx.GraphProto:
     """One Loop iteration: queries [s, e) = [i*block, min((i+1)*block, T)) against the keys [k0, k1) they
     can see (all T, or the local band [s-left, e-1+right]), appended to the context so far."""
     inner = f"{prefix}body/"  # the body's own names: none may shadow the outer graph's
@@ -206,9 +208,11 @@ def _body(site: Site, prefix: str, block: int, context: tuple[int, int] | None,
         (lambda x, name, axis: x)
     scores_ac = op("MatMul", [op("Slice", [site.qu, start, end, axis2], "qu"), key_slice(site.k, "k", axis3)], "ac")
     # the positions of keys [k0, k1) seen from queries [s, e): relative positions e-1-k0 down to s-k1+1
-    window = op("Slice", [site.pe, op("Add", [op("Sub", [t1, end], "w0_raw"), k0], "w0"),
-                          op("Add", [op("Sub", [op("Sub", [t1, one], "t_m1"), start], "w1_raw"), k1], "w1"), axis3],
-                "pe")
+    w0 = op("Add", [op("Sub", [t1, end], "w0_raw"), k0], "w0")
+    w1 = op("Add", [op("Sub", [op("Sub", [t1, one], "t_m1"), start], "w1_raw"), k1], "w1")
+    if pe_offset is not None:  # the projected positions hold only the band's rows (local_positions)
+        w0, w1 = op("Sub", [w0, pe_offset], "w0_band"), op("Sub", [w1, pe_offset], "w1_band")
+    window = op("Slice", [site.pe, w0, w1, axis3], "pe")
     raw = op("MatMul", [op("Slice", [site.qv, start, end, axis2], "qv"), window], "bd_raw")  # [B,H,R,W], W=K+R-1
     # rel_shift of the block without a Pad (requant/glue.py's fold): out[r, c] = raw[r, R-1-r+c] is element
     # r*(W-1) + R-1 + c of the flat rows; rows of L = max(W-1, K) columns (one query: L = K = W)
@@ -274,6 +278,7 @@ def rewrite(model: onnx.ModelProto, block: int,
     sites, refused = find_sites(graph)
     if context is not None and refused:
         return model, refused  # local attention must take every site or none
+    pe_offset = local_positions(out, sites, block + max(context)) if context is not None else None
     for index, site in enumerate(sites):
         prefix = f"/blockwise.{index}/"
         mask_source = find_mask_source(graph, site.mask)
@@ -288,10 +293,51 @@ def rewrite(model: onnx.ModelProto, block: int,
         true = new.op("Constant", [], "true", value=numpy_helper.from_array(np.array(True), f"{prefix}true"))
         new.nodes.append(helper.make_node("Loop", [count, true, empty], [site.out], name=f"{prefix}loop",
                                           body=_body(site, prefix, block, tuple(context) if context else None,
-                                                     mask_source, og.opset_of(model))))
+                                                     mask_source, og.opset_of(model), pe_offset)))
         og.insert_before_first_reader(graph, site.out, new.nodes)
     og.drop_dead_nodes(graph)
     return out, refused
+
+
+def local_positions(model: onnx.ModelProto, sites: list[Site], reach: int) -> str | None:
+    """With local attention, cut the positional table's Slice to the relative positions -reach..reach (in place)
+    and return the number of rows cut above them, a tensor the blocks subtract from their window; None when
+    some reader of the positions is not one of `sites` (nothing is changed then).
+
+    The export slices 2T-1 rows, positions T-1..-(T-1), and every layer projects all of them: at 60 min a
+    [1, 90 000, 1024] table alive all pass and one projection per layer, 0.37 GB each. A block of queries sees
+    keys within the band only, so positions past the block size plus the context are never read."""
+    found = patterns.positional_slice(model)
+    if found is None or not sites:
+        return None
+    node, shape = found
+    graph = model.graph
+    downstream, pes = og.consumers(graph), {site.pe for site in sites}
+    in_sites = {n.name for site in sites for n in site.nodes}
+    reached, pending = {node.output[0]}, [node.output[0]]
+    while pending:  # every tensor the table's rows flow into, up to the sites' projected positions
+        tensor = pending.pop()
+        if tensor in pes:
+            continue
+        for reader, _ in downstream.get(tensor, []):
+            if reader.name in in_sites:  # read by an attention other than as its projected positions
+                return None
+            for name in reader.output:
+                if name and name not in reached:
+                    reached.add(name)
+                    pending.append(name)
+    if not pes <= reached or reached & {o.name for o in graph.output}:
+        return None
+    half = (shape[1] + 1) // 2  # M: row r holds position M-1-r
+    new = og.NewNodes(LOCAL_POSITIONS)
+    starts = new.op("Max", [node.input[1], new.ints("first", [half - 1 - reach])], "starts")
+    ends = new.op("Min", [node.input[2], new.ints("stop", [half + reach])], "ends")
+    offset = new.op("Sub", [starts, node.input[1]], "offset")
+    node.input[1], node.input[2] = starts, ends
+    position = list(graph.node).index(node)
+    for index, added in enumerate(new.nodes):
+        graph.node.insert(position + index, added)
+    return offset
 
 
 def band_masked(model: onnx.ModelProto, context: tuple[int, int]) -> onnx.ModelProto:

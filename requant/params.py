@@ -149,7 +149,7 @@ class BeamParams:
 
 @dataclass(frozen=True)
 class BlockwiseParams:
-    """The exact long-pass rewrites (stage blockwise: requant/attention.py, requant/subsampling.py)."""
+    """The exact long-pass rewrites (stage blockwise: requant/attention.py, subsampling.py, frames.py)."""
 
     block: int  # queries per block: peak activations ~ heads x block x 2T floats per layer
     subsampling_block: int  # encoder frames per chunk of the convolutional subsampling
@@ -157,6 +157,7 @@ class BlockwiseParams:
     gate_s: float = 120.0  # the longest pass the gate runs the unrewritten encoder on (its attention is T^2)
     pos_tolerance: float = 2e-3  # the stored positional table against NeMo's formula, before rows past it are computed
     quantized_share: float = 0.1  # int8 local attention: its error against the float encoder may grow this much
+    frame_block: int = 4096  # encoder frames per block of the per-frame modules (feed-forward, conv)
 
 
 @dataclass(frozen=True)
@@ -405,7 +406,7 @@ RANGES = (
     ("eval.bootstrap_resamples", 100, 10**6, True), ("corpus.max_per_language", 0, 10**6, True),
     ("beam.width", 1, 64, True), ("beam.expansion_beta", 0, 64, True), ("beam.expansion_gamma", 0, 100, False),
     ("beam.prefix_alpha", 0, 1, True), ("blockwise.block", 1, 100000, True),
-    ("blockwise.subsampling_block", 1, 100000, True), ("blockwise.max_rel_error", 0, 1, False),
+    ("blockwise.subsampling_block", 1, 100000, True), ("blockwise.frame_block", 1, 1000000, True), ("blockwise.max_rel_error", 0, 1, False),
     ("blockwise.pos_tolerance", 0, 1, False), ("longform.overlap_s", 0, 60, True),
     ("longform.merge_gap_s", 0, 5, True), ("longform.vad_max_speech_s", 1, 400, True),
     ("longform.vad_speech_pad_ms", 0, 5000, True), ("longform.vad_min_silence_ms", 0, 10000, True),

@@ -15,6 +15,7 @@ within `tolerance` the table is not the one we know how to extend, and the graph
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -130,3 +131,46 @@ def extend(model: onnx.ModelProto, stored: np.ndarray, tolerance: float) -> tupl
         graph.node.insert(position + offset, added)
     return out, {"extended": True, "refused": "", "stored_frames": half,
                  "formula_max_error": stable.stable_error(worst)}  # written to git: robust to last bits
+
+
+ELEMENTWISE = {"Mul", "Div", "Add", "Sub"}
+
+
+def linear_pos_input_bound(model: onnx.ModelProto, base_dir: Path) -> tuple[str, np.ndarray] | tuple[None, str]:
+    """The tensor the linear_pos MatMuls read and, per channel, the largest |value| it takes at any position;
+    or (None, why).
+
+    Every sinusoid row lies in [-1, 1]; short windows see only part of that box (a low-frequency channel
+    sweeps it only at far positions), so a range calibrated on them clips long passes. Between the table's
+    Slice and the MatMuls a recipe may put elementwise ops with constants (SmoothQuant's Mul): the box is
+    carried through them channel by channel, exactly, so the bound holds at every pass length."""
+    found = patterns.positional_slice(model)
+    if found is None:
+        return None, "no positional table"
+    graph, users = model.graph, og.consumers(model.graph)
+    inits = {t.name: t for t in graph.initializer}
+    width = found[1][2]
+    low, high = -np.ones(width), np.ones(width)  # float64: the bound is exact for float32 constants
+    tensor = found[0].output[0]
+    while True:
+        readers = [node for node, _ in users.get(tensor, [])]
+        if readers and all(n.op_type == "MatMul" and n.input[0] == tensor for n in readers):
+            return tensor, np.maximum(np.abs(low), np.abs(high))
+        if len(readers) != 1 or readers[0].op_type not in ELEMENTWISE:
+            return None, f"{tensor} is read by {[n.op_type for n in readers]}, not by MatMuls through elementwise ops"
+        node = readers[0]
+        other = node.input[1] if node.input[0] == tensor else node.input[0]
+        value = og.read_tensor(inits[other], base_dir) if other in inits else og.constant_value(graph, other)
+        if value is None or value.size not in (1, width):
+            return None, f"{node.name}: its other operand is not a constant per channel"
+        value = value.astype(np.float64).reshape(-1)
+        if node.op_type in ("Mul", "Div"):
+            factor = value if node.op_type == "Mul" else 1.0 / value
+            low, high = np.minimum(low * factor, high * factor), np.maximum(low * factor, high * factor)
+        elif node.op_type == "Add":
+            low, high = low + value, high + value
+        elif node.input[0] == tensor:  # Sub: tensor - constant
+            low, high = low - value, high - value
+        else:  # constant - tensor
+            low, high = value - high, value - low
+        tensor = node.output[0]

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import patterns, stable
+from requant import patterns, positions, stable
 from requant.features import features
 from requant.common import atomic_path, fail, read_json
 
@@ -114,12 +114,34 @@ def calibrate(src: Path, work: Path, calib: runs.Windows, percentile: float, exc
         calibrater.collect_data(reader)
     cache = work / "ranges.json"
     ranges, near_edge = snap_ranges(calibrater.compute_data())
+    positional = widen_positional_range(ranges, src)
     save_tensors_data(ranges, cache)
     del calibrater
     gc.collect()
     for leftover in work.glob("augmented.onnx*"):
         leftover.unlink()
-    return cache, {"ranges": len(ranges.data), "ranges_near_grid_edge": near_edge}
+    return cache, {"ranges": len(ranges.data), "ranges_near_grid_edge": near_edge, "linear_pos_range": positional}
+
+
+def widen_positional_range(ranges: TensorsData, src: Path) -> dict[str, float | str]:
+    """The linear_pos input's range set to the bound its sinusoid rows reach at any position (in place).
+
+    30 s windows see only the near positions, where low-frequency channels stay small: a range calibrated
+    there clipped every linear_pos MatMul from 390 s on. The bound is computed from constants, so it is the
+    same on any CPU and needs no snapping."""
+    tensor, channels = positions.linear_pos_input_bound(og.load_graph(src), src.parent)
+    if tensor is None:
+        return {"refused": str(channels)}
+    bound = float(channels.max())
+    if tensor not in ranges.data:
+        return {"refused": f"{tensor} is not calibrated (its MatMuls stay fp32)"}
+    data = ranges.data[tensor]
+    calibrated = float(np.asarray(data.range_value[1]).max())
+    fields = {k: v for k, v in data.to_dict().items() if k != "CLS"}
+    fields["lowest"] = np.array(-bound, dtype=np.asarray(fields["lowest"]).dtype)
+    fields["highest"] = np.array(bound, dtype=np.asarray(fields["highest"]).dtype)
+    ranges.data[tensor] = TensorData(**fields)
+    return {"tensor": tensor, "calibrated": calibrated, "bound": bound}
 
 
 def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: float,

@@ -93,7 +93,8 @@ def build_blockwise(src: Path, dst_dir: Path, params: BlockwiseParams, checks: l
                        "rewritten_quantization_rel_error": stable.stable_error(rewritten_error)}
         if long_pass is not None:
             other = dataclasses.replace(params, block=params.block + params.block // 2 + 1,
-                                        subsampling_block=params.subsampling_block // 2 + 1)
+                                        subsampling_block=params.subsampling_block // 2 + 1,
+                                        frame_block=params.frame_block // 2 + 1)
             og.write_model(rewrite_long_pass(source, other, src.parent, context)[0], src.parent, tmp / "reference-blocks")
             theirs, mine = _run_all(tmp / "reference-blocks", [long_pass]), _run_all(tmp / src.name, [long_pass])
             self_difference, same_lengths = _difference(theirs, mine)

@@ -21,7 +21,7 @@ def main() -> None:
     stable.record_machine("int8")
     result = build_int8(SMOOTHED, OUT_DIR, WINDOWS_DIR, params.quant.percentile, params.quant.calib_windows,
                         params.fidelity.min_cosine, reduce_range=params.quant.reduce_range)
-    write_json(METRICS, {k: result[k] for k in ("ranges", "ranges_near_grid_edge")})
+    write_json(METRICS, {k: result[k] for k in ("ranges", "ranges_near_grid_edge", "linear_pos_range")})
 
 
 if __name__ == "__main__":

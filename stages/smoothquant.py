@@ -3,9 +3,10 @@
 For y = X W (W [K,N]): s_j = max|X_j|^a / max_n|W_jn|^(1-a), W' = diag(s) W, X' = X diag(1/s), with s_j
 snapped to the nearest power of two (requant/stable.py): the same scales on any CPU, and an exact fold.
 One scale per MatMul input (Q, K and V share their LayerNorm's output), folded by requant/fold.py (into
-the LayerNorm, else an inserted Mul). The conv module's pointwise convs are MatMuls here (stage
-pointwise): the first reads the conv module's LayerNorm, the second the Swish output (a Mul). Activation
-maxima are streamed window by window through a session that reads the weights where they lie.
+the LayerNorm, else an inserted Mul). The conv module's pointwise convs are MatMuls here (stage pointwise):
+the first reads the conv module's LayerNorm, the second the Swish output (a Mul). Activation maxima are
+streamed window by window through a session that reads the weights where they lie, but for the linear_pos
+input's: those are the sinusoid's over every position (requant/positions.py), which short windows never reach.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import fold, patterns, stable
+from requant import fold, patterns, positions, stable
 from requant.common import fail, run_cli, write_json
 from requant.gated import write_gated
 from requant.params import load_params
@@ -82,6 +83,9 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: runs.Windows, alp
     if broken:
         fail(f"the encoder's activations hold NaN or infinite values ({broken[0]}, {len(broken)} tensors in all): "
              "its weights are corrupt; rebuild models/base (dvc repro base_model) from a good download")
+    positional, box = positions.linear_pos_input_bound(model, weights_dir)
+    if positional in absmax:  # short windows see near positions only; a long pass reaches the whole box
+        absmax[positional] = box.astype(np.float32)
     replace: dict[str, Callable[[], np.ndarray]] = {}
     counts = Counter(folded_matmuls=0, folded_norms=0, mul_inserted=0, mul_matmuls=0)
     scale_range, near_edge = [np.inf, 0.0], 0
@@ -107,6 +111,7 @@ def smooth(model: onnx.ModelProto, weights_dir: Path, windows: runs.Windows, alp
         **counts, "skipped": dict(sorted(skipped.items())),
         "scale_min": runs.round_sig(scale_range[0]), "scale_max": runs.round_sig(scale_range[1]),
         "scales": int(sum(absmax[t].size for t in groups)), "scales_near_grid_edge": near_edge,
+        "linear_pos_input": positional if positional in absmax else f"calibrated on the windows: {box}",
     }
     return replace, summary
 

@@ -112,7 +112,8 @@ def test_calibration_covers_the_quantized_matmuls_only(setup: dict[str, Path], t
                                 excluded, False)
     ranges = load_tensors_data(cache)
     assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]  # no augmented model left behind
-    assert snapping == {"ranges": len(ranges.data), "ranges_near_grid_edge": 0}
+    assert snapping == {"ranges": len(ranges.data), "ranges_near_grid_edge": 0,
+                        "linear_pos_range": {"refused": "no positional table"}}
     for name, data in ranges.data.items():  # every range end on the grid: 3-bit mantissas
         for end in (*np.ravel(data.range_value[0]), *np.ravel(data.range_value[1])):
             assert stable.snap_mantissa(float(end)) == float(end), (name, end)
@@ -191,3 +192,32 @@ def test_dynamic_int8_is_the_stock_recipe(setup: dict[str, Path], tmp_path: Path
     session = runs.open_session(tmp_path / "dyn" / NAME)
     out = session.run(None, runs.encoder_feed(session, runs.Windows(setup["windows"], "heldout")[0]))
     assert np.isfinite(out[0]).all()
+
+
+def test_linear_pos_input_keeps_the_range_of_every_position(tmp_path: Path) -> None:
+    """Short windows see near positions only, where the sinusoid's low-frequency channels stay small: the
+    calibrated range clipped linear_pos past 390 s. The quantized input must cover every row of any length."""
+    from requant import patterns, positions
+    from tests.random_model import build_random_model
+
+    base = build_random_model(tmp_path / "model", seed=0) / "encoder-model.onnx"
+    windows = write_windows(tmp_path / "windows", seconds=2.0)  # 25 frames: positions within +-24
+    source, box = positions.linear_pos_input_bound(og.load_graph(base), base.parent)
+    assert source is not None and (box == 1).all()  # sin and cos: every channel reaches 1 at some position
+    smoothing = smooth_encoder(base, tmp_path / "smoothed", windows, alpha=0.5)
+    assert smoothing["linear_pos_input"] == source  # its scales follow the whole box, not the windows' maxima
+    smoothed = tmp_path / "smoothed" / base.name
+    result = build_int8(smoothed, tmp_path / "int8", windows, 99.999, 0, min_cosine=0.5)
+    tensor, channels = positions.linear_pos_input_bound(og.load_graph(smoothed), smoothed.parent)
+    bound = float(channels.max())
+    report = result["linear_pos_range"]
+    assert report["tensor"] == tensor and report["bound"] == bound and report["calibrated"] <= bound
+
+    graph = onnx.load(str(tmp_path / "int8" / NAME)).graph
+    quantize = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    scale = float(og.constant_value(graph, quantize.input[1]))
+    smooth = og.constant_value(graph, next(n for n in graph.node if n.output[0] == tensor).input[1])
+    width = patterns.positional_slice(og.load_graph(smoothed))[1][2]
+    far = np.abs(positions.sinusoid(np.arange(-60_000, 60_000, 7), width) * smooth.reshape(-1)).max()
+    assert far <= bound <= 1.0001 * far  # the bound is reached, by the far rows
+    assert scale * 255 / 2 >= bound * (1 - 1e-6)  # uint8 symmetric: [-bound, bound] fits without clipping

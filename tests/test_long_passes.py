@@ -138,6 +138,23 @@ def test_local_attention_past_the_cap_equals_the_band_masked_longer_table() -> N
                  feed["length"] // 8)
 
 
+def test_local_attention_reads_only_its_bands_positions() -> None:
+    """The positions are cut to the band (block + context each way): every layer projects 2 x 24 + 1 rows, not
+    2T - 1, and a pass past the stored table's 40 frames needs no row past it."""
+    local, _ = rewrite(model_of(CAPPED), 16, (8, 8))
+    assert any(n.name.startswith("/local_positions/") for n in local.graph.node)
+    feed = batch(100, 55)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(local)
+    probe.graph.output.append(helper.make_empty_tensor_value_info(patterns.positional_slice(local)[0].output[0]))
+    *outputs, positions_read = session(probe).run(None, feed)
+    assert positions_read.shape[1] == 2 * (16 + 8) + 1
+    assert_close(outputs, session(band_masked(model_of(UNCAPPED), (8, 8))).run(None, feed), feed["length"] // 8)
+    short = batch(10, 6)  # fewer frames than the band: the cut keeps the export's 2T - 1 rows
+    assert_close(session(local).run(None, short), session(band_masked(model_of(CAPPED), (8, 8))).run(None, short),
+                 short["length"] // 8)
+
+
 def test_the_demo_layout_keeps_its_own_band_when_local_attention_is_narrower() -> None:
     """The demo model's mask already holds a +-64 band: local attention ANDs its own band with it."""
     model = build_encoder(RandomWeights(TINY.replace(n_layers=1, att_context=6)), TINY.replace(n_layers=1,

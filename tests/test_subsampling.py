@@ -68,7 +68,9 @@ def test_both_rewrites_together_are_exact_and_the_census_sees_them(encoder: Path
     assert (report["sites"], report["subsampling_chunked"]) == (1, True)
     assert_same_encoding(rewritten, encoder)
     after = census(rewritten)
-    assert after["subsampling"]["chunked"] and after["attention"]["loops"] == 1  # the subsampling's Loop apart
+    assert after["subsampling"]["chunked"] and after["attention"]["loops"] == 1  # the other Loops apart
+    assert after["per_frame"]["blocked"] == report["per_frame_modules"]["modules"] == census(model)["per_frame"][
+        "blockable"] > 0
     with pytest.raises(ValueError, match="subsampling block=0"):
         rewrite(model, 0)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from requant import onnx_graph as og
-from requant import pointwise, positions, subsampling
+from requant import frames, pointwise, positions, subsampling
 from requant.attention import find_sites
 from requant import patterns
 from requant.common import run_cli
@@ -59,9 +59,10 @@ def census(model: onnx.ModelProto) -> dict:
         "fp32_islands": len(islands),
         "findings": patterns.findings(model),
         "attention": {"blockwise_ready": len(sites), "refused": refused,
-                      "loops": sum(n.op_type == "Loop" and not n.name.startswith(subsampling.PREFIX)
+                      "loops": sum(n.op_type == "Loop" and not n.name.startswith((subsampling.PREFIX, frames.PREFIX))
                                    for n in graph.node)},
         "subsampling": _subsampling(graph),
+        "per_frame": _per_frame(model),
         "pointwise": _pointwise(graph),
     }
 
@@ -69,6 +70,12 @@ def census(model: onnx.ModelProto) -> dict:
 def _pointwise(graph: onnx.GraphProto) -> dict:
     taken, refused = pointwise.plan(graph)
     return {"convs": len(taken) + sum(refused.values()), "takes": len(taken)}
+
+
+def _per_frame(model: onnx.ModelProto) -> dict:
+    modules, refused = frames.find_modules(model)
+    return {"blockable": len(modules), "refused": dict(sorted(refused.items())),
+            "blocked": sum(n.op_type == "Loop" and n.name.startswith(frames.PREFIX) for n in model.graph.node)}
 
 
 def _subsampling(graph: onnx.GraphProto) -> dict:
@@ -124,6 +131,10 @@ def report(path: Path, data: dict) -> str:
         lines.append(f"subsampling: {sub['convs']} Convs, stride {sub['stride']} in time: the chunked rewrite takes it")
     else:
         lines.append(f"subsampling: left as it is: {sub['refused']}")
+    per_frame = data["per_frame"]
+    lines.append(f"feed-forward and conv modules: {per_frame['blockable']} per-frame residual branches (the frame-block "
+                 f"rewrite takes them), {per_frame['blocked']} already run over blocks of frames")
+    lines += [f"  branches left as they are: {n} x {reason}" for reason, n in per_frame["refused"].items()]
     lines += [f"finding: {line}" for line in data["findings"]] or ["findings: none; the pipeline knows every pattern"]
     return "\n".join(lines)
 
