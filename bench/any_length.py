@@ -82,10 +82,13 @@ def main() -> None:
         return
     twin = prepare_twin(args.work, CALIBRATION_WINDOWS)
     sources = {"fp32": lambda: twin / ENCODER, "int8": lambda: glued_beside(build_int8(twin, args.work))}
-    plan = [(encoder, form, context, s) for encoder in args.encoders
-            for form, context, lengths in (("full", None, args.full), ("local", args.context, args.local))
-            for s in lengths]
+    plan = [(encoder, form, context, s) for form, context, lengths in (("local", args.context, args.local),
+                                                                       ("full", None, args.full))
+            for encoder in args.encoders for s in lengths]  # local first: full attention is the slow one
     params, rows = load_params().blockwise, []
+    result = {"machine": machine(), "encoders": "twin fp32 as exported; twin default int8 (pointwise, SmoothQuant, "
+              "static int8, glued)", "block": params.block, "subsampling_block": params.subsampling_block,
+              "frame_block": params.frame_block, "passes": rows}
     with tempfile.TemporaryDirectory(prefix="bench-any-length-") as scratch:
         work = Path(scratch)
         audio = work / "speech.npy"
@@ -101,12 +104,9 @@ def main() -> None:
                          "pass_s": round(r["phases"]["pass"]["wall_s"], 1),
                          "peak_rss_gb": round(r["peak_rss_mb"] / 1e3, 2)})
             log.info("%s", rows[-1])
+            write_json(OUT, result)  # after every pass: an hour-long run keeps what it measured
         for model in models.values():
             model.unlink()
-    result = {"machine": machine(), "encoders": "twin fp32 as exported; twin default int8 (pointwise, SmoothQuant, "
-              "static int8, glued)", "block": params.block, "subsampling_block": params.subsampling_block,
-              "frame_block": params.frame_block, "passes": rows}
-    write_json(OUT, result)
     DOC.write_text(render(result))
     print(render(result))
 

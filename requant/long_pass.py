@@ -15,10 +15,11 @@ from requant.params import BlockwiseParams
 
 
 def rewrite_long_pass(model: onnx.ModelProto, params: BlockwiseParams, base_dir: Path,
-                      context: list[int] | None = None) -> tuple[onnx.ModelProto, dict]:
+                      context: list[int] | None = None, per_frame: bool = True) -> tuple[onnx.ModelProto, dict]:
     """The attention over blocks (local attention also cuts the positions to its band), the positions extended,
     the subsampling in chunks and the per-frame modules in blocks; and what each took or refused (base_dir:
-    where the model's external weights are). Raises ValueError if the stored table is not NeMo's formula."""
+    where the model's external weights are; per_frame=False leaves the per-frame modules in the main graph,
+    for a probe of their MatMuls). Raises ValueError if the stored table is not NeMo's formula."""
     report: dict = {"context": context}
     loops = sum(n.op_type == "Loop" for n in model.graph.node)
     # the attention first: local attention cuts the positions to its band, inside the stored table
@@ -32,8 +33,9 @@ def rewrite_long_pass(model: onnx.ModelProto, params: BlockwiseParams, base_dir:
     else:
         report["positions"] = {"extended": False, "refused": "no stored table: no cap"}
     rewritten, subsampling_refused = subsampling.rewrite(rewritten, params.subsampling_block, base_dir)
-    rewritten, per_frame = frames.rewrite(rewritten, params.frame_block)
+    blocked = frames.rewrite(rewritten, params.frame_block) if per_frame else (rewritten, {"modules": 0})
+    rewritten, per_frame_report = blocked
     return rewritten, {**report, "sites": sites, "refused": refused, "block": params.block,
                        "mask_computed_per_block": masks > 0,
                        "subsampling_chunked": not subsampling_refused, "subsampling_refused": subsampling_refused,
-                       "subsampling_block": params.subsampling_block, "per_frame_modules": per_frame}
+                       "subsampling_block": params.subsampling_block, "per_frame_modules": per_frame_report}

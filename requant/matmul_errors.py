@@ -123,7 +123,7 @@ def error_graph(source_path: Path, variants: dict[str, Path]) -> Iterator[tuple[
     made = [y for node in graph.node for y in node.output if y in groups]
     graph.node.extend(node for y in reversed(made) for node in groups[y])
     graph.output.extend(helper.make_tensor_value_info(o, onnx.TensorProto.DOUBLE, []) for o in outputs)
-    path = home / f"{SCRATCH_PREFIX}{os.getpid()}-{source_path.parent.name}.onnx"
+    path = home / f"{SCRATCH_PREFIX}{os.getpid()}-{source_path.parent.name}-{source_path.stem}.onnx"  # one per source
     try:
         onnx.save(source, str(path))
         del source, graph, groups, variant, kernel  # a one-file variant's weights: not held through the passes
