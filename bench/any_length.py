@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--local", type=float, nargs="*", default=[1200.0, 3600.0, 7200.0],
                         help="pass lengths, local (s)")
     parser.add_argument("--context", type=int, nargs=2, default=[256, 256])
+    parser.add_argument("--append", action="store_true", help="keep the JSON's passes and add these")
     parser.add_argument("--render", action="store_true", help="only write docs/any-length.md from the JSON")
     args = parser.parse_args()
     if args.render:
@@ -85,7 +86,8 @@ def main() -> None:
     plan = [(encoder, form, context, s) for form, context, lengths in (("local", args.context, args.local),
                                                                        ("full", None, args.full))
             for encoder in args.encoders for s in lengths]  # local first: full attention is the slow one
-    params, rows = load_params().blockwise, []
+    params = load_params().blockwise
+    rows = read_json(OUT)["passes"] if args.append and OUT.is_file() else []
     result = {"machine": machine(), "encoders": "twin fp32 as exported; twin default int8 (pointwise, SmoothQuant, "
               "static int8, glued)", "block": params.block, "subsampling_block": params.subsampling_block,
               "frame_block": params.frame_block, "passes": rows}

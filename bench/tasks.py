@@ -152,7 +152,7 @@ def encoder_pass(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     """Load one encoder and run one single pass over the first `seconds` of the audio."""
     audio = np.array(np.load(args["audio"], mmap_mode="r")[: round(args["seconds"] * SAMPLE_RATE)])  # not the rest
     with meter.phase("load"):
-        session = _session(Path(args["model"]), args.get("profile_dir"))
+        session = _session(Path(args["model"]), args.get("profile_dir"), args.get("arena", True))
     with meter.phase("features"):
         signal, length = features(audio)
     with meter.phase("pass"):
@@ -166,10 +166,10 @@ def encoder_pass(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     return record
 
 
-def _session(model: Path, profile_dir: str | None) -> ort.InferenceSession:
-    """The stages' own session, or the same with onnxruntime's per-node profiler on."""
+def _session(model: Path, profile_dir: str | None, arena: bool = True) -> ort.InferenceSession:
+    """The stages' own session (arena: onnxruntime's CPU memory arena), or the same with its profiler on."""
     if not profile_dir:
-        return runs.open_session(model)
+        return runs.open_session(model, arena=arena)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_profiling = True

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from requant import onnx_graph as og
 
@@ -273,16 +273,7 @@ def _body(module: Module, inner: str, block: int, frames: str) -> onnx.GraphProt
         copy.attribute.extend(node.attribute)
         b.nodes.append(copy)
         renamed.update({o: f"{inner}{o}" for o in node.output if o})
-    # every turn gives `block` frames (the last padded with zeros), so that the Loop stacks them in one copy
-    missing = op("Sub", [ints("full", [block]), op("Sub", [end, start], "rows")], "missing")
-    pads = op("Concat", [ints("pads_head", [0, 0, 0, 0]), missing, ints("pads_tail", [0])], "out_pads", axis=0)
-    op("Pad", [renamed[module.out], pads], "block_out")
-    op("Identity", [f"{inner}cond"], "cond_out")
-    inputs = [helper.make_tensor_value_info(f"{inner}i", TensorProto.INT64, []),
-              helper.make_tensor_value_info(f"{inner}cond", TensorProto.BOOL, [])]
-    outputs = [helper.make_tensor_value_info(f"{inner}cond_out", TensorProto.BOOL, []),
-               helper.make_tensor_value_info(f"{inner}block_out", TensorProto.FLOAT, None)]
-    return helper.make_graph(b.nodes, f"{inner}graph", inputs, outputs)
+    return og.stacked_body(b, renamed[module.out], op("Sub", [end, start], "rows"), block, 1, 3, f"{inner}graph")
 
 
 def rewrite(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, dict]:

@@ -168,6 +168,23 @@ class NewNodes:
                                                                          f"{self.prefix}{name}"))
 
 
+def stacked_body(new: NewNodes, out: str, rows: str, block: int, axis: int, rank: int, name: str,
+                 initializers: Sequence[onnx.TensorProto] = ()) -> onnx.GraphProto:
+    """A Loop body (inputs i and cond, `new`'s nodes) whose scan output is `out`, `rows` long on `axis`, padded
+    with zeros to `block`: every turn gives the same shape, so onnxruntime stacks the turns once at the Loop's
+    end. (A carried output grown by a Concat is copied at every turn: quadratic in the pass length.)"""
+    missing = new.op("Sub", [new.ints("full", [block]), rows], "missing")
+    pads = new.op("Concat", [new.ints("pads_head", [0] * (rank + axis)), missing,
+                             new.ints("pads_tail", [0] * (rank - 1 - axis))], "out_pads", axis=0)
+    new.op("Pad", [out, pads], "block_out")
+    new.op("Identity", [f"{new.prefix}cond"], "cond_out")
+    inputs = [helper.make_tensor_value_info(f"{new.prefix}i", onnx.TensorProto.INT64, []),
+              helper.make_tensor_value_info(f"{new.prefix}cond", onnx.TensorProto.BOOL, [])]
+    outputs = [helper.make_tensor_value_info(f"{new.prefix}cond_out", onnx.TensorProto.BOOL, []),
+               helper.make_tensor_value_info(f"{new.prefix}block_out", onnx.TensorProto.FLOAT, None)]
+    return helper.make_graph(new.nodes, name, inputs, outputs, list(initializers))
+
+
 def opset_of(model: onnx.ModelProto) -> int:
     """The model's default-domain opset version."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)

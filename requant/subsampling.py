@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from requant import onnx_graph as og
 
@@ -105,16 +105,8 @@ def _body(stack: Stack, block: int, total: str, frames: str, weights: dict[str, 
         renamed[node.output[0]] = copy.output[0]
     kept = b.op("Slice", [renamed[stack.out], b.op("Sub", [start, first], "k0"), b.op("Sub", [end, first], "k1"), axis],
                 "kept")
-    missing = b.op("Sub", [b.ints("full", [block]), b.op("Sub", [end, start], "rows")], "missing")
-    pads = b.op("Concat", [b.ints("pads_head", [0] * 6), missing, b.ints("pads_tail", [0])], "pads", axis=0)
-    b.op("Pad", [kept, pads], "chunk_out")
-    b.op("Identity", [f"{inner}cond"], "cond_out")
-    inputs = [helper.make_tensor_value_info(f"{inner}i", TensorProto.INT64, []),
-              helper.make_tensor_value_info(f"{inner}cond", TensorProto.BOOL, [])]
-    outputs = [helper.make_tensor_value_info(f"{inner}cond_out", TensorProto.BOOL, []),
-               helper.make_tensor_value_info(f"{inner}chunk_out", TensorProto.FLOAT, None)]
     own = [numpy_helper.from_array(np.asarray(array), renamed[name]) for name, array in weights.items()]
-    return helper.make_graph(b.nodes, f"{PREFIX}body", inputs, outputs, own)
+    return og.stacked_body(b, kept, b.op("Sub", [end, start], "rows"), block, 2, 4, f"{PREFIX}body", own)
 
 
 def rewrite(model: onnx.ModelProto, block: int, base_dir: Path = Path()) -> tuple[onnx.ModelProto, str]:
