@@ -5,8 +5,8 @@ and a conv module ([B, T, 2D] inside). Every output frame of these depends on it
 for the depthwise convolution, which reads k-1 neighbours. The rewrite runs each such module, its nodes
 unchanged, in an ONNX Loop over blocks of `block` frames: the nodes before the depthwise convolution on the
 block widened by the kernel's halo (cut at the recording's ends, where the export's own Pad puts zeros), the
-rest on the block itself; each block's output is appended to the module's output. No tensor wider than
-[B, T, D] is alive, and each block's own tensors are O(block).
+rest on the block itself; the Loop stacks the blocks' outputs once at its end (onnx_graph.stacked_body). No
+tensor wider than [B, T, D] is alive, and each block's own tensors are O(block).
 
 A module is the branch between a residual Add's stream input and its other input. It is taken only when the
 branch begins with a LayerNorm over channels and holds nothing but per-frame operations: element-wise ones
