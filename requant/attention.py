@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from requant import onnx_graph as og
 from requant import patterns
@@ -281,19 +280,9 @@ def rewrite(model: onnx.ModelProto, block: int,
             graph.node.remove(node)
         new = og.NewNodes(prefix)
         t1 = new.op("Shape", [site.qu], "T", start=2, end=3)
-        count = new.op("Div", [new.op("Add", [t1, new.ints("up", block - 1)], "T_up"), new.ints("per", block)],
-                       "blocks")
-        count = new.op("Squeeze", [count, new.ints("zero", [0])], "count")
-        true = new.op("Constant", [], "true", value=numpy_helper.from_array(np.array(True), f"{prefix}true"))
-        blocks = new.op("Loop", [count, true], "loop",
-                        body=_body(site, prefix, block, tuple(context) if context else None, mask_source,
-                                   og.opset_of(model), pe_offset))  # [n, B, H, block, dk]
-        joined = new.op("Transpose", [blocks], "joined", perm=[1, 2, 0, 3, 4])
-        width = new.op("Shape", [blocks], "dk", start=4, end=5)
-        flat = new.op("Reshape", [joined, new.op("Concat", [new.ints("keep", [0, 0, -1]), width], "flat_shape",
-                                                 axis=0)], "flat")
-        new.nodes.append(helper.make_node("Slice", [flat, new.ints("from", [0]), t1, new.ints("two", [2])],
-                                          [site.out], name=f"{prefix}crop"))
+        body = _body(site, prefix, block, tuple(context) if context else None, mask_source, og.opset_of(model),
+                     pe_offset)
+        og.stacked_loop(new, body, t1, block, 2, 4, site.out)  # the context [B, H, T, dk]
         og.insert_before_first_reader(graph, site.out, new.nodes)
     og.drop_dead_nodes(graph)
     return out, refused

@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from requant import onnx_graph as og
 
@@ -291,16 +290,7 @@ def rewrite(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, dict]:
             graph.node.remove(node)
         new = og.NewNodes(prefix)
         frames = new.op("Shape", [module.stream], "T", start=1, end=2)
-        count = new.op("Squeeze", [new.op("Div", [new.op("Add", [frames, new.ints("up", [block - 1])], "T_up"),
-                                                  new.ints("per", [block])], "blocks"), new.ints("zero", [0])], "count")
-        true = new.op("Constant", [], "true", value=numpy_helper.from_array(np.array(True), f"{prefix}true"))
-        blocks = new.op("Loop", [count, true], "loop", body=_body(module, f"{prefix}body/", block, frames))
-        joined = new.op("Transpose", [blocks], "joined", perm=[1, 0, 2, 3])  # [n, B, block, D] -> [B, n, block, D]
-        width = new.op("Shape", [blocks], "D", start=3, end=4)
-        flat = new.op("Reshape", [joined, new.op("Concat", [new.ints("keep", [0, -1]), width], "flat_shape", axis=0)],
-                      "flat")
-        new.nodes.append(helper.make_node("Slice", [flat, new.ints("from", [0]), frames, new.ints("one", [1])],
-                                          [module.out], name=f"{prefix}crop"))
+        og.stacked_loop(new, _body(module, f"{prefix}body/", block, frames), frames, block, 1, 3, module.out)
         og.insert_before_first_reader(graph, module.out, new.nodes)
     og.drop_dead_nodes(graph)
     return out, {"modules": len(modules), "refused": dict(sorted(refused.items())), "block": block}

@@ -185,6 +185,23 @@ def stacked_body(new: NewNodes, out: str, rows: str, block: int, axis: int, rank
     return helper.make_graph(new.nodes, name, inputs, outputs, list(initializers))
 
 
+def stacked_loop(new: NewNodes, body: onnx.GraphProto, length: str, block: int, axis: int, rank: int,
+                 out: str) -> None:
+    """Add to `new` a Loop of ceil(length / block) turns of `body` (a stacked_body) and the nodes that lay its
+    stacked turns [n, ..., block, ...] back along `axis` of a rank-`rank` tensor, cropped to `length` ([1]
+    int64): the tensor `out`."""
+    count = new.op("Squeeze", [new.op("Div", [new.op("Add", [length, new.ints("up", [block - 1])], "T_up"),
+                                              new.ints("per", [block])], "blocks"), new.ints("zero", [0])], "count")
+    true = new.op("Constant", [], "true", value=numpy_helper.from_array(np.array(True), f"{new.prefix}true"))
+    turns = new.op("Loop", [count, true], "loop", body=body)
+    joined = new.op("Transpose", [turns], "joined", perm=[*range(1, axis + 1), 0, *range(axis + 1, rank + 1)])
+    tail = new.op("Shape", [turns], "tail", start=axis + 2)
+    flat = new.op("Reshape", [joined, new.op("Concat", [new.ints("keep", [0] * axis + [-1]), tail], "flat_shape",
+                                             axis=0)], "flat")
+    new.nodes.append(helper.make_node("Slice", [flat, new.ints("from", [0]), length, new.ints("axis", [axis])],
+                                      [out], name=f"{new.prefix}crop"))
+
+
 def opset_of(model: onnx.ModelProto) -> int:
     """The model's default-domain opset version."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)

@@ -135,17 +135,7 @@ def rewrite(model: onnx.ModelProto, block: int, base_dir: Path = Path()) -> tupl
     for index, stride in enumerate(stack.time_strides):  # a centred Conv's output length: (t - 1) // s + 1
         total = new.op("Add", [new.op("Div", [new.op("Sub", [total, one], f"t{index}_less"),
                                               new.ints(f"s{index}", [stride])], f"t{index}_div"), one], f"t{index}")
-    count = new.op("Squeeze", [new.op("Div", [new.op("Add", [total, new.ints("up", [block - 1])], "t_up"),
-                                              new.ints("per", [block])], "blocks"), new.ints("zero", [0])], "count")
-    true = new.op("Constant", [], "true", value=onnx.numpy_helper.from_array(np.array(True), f"{PREFIX}true"))
-    body = _body(stack, block, total, frames, weights)
-    chunks = new.op("Loop", [count, true], "chunks", body=body)  # [n, B, C, block, F']
-    joined = new.op("Transpose", [chunks], "joined", perm=[1, 2, 0, 3, 4])
-    last = new.op("Shape", [chunks], "f", start=4, end=5)
-    flat = new.op("Reshape", [joined, new.op("Concat", [new.ints("keep", [0, 0, -1]), last], "flat_shape", axis=0)],
-                  "flat")
-    new.nodes.append(helper.make_node("Slice", [flat, new.ints("from", [0]), total, new.ints("axis", [2])],
-                                      [stack.out], name=f"{PREFIX}crop"))
+    og.stacked_loop(new, _body(stack, block, total, frames, weights), total, block, 2, 4, stack.out)  # [B, C, T', F']
     og.insert_before_first_reader(graph, stack.out, new.nodes)
     og.drop_orphan_constants(graph)
     return out, ""
