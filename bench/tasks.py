@@ -30,7 +30,7 @@ from requant.static_int8 import build_int8
 from stages.int8_dynamic import build_dynamic_int8
 from stages.nbits import build_nbits
 from stages.pointwise import rewrite_encoder
-from requant.params import AwareParams, NbitsRecipe
+from requant.params import AwareParams, GptqParams, NbitsRecipe
 from stages.shard import shard_encoder
 from stages.smoothquant import smooth_encoder
 
@@ -101,12 +101,15 @@ def int8_dynamic(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
 def nbits(args: dict[str, Any], meter: Meter) -> dict[str, Any]:
     recipe = NbitsRecipe(**args["recipe"])
     settings = AwareParams(**args["aware"]) if "aware" in args else None
+    gptq_settings = GptqParams(**args["gptq"]) if "gptq" in args else None
     phases = {"quantize": "onnxruntime.quantization.matmul_nbits_quantizer:MatMulNBitsQuantizer.process",
-              "aware_scaling": "requant.aware:scale_for_grid"}
+              "aware_scaling": "requant.aware:scale_for_grid", "hessians": "requant.gptq:stream_hessians",
+              "gptq": "requant.gptq:gptq"}
     with instrumented(meter, phases):
         result = build_nbits(Path(args["src"]), Path(args["dst_dir"]), args["name"], recipe,
-                             Path(args.get("windows_dir", ".")), settings)
-    return {"op_types": result["ops"], "aware": result["aware"], "files": folder_bytes(Path(args["dst_dir"]))}
+                             Path(args.get("windows_dir", ".")), settings, 0, gptq_settings)
+    return {"op_types": result["ops"], "aware": result["aware"], "gptq": result["gptq"],
+            "files": folder_bytes(Path(args["dst_dir"]))}
 
 
 @task

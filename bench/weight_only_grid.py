@@ -1,15 +1,18 @@
-"""4-bit weight-only on the demo model: round-to-nearest against activation-aware scales, per block size and
-with or without zero points, and GPTQ through onnxruntime; side by side in one run.
+"""4-bit weight-only on the demo model, every recipe side by side in one run: round-to-nearest, activation-aware
+scales, GPTQ and aware + GPTQ, per block size, with and without zero points; then mixed 4/8-bit (the
+MatMuls with the largest 4-bit output error in 8 bits) swept over how many stay 8-bit.
 
-    python -m bench.weight_only_grid [--blocks 32 64 128]
+    python -m bench.weight_only_grid [--blocks 32 64 128] [--keep 0 4 8 12 16 24] [--twin DIR]
+    python -m bench.weight_only_grid --render      # docs/recipes.md's table from the JSON, nothing run
 
-Each recipe is built from the pipeline's own inputs (models/pointwise, data/windows, params.yaml's aware
-group) with the nbits stage's code, then scored as the evaluate stage scores a variant (greedy, every
-demo set) in a scratch project, beside fp32's committed evaluation; plus the encoder's size and its
-output error against fp32 on the held-out windows. GPTQ runs onnxruntime's MatMulNBitsQuantizer with
-GPTQWeightOnlyQuantConfig where it can (its code imports torch, and it serializes the model in memory,
-so it cannot take a model over 2 GB); where it cannot, the row says why. Needs `dvc repro` first.
-JSON: metrics/weight_only_grid.json.
+Each recipe is built from the pipeline's own inputs (models/pointwise, data/windows, params.yaml's aware and
+gptq groups) with the nbits stage's code, then scored as the evaluate stage scores a variant (greedy, every
+demo set, paired bootstrap intervals against fp32's committed evaluation) in a scratch project; plus the
+encoder's output error against fp32 on the held-out windows and its file size at Parakeet's size (the twin
+encoder's own weights, packed by the recipe's grid; for a mixed row the same share of each kind of MatMul in
+8 bits as on the demo). The sweep runs params.yaml's nbits.w4_mixed with each --keep count and names the
+smallest count within +0.5 pt of fp32 on the pooled long passes and the corpus (the report's rule).
+Needs `dvc repro` first. JSON: metrics/weight_only_grid.json.
 """
 
 from __future__ import annotations
@@ -17,47 +20,73 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
+import re
 import tempfile
+import time
 from pathlib import Path
 
-import onnx
-
+from bench.fixtures import prepare_twin
 from bench.floors import ROOT, scratch_project
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
-from requant import patterns
 from requant.common import read_json, run_cli, write_json
-from requant.params import NbitsRecipe, load_params
-from requant.summary import BASELINE, decoding_view, summarize
-from stages import nbits
 from requant.evaluation import METRICS_DIR
+from requant.params import NbitsRecipe, load_params
+from requant.summary import BASELINE, MACRO, POOLED, decoding_view, summarize
+from requant.weight_only_table import TABLE_DOC, render_into
+from stages import nbits
 from stages.evaluate import evaluate
-from requant.static_int8 import WindowReader
 
 log = logging.getLogger("bench.weight_only_grid")
 OUT = ROOT / "metrics/weight_only_grid.json"
 SLOT = "nbits_w4"  # every recipe is evaluated under this variant's name, in its own scratch project
+METHODS = {"rtn": (False, False), "aware": (True, False), "gptq": (False, True), "aware+gptq": (True, True)}
+TOLERANCE_PT = 0.5
 
 
-class _Calibration(WindowReader):
-    """The calibration windows as the iterable onnxruntime's GPTQ copies and walks."""
+def twin_matmuls(encoder: Path) -> tuple[dict[str, tuple[int, int]], int]:
+    """The twin encoder's weights that MatMulNBits takes (constant [K, N] MatMul weights and pointwise convs,
+    which the pipeline turns into MatMuls) as node -> (K, N), and the bytes of every other initializer."""
+    graph = og.load_graph(encoder).graph
+    inits = {t.name: t for t in graph.initializer}
+    packed, used = {}, set()
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None:
+            continue
+        dims = list(weight.dims)
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "MatMul" and len(dims) == 2:
+            packed[node.name], _ = (dims[0], dims[1]), used.add(weight.name)
+        elif node.op_type == "Conv" and len(dims) == 3 and dims[2] == 1 and group == 1:
+            packed[node.name.replace("/Conv", "/MatMul")], _ = (dims[1], dims[0]), used.add(weight.name)
+    return packed, sum(og.tensor_nbytes(t) for t in graph.initializer if t.name not in used)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        self.position = 0
-        while (feed := self.get_next()) is not None:
-            yield feed
+
+def packed_bytes(k: int, n: int, bits: int, block: int, symmetric: bool) -> int:
+    """MatMulNBits' B, scales and (asymmetric) zero points for a [K, N] weight."""
+    blocks = math.ceil(k / block)
+    return n * blocks * (block * bits // 8 + 4) + (0 if symmetric else n * math.ceil(blocks * bits / 8))
 
 
-def build_gptq(src: Path, dst: Path, windows: Path, block: int) -> None:
-    from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+def role(node: str) -> str:
+    return re.sub(r"/layers\.\d+/", "/layers.*/", node)
 
-    config = GPTQWeightOnlyQuantConfig(calibration_data_reader=_Calibration(runs.Windows(windows, "calib")))
-    keep = patterns.fp32_matmuls(og.load_graph(src).graph)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block, is_symmetric=True,
-                                     nodes_to_exclude=keep, accuracy_level=4, algo_config=config)
-    quantizer.process()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
+
+def parakeet_mb(twin: tuple[dict[str, tuple[int, int]], int], recipe: NbitsRecipe, kept_8bit: list[str],
+                demo_nodes: list[str]) -> float:
+    """The encoder's size at Parakeet's size: the twin's weights on the recipe's grid, each kind of MatMul
+    (its name less the layer) with the demo's share of 8-bit ones."""
+    matmuls, rest = twin
+    total = rest
+    for kind in sorted({role(n) for n in matmuls}):
+        nodes = sorted(n for n in matmuls if role(n) == kind)
+        share = sum(role(n) == kind for n in kept_8bit) / max(sum(role(n) == kind for n in demo_nodes), 1)
+        eight = round(share * len(nodes))
+        for i, node in enumerate(nodes):
+            total += packed_bytes(*matmuls[node], 8 if i < eight else recipe.bits, recipe.block_size, recipe.symmetric)
+    return round(total / 1e6, 1)
 
 
 def score(project: Path, encoder: Path, heldout: runs.Windows, reference: list) -> dict:
@@ -66,51 +95,75 @@ def score(project: Path, encoder: Path, heldout: runs.Windows, reference: list) 
                       project / "metrics/eval", beam=p.beam, timing_dir=project / "metrics/timing")
     evals = {BASELINE: decoding_view(read_json(ROOT / METRICS_DIR / f"{BASELINE}.json"), "greedy"),
              SLOT: decoding_view(result, "greedy")}
-    summary = summarize(evals, 200, p.eval.bootstrap_seed)[SLOT]
+    summary = summarize(evals, p.eval.bootstrap_resamples, p.eval.bootstrap_seed)[SLOT]
     files = og.data_files(og.load_graph(encoder), encoder.parent)
-    return {"encoder_mb": round((encoder.stat().st_size + sum(f.stat().st_size for f in files)) / 1e6, 2),
+    return {"demo_mb": round((encoder.stat().st_size + sum(f.stat().st_size for f in files)) / 1e6, 2),
             "heldout_rel_error": runs.compare(reference, runs.encoder_outputs(encoder, heldout, "heldout"))["rel_error_mean"],
-            "wer_pct": {name: cell["wer_pct"] for name, cell in summary.items()},
-            "delta_pct": {name: cell.get("delta_pct") for name, cell in summary.items()}}
+            "sets": {name: {k: cell.get(k) for k in ("wer_pct", "delta_pct", "ci_low_pct", "ci_high_pct")}
+                     for name, cell in summary.items()}}
+
+
+def within(row: dict) -> bool:
+    """Within TOLERANCE_PT of fp32 on the pooled long passes and the corpus macro average (model_card's rule)."""
+    return all(row["sets"][s]["delta_pct"] <= TOLERANCE_PT for s in (POOLED, MACRO))
+
+
+def run_recipe(label: str, recipe: NbitsRecipe, twin: tuple, heldout: runs.Windows, reference: list) -> dict:
+    p = load_params(ROOT / "params.yaml")
+    with tempfile.TemporaryDirectory(prefix="weight-only-grid-") as tmp:
+        project = scratch_project(Path(tmp))
+        folder = project / "models/variants" / SLOT
+        encoder = folder / nbits.file_name("w4")
+        started = time.perf_counter()
+        built = nbits.build_nbits(ROOT / nbits.SOURCE, folder, encoder.name, recipe, ROOT / nbits.WINDOWS, p.aware,
+                                  p.seed, p.gptq)
+        build_s = round(time.perf_counter() - started, 1)
+        packing = built["gptq"] or {}
+        row = {"recipe": dataclasses.asdict(recipe), "build_s": build_s, **score(project, encoder, heldout, reference),
+               "kept_8bit": len(packing.get("kept_8bit", [])), "calib_rel_error": packing.get("rel_error_mean")}
+        demo_nodes = [n.name for n in og.load_graph(ROOT / nbits.SOURCE).graph.node if n.op_type == "MatMul"]
+        row["parakeet_mb"] = parakeet_mb(twin, recipe, packing.get("kept_8bit", []), demo_nodes)
+    log.info("%s: %s", label, row)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--keep", type=int, nargs="+", default=[0, 4, 8, 12, 16, 24], help="8-bit MatMuls swept")
+    parser.add_argument("--twin", type=Path, default=Path("/tmp/web-check"), help="holds (or gets) the twin")
+    parser.add_argument("--render", action="store_true", help="only write docs/recipes.md's table from the JSON")
+    parser.add_argument("--sweep-only", action="store_true", help="keep the JSON's recipe rows, run the sweep again")
     args = parser.parse_args()
+    if args.render:
+        render_into(ROOT / TABLE_DOC, read_json(OUT))
+        return
     p = load_params(ROOT / "params.yaml")
-    src, windows = ROOT / nbits.SOURCE, ROOT / nbits.WINDOWS
+    twin_dir = args.twin / "twin"
+    if not (twin_dir / "encoder-model.onnx.data").is_file():
+        prepare_twin(args.twin, 0)
+    twin = twin_matmuls(twin_dir / "encoder-model.onnx")
+    windows = ROOT / nbits.WINDOWS
     heldout = runs.Windows(windows, "heldout")
     reference = runs.encoder_outputs(ROOT / "models/base/encoder-model.onnx", heldout, "fp32 heldout")
-    plan = [(f"{'aware' if aware else 'rtn'} b{block} {'sym' if sym else 'asym'}", NbitsRecipe(4, block, sym, 4, aware))
-            for block in args.blocks for sym in (True, False) for aware in (False, True)]
-    rows = {}
-    for label, recipe in [*plan, ("gptq b32 sym", None)]:
-        with tempfile.TemporaryDirectory(prefix="weight-only-grid-") as tmp:
-            project = scratch_project(Path(tmp))
-            folder = project / "models/variants" / SLOT
-            encoder = folder / nbits.file_name("w4")
-            try:
-                if recipe is None:
-                    build_gptq(src, encoder, windows, 32)
-                else:
-                    nbits.build_nbits(src, folder, encoder.name, recipe, windows, p.aware, p.seed)
-            except (ImportError, RuntimeError, ValueError, OSError) as err:  # GPTQ's own limits, recorded
-                rows[label] = {"failed": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
-                log.warning("%s: %s", label, rows[label]["failed"])
-                continue
-            rows[label] = score(project, encoder, heldout, reference)
-            log.info("%s: %s", label, rows[label])
-    write_json(OUT, {"bits": 4, "accuracy_level": 4, "calibration_windows": len(runs.Windows(windows, "calib")),
-                     "rows": rows})
-    sets = list(next(r for r in rows.values() if "wer_pct" in r)["wer_pct"])
-    print(f"{'recipe':<18} {'MB':>6} {'out err':>8} " + " ".join(f"{s[:14]:>14}" for s in sets))
-    for label, row in rows.items():
-        if "failed" in row:
-            print(f"{label:<18} failed: {row['failed']}")
-            continue
-        cells = [f"{row['wer_pct'][s]:.2f} ({row['delta_pct'][s]:+.2f})" for s in sets]
-        print(f"{label:<18} {row['encoder_mb']:>6.2f} {row['heldout_rel_error']:>8.4f} " + " ".join(f"{c:>14}" for c in cells))
+    rows = read_json(OUT)["rows"] if args.sweep_only else {}
+    for block in [] if args.sweep_only else args.blocks:
+        for symmetric in (True, False):
+            for method in args.methods:
+                aware, gptq = METHODS[method]
+                label = f"{method} b{block} {'sym' if symmetric else 'asym'}"
+                rows[label] = run_recipe(label, NbitsRecipe(4, block, symmetric, 4, aware, gptq), twin, heldout, reference)
+    base = p.nbits["w4_mixed"]
+    sweep = {str(k): run_recipe(f"mixed {k}", dataclasses.replace(base, keep_8bit=k), twin, heldout, reference)
+             for k in args.keep}
+    pick = next((int(k) for k, row in sweep.items() if within(row)), None)
+    result = {"bits": 4, "accuracy_level": 4, "calibration_windows": len(runs.Windows(windows, "calib")),
+              "tolerance_pt": TOLERANCE_PT, "rows": rows, "mixed": {"recipe": dataclasses.asdict(base), "sweep": sweep,
+                                                                    "smallest_within": pick}}
+    write_json(OUT, result)
+    render_into(ROOT / TABLE_DOC, result)
+    print(f"smallest keep_8bit within {TOLERANCE_PT} pt: {pick} (params.yaml nbits.w4_mixed has {base.keep_8bit})")
 
 
 if __name__ == "__main__":

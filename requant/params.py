@@ -116,12 +116,20 @@ class NbitsRecipe:
     symmetric: bool
     accuracy_level: int  # 0: the kernel's default (fp32 compute); 4: int8 activations at run time
     aware: bool = False  # activation-aware scaling searched on calibration windows first (requant/aware.py)
+    gptq: bool = False  # GPTQ's error feedback on the calibration Hessians instead of round-to-nearest (requant/gptq.py)
+    keep_8bit: int = 0  # mixed 4/8-bit: the MatMuls with the largest 4-bit output error stored in 8 bits
 
 
 @dataclass(frozen=True)
 class AwareParams:
     alphas: list[float]  # the grid of exponents searched per MatMul input; must hold 0 (round-to-nearest)
     rows: int  # calibration frames sampled per MatMul input for the search (drawn with `seed`)
+
+
+@dataclass(frozen=True)
+class GptqParams:
+    damp: float  # added to the Hessian's diagonal, times its mean: keeps the inverse well conditioned
+    hessian_mb: float  # the float64 Hessians accumulated in one pass over the windows (one at least)
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,7 @@ class Params:
     quant: QuantParams
     nbits: dict[str, NbitsRecipe]
     aware: AwareParams
+    gptq: GptqParams
     diagnose: DiagnoseParams
     mixed: MixedParams
     beam: BeamParams
@@ -262,7 +271,7 @@ class Params:
 
 GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "audio": AudioParams,
           "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "aware": AwareParams,
-          "diagnose": DiagnoseParams,
+          "gptq": GptqParams, "diagnose": DiagnoseParams,
           "mixed": MixedParams, "beam": BeamParams, "blockwise": BlockwiseParams, "local": LocalParams,
           "longform": LongformParams,
           "fidelity": FidelityParams,
@@ -443,6 +452,14 @@ def _check_ranges(p: Params) -> None:
                               f"two >= 16 (found {recipe.bits} and {recipe.block_size})")
         if recipe.accuracy_level not in (0, 1, 2, 3, 4):
             raise ParamsError(f"params.yaml: nbits.{name}.accuracy_level={recipe.accuracy_level}; use 0 to 4")
+        if (recipe.gptq or recipe.keep_8bit) and recipe.block_size > 128:
+            raise ParamsError(f"params.yaml: nbits.{name}: gptq and keep_8bit take a block_size of at most 128 "
+                              f"(found {recipe.block_size})")
+        if recipe.keep_8bit < 0 or (recipe.keep_8bit and recipe.bits != 4):
+            raise ParamsError(f"params.yaml: nbits.{name}.keep_8bit={recipe.keep_8bit} needs bits 4 and a count >= 0")
+    if not 0 <= p.gptq.damp <= 1 or p.gptq.hessian_mb <= 0:
+        raise ParamsError(f"params.yaml: gptq.damp={p.gptq.damp} must lie in [0, 1] and gptq.hessian_mb="
+                          f"{p.gptq.hessian_mb} be > 0")
     if 0 not in p.aware.alphas or any(not 0 <= a <= 1 for a in p.aware.alphas) or p.aware.rows < 1:
         raise ParamsError(f"params.yaml: aware.alphas={p.aware.alphas} must lie in [0, 1] and hold 0 "
                           f"(round-to-nearest), and aware.rows={p.aware.rows} must be >= 1")

@@ -7,7 +7,9 @@ inside the kernel (0 leaves the kernel's choice: fp32 compute on dequantized wei
 tied and transposed MatMuls stay fp32, as in every other recipe here (requant.patterns.fp32_matmuls).
 Round-to-nearest needs no calibration; an `aware` recipe first scales each MatMul's input channels
 (requant/aware.py, searched on the calibration windows), checks that the scaled fp32 encoder equals the
-source, and quantizes that.
+source, and quantizes that. A `gptq` recipe quantizes each weight with GPTQ's error feedback on its input's
+calibration Hessian (requant/gptq.py), after the aware scaling when both are set; `keep_8bit` stores the
+MatMuls with the largest 4-bit output error on those Hessians in 8 bits (mixed 4/8-bit).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from pathlib import Path
 
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-from requant import aware, patterns, stable
+from requant import aware, gptq, patterns, stable
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant.common import atomic_path, fail, run_cli, write_json
 from requant.gated import write_gated
-from requant.params import AwareParams, NbitsRecipe, load_params
+from requant.params import AwareParams, GptqParams, NbitsRecipe, load_params
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,10 @@ def scale_aware(src: Path, dst: Path, windows_dir: Path, recipe: NbitsRecipe, se
 
 
 def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, windows_dir: Path = WINDOWS,
-                settings: AwareParams | None = None, seed: int = 0) -> dict:
-    """Write dst_dir/name atomically; return the op counts that tell how it was quantized ("ops") and, for
-    an aware recipe, the scaling's summary ("aware", else None)."""
+                settings: AwareParams | None = None, seed: int = 0, gptq_settings: GptqParams | None = None) -> dict:
+    """Write dst_dir/name atomically; return the op counts that tell how it was quantized ("ops"), for an
+    aware recipe the scaling's summary ("aware", else None), and for a gptq or keep_8bit recipe the packing's
+    summary ("gptq", else None)."""
     og.require_single_links(src)
     graph = og.load_graph(src).graph
     keep = patterns.fp32_matmuls(graph)
@@ -80,10 +83,19 @@ def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, window
                 fail("an aware nbits recipe needs the aware params group")
             quantized_from = work / "scaled" / "scaled.onnx"
             scaled = scale_aware(src, quantized_from, windows_dir, recipe, settings, seed)
+        planned, packing = None, None
+        if recipe.gptq or recipe.keep_8bit:
+            if gptq_settings is None:
+                fail("a gptq or keep_8bit nbits recipe needs the gptq params group")
+            planned, packing = gptq.prepare(quantized_from, work / "packed", keep, aware.Grid(
+                recipe.bits, recipe.block_size, recipe.symmetric), recipe.accuracy_level, recipe.gptq, recipe.keep_8bit,
+                runs.Windows(windows_dir, "calib"), gptq_settings.damp, gptq_settings.hessian_mb)
         with og.quantizer_scratch(work):
             quantizer = MatMulNBitsQuantizer(str(quantized_from), bits=recipe.bits, block_size=recipe.block_size,
                                              is_symmetric=recipe.symmetric, nodes_to_exclude=keep,
                                              accuracy_level=recipe.accuracy_level or None, algo_config=config)
+            if planned is not None:
+                quantizer.node_quantizer = planned  # onnxruntime writes the nodes; the weights are packed already
             quantizer.process()
             quantizer.model.save_model_to_file(str(work / name), use_external_data_format=True)
         del quantizer
@@ -95,7 +107,9 @@ def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, window
         fail(f"{src}: MatMulNBitsQuantizer packed no MatMul; the encoder has no constant [K, N] weights to quantize")
     log.info("nbits %d-bit block %d: %d MatMulNBits, %d MatMuls left fp32", recipe.bits, recipe.block_size, packed,
              counts.get("MatMul", 0))
-    return {"ops": counts, "aware": scaled}
+    if packing is not None and packed != packing["matmuls"]:
+        fail(f"{src}: {packed} MatMulNBits written for {packing['matmuls']} weights packed beforehand")
+    return {"ops": counts, "aware": scaled, "gptq": packing}
 
 
 def main() -> None:
@@ -104,11 +118,13 @@ def main() -> None:
     if recipe not in params.nbits:
         fail(f"usage: python -m stages.nbits <recipe>, recipe one of {', '.join(params.nbits)} (params.yaml nbits)")
     chosen = params.nbits[recipe]
-    if chosen.aware:
+    if chosen.aware or chosen.gptq or chosen.keep_8bit:
         stable.record_machine(f"nbits@{recipe}")
-    result = build_nbits(SOURCE, out_dir(recipe), file_name(recipe), chosen, WINDOWS, params.aware, params.seed)
+    result = build_nbits(SOURCE, out_dir(recipe), file_name(recipe), chosen, WINDOWS, params.aware, params.seed,
+                         params.gptq)
     write_json(metrics_path(recipe), {"packed_matmuls": result["ops"]["MatMulNBits"],
-                                      "fp32_matmuls": result["ops"].get("MatMul", 0), "aware": result["aware"]})
+                                      "fp32_matmuls": result["ops"].get("MatMul", 0), "aware": result["aware"],
+                                      "gptq": result["gptq"]})
 
 
 if __name__ == "__main__":

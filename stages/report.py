@@ -27,6 +27,7 @@ from requant.plots import (LANGUAGE_SERIES, PLOTS_DIR, SECTION_SERIES, language_
 from requant.summary import BASELINE, MACRO, POOLED, apply_floors, decoding_view, headline, summarize
 from requant.variants import BUILT_ON_REQUEST, COMPARISON_ROWS, VARIANTS
 from requant.web_figures import browser_table, browser_times
+from requant import weight_only_table
 
 log = logging.getLogger("pipeline.report")
 
@@ -36,6 +37,7 @@ RESULTS_FILE, HEADLINE_FILE = Path("docs/results.md"), Path("reports/headline.md
 COSTS_FILE, FLOORS_FILE = Path("docs/costs.md"), Path("metrics/floors.json")  # floors: `python -m bench.floors`
 QUANTIZE_MORE = Path("metrics/bench_quantize_more.json")  # `python -m bench.quantize_more`
 WEB_CHECK = Path("metrics/web_check.json")  # `make web-check`
+WEIGHT_ONLY_GRID = Path("metrics/weight_only_grid.json")  # `python -m bench.weight_only_grid` (demo, about 40 min)
 REPRO_TIME = {"default": Path("metrics/repro_time.json"),  # python -m bench.repro_time [--compare]
               "compare": Path("metrics/repro_time_compare.json")}
 BENCH_FIGURES = (Path("metrics/bench.json"), QUANTIZE_MORE, WEB_CHECK, FLOORS_FILE, REPRO_TIME["compare"])  # deps in git
@@ -173,6 +175,8 @@ def build_report(p: Params, root: Path = Path(".")) -> dict[str, Any]:
     }
     web = optional_json(root / WEB_CHECK)
     extras["browser"], extras["browser_md"] = browser_times(web), browser_table(web)
+    grid = optional_json(root / WEIGHT_ONLY_GRID)
+    extras["weight_only_md"] = weight_only_table.render(grid) if grid and "mixed" in grid else None
     longform = optional_json(root / "metrics/longform.json")
     if longform and stale(longform.get("encoder_sha256") or {v: None for v in longform.get("variants", {})},
                           root, digests):

@@ -119,7 +119,7 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     params["compare"]["builds"] = ["all"]  # the comparison encoders too
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("int8", "int8_mixed", "int8_compare matmul_only", "int8_compare subsampling", "int8_dynamic",
-                  "fp16", "shard", "nbits w8", "nbits w4", "nbits w8_aware", "nbits w4_aware", "blockwise", "fidelity"):
+                  "fp16", "shard", "nbits w8", "nbits w4", "nbits w8_aware", "nbits w4_aware", "nbits w4_mixed", "blockwise", "fidelity"):
         done = _stage(tmp_path, stage)
         assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
 
@@ -129,7 +129,8 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     variants = fidelity["variants"]
     assert set(variants) == {"fp16", "fp32_sharded", "int8_dynamic", "int8_smoothquant", "int8_stock", "nbits_w8",
                              "nbits_w4", "int8_mixed", "fp32_blockwise", "int8_blockwise", "fp32_local", "int8_local",
-                             "int8_matmul_only", "int8_subsampling", "nbits_w8_aware", "nbits_w4_aware"}
+                             "int8_matmul_only", "int8_subsampling", "nbits_w8_aware", "nbits_w4_aware",
+                             "nbits_w4_mixed"}
     # this test graph's attention is not the export's: the rewrite refuses it; its per-frame modules (two
     # feed-forward modules per layer, no conv module) still run over blocks of frames, exactly
     blockwise = json.loads((tmp_path / "metrics" / "blockwise.json").read_text())
@@ -137,7 +138,7 @@ def test_stages_run_as_the_pipeline_runs_them(tmp_path: Path) -> None:
     blocked = blockwise["fp32_blockwise"]["per_frame_modules"]["modules"]
     assert variants["fp32_blockwise"]["rel_error_max"] == 0.0 and variants["fp32_blockwise"]["ops"]["Loop"] == blocked > 0
     assert variants["nbits_w8"]["ops"]["MatMulNBits"] == variants["nbits_w4"]["ops"]["MatMulNBits"] == 21
-    assert variants["nbits_w4_aware"]["ops"]["MatMulNBits"] == 21
+    assert variants["nbits_w4_aware"]["ops"]["MatMulNBits"] == variants["nbits_w4_mixed"]["ops"]["MatMulNBits"] == 21
     # the default int8 quantizes the pointwise convs, the comparison row leaves them fp32, the other one also
     # quantizes the subsampling's two convs; no pointwise Conv is left in any of them
     dq = {v: variants[v]["ops"]["DequantizeLinear"] for v in ("int8_smoothquant", "int8_matmul_only", "int8_subsampling")}
