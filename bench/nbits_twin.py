@@ -41,9 +41,10 @@ def build(twin: Path, work: Path, windows: Path) -> tuple[dict[str, Path], dict[
     records: dict[str, dict] = {}
 
     def step(label: str, task: str, args: dict) -> None:
-        done = work / "results" / f"{label}.json"
+        name = label.replace(" ", "_")  # its log and result files
+        done = work / "results" / f"{name}.json"
         records[label] = (json.loads(done.read_text()) if Path(args["dst_dir"]).is_dir() and done.is_file()
-                          else run_task(task, args, work, label))
+                          else run_task(task, args, work, name))
 
     step("pointwise", "pointwise", {"src": str(twin / "encoder-model.onnx"), "dst_dir": str(work / "pointwise"),
                                     "windows_dir": str(windows)})

@@ -34,6 +34,7 @@ from requant.common import read_json, run_cli, write_json
 from requant.evaluation import METRICS_DIR
 from requant.params import NbitsRecipe, load_params
 from requant.summary import BASELINE, MACRO, POOLED, decoding_view, summarize
+from requant.weight_only_table import METHODS as LABELS
 from requant.weight_only_table import TABLE_DOC, render_into
 from stages import nbits
 from stages.evaluate import evaluate
@@ -41,7 +42,7 @@ from stages.evaluate import evaluate
 log = logging.getLogger("bench.weight_only_grid")
 OUT = ROOT / "metrics/weight_only_grid.json"
 SLOT = "nbits_w4"  # every recipe is evaluated under this variant's name, in its own scratch project
-METHODS = {"rtn": (False, False), "aware": (True, False), "gptq": (False, True), "aware+gptq": (True, True)}
+METHODS = dict(zip(LABELS, [(False, False), (True, False), (False, True), (True, True)]))  # label: aware, gptq
 TOLERANCE_PT = 0.5
 
 

@@ -91,14 +91,17 @@ def inverse_hessian_factor(hessian: np.ndarray, damp: float) -> np.ndarray:
     return np.linalg.cholesky((inverse + inverse.T) / 2).T
 
 
-def gptq(weight: np.ndarray, hessian: np.ndarray, grid: Grid, damp: float) -> Packed:
+def gptq(weight: np.ndarray, hessian: np.ndarray, grid: Grid, damp: float, factor: np.ndarray | None = None,
+         reference: float | None = None) -> Packed:
     """Quantize a [K, N] weight to `grid` with GPTQ's error feedback, row by row in input order (MatMulNBits'
-    blocks run along K, so each block's scale is taken from its rows as updated when the block starts)."""
+    blocks run along K, so each block's scale is taken from its rows as updated when the block starts).
+    factor (inverse_hessian_factor) and reference (weighted_norm) may come computed once for every MatMul
+    and grid that shares the input."""
     rows, cols = weight.shape
     if grid.block_size > LAZY_ROWS or LAZY_ROWS % grid.block_size:
         raise ValueError(f"block_size {grid.block_size} must divide {LAZY_ROWS}")
     work = weight.astype(np.float64)
-    factor = inverse_hessian_factor(hessian, damp)
+    factor = inverse_hessian_factor(hessian, damp) if factor is None else factor
     codes = np.zeros((rows, cols), np.float32)
     blocks = -(-rows // grid.block_size)
     scales, zeros = np.zeros((blocks, cols), np.float32), np.zeros((blocks, cols), np.float32)
@@ -116,15 +119,17 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, grid: Grid, damp: float) -> Pa
             lazy[i + 1:] -= np.outer(factor[row, row + 1:end], errors[i])
         work[end:] -= factor[start:end, end:].T @ errors
     packed, scale_array, zero_points = pack(codes, scales, zeros, grid)
-    return Packed(packed, scale_array, zero_points, output_error(weight, dequantize(codes, scales, zeros, grid), hessian))
+    return Packed(packed, scale_array, zero_points,
+                  output_error(weight, dequantize(codes, scales, zeros, grid), hessian, reference))
 
 
-def round_to_nearest(weight: np.ndarray, hessian: np.ndarray, grid: Grid) -> Packed:
+def round_to_nearest(weight: np.ndarray, hessian: np.ndarray, grid: Grid, reference: float | None = None) -> Packed:
     """onnxruntime's own round-to-nearest, with its output error measured on the same Hessian."""
     config = DefaultWeightOnlyQuantConfig(block_size=grid.block_size, is_symmetric=grid.symmetric, bits=grid.bits)
     packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(
         np.ascontiguousarray(weight, np.float32))
-    return Packed(packed, scales, zero_points, output_error(weight, unpack(packed, scales, zero_points, grid, len(weight)), hessian))
+    quantized = unpack(packed, scales, zero_points, grid, len(weight))
+    return Packed(packed, scales, zero_points, output_error(weight, quantized, hessian, reference))
 
 
 def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, grid: Grid) -> np.ndarray:
@@ -147,12 +152,17 @@ def unpack(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, grid
     return dequantize(codes, scales.T, zeros, grid)
 
 
-def output_error(weight: np.ndarray, quantized: np.ndarray, hessian: np.ndarray) -> float:
-    """‖X (W - Q)‖² / ‖X W‖² = tr(ΔWᵀ H ΔW) / tr(Wᵀ H W), in float64."""
-    w = weight.astype(np.float64)
-    delta = w - quantized.astype(np.float64)
-    reference = float(np.einsum("kn,kn->", w, hessian @ w))
-    return float(np.einsum("kn,kn->", delta, hessian @ delta)) / max(reference, 1e-30)
+def weighted_norm(matrix: np.ndarray, hessian: np.ndarray) -> float:
+    """‖X M‖² = tr(Mᵀ H M), in float64."""
+    m = matrix.astype(np.float64)
+    return float(np.einsum("kn,kn->", m, hessian @ m))
+
+
+def output_error(weight: np.ndarray, quantized: np.ndarray, hessian: np.ndarray, reference: float | None = None) -> float:
+    """‖X (W - Q)‖² / ‖X W‖² = tr(ΔWᵀ H ΔW) / tr(Wᵀ H W); reference: tr(Wᵀ H W) when known."""
+    reference = weighted_norm(weight, hessian) if reference is None else reference
+    delta = weight.astype(np.float64) - quantized.astype(np.float64)
+    return weighted_norm(delta, hessian) / max(reference, 1e-30)
 
 
 def hessian_batches(tensors: Sequence[str], widths: dict[str, int], budget_mb: float) -> list[list[str]]:
@@ -194,18 +204,21 @@ def quantize_all(model: onnx.ModelProto, weights_dir: Path, readers: dict[str, l
                  windows: runs.Windows, grids: Sequence[Grid], use_gptq: bool, damp: float,
                  budget_mb: float) -> Iterator[tuple[str, Grid, Packed, float]]:
     """For each weighted MatMul (readers: input tensor -> its MatMuls) and each grid: its packed weight, by
-    GPTQ (below 8 bits) or round-to-nearest, and round-to-nearest's output error on the same calibration
-    frames. One batch of Hessians in memory at a time."""
+    GPTQ or round-to-nearest, and round-to-nearest's output error on the same calibration frames. One batch
+    of Hessians in memory at a time."""
     inits = {t.name: t for t in model.graph.initializer}
     widths = {t: int(inits[readers[t][0].input[1]].dims[0]) for t in readers}
     for batch in hessian_batches(list(readers), widths, budget_mb):
         hessians = stream_hessians(model, weights_dir, batch, windows)
         for tensor in batch:
+            hessian = hessians.pop(tensor)
+            factor = inverse_hessian_factor(hessian, damp) if use_gptq else None  # once for its MatMuls and grids
             for node in readers[tensor]:
                 weight = og.read_tensor(inits[node.input[1]], weights_dir)
-                for grid in grids:  # the 8-bit copies of a mixed recipe: round-to-nearest is within 1e-5 already
-                    rtn = round_to_nearest(weight, hessians[tensor], grid)
-                    best = gptq(weight, hessians[tensor], grid, damp) if use_gptq and grid.bits < 8 else rtn
+                reference = weighted_norm(weight, hessian)
+                for grid in grids:
+                    rtn = round_to_nearest(weight, hessian, grid, reference)
+                    best = gptq(weight, hessian, grid, damp, factor, reference) if use_gptq else rtn
                     yield node.name, grid, best, rtn.rel_error
         del hessians
 
