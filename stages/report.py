@@ -40,7 +40,8 @@ WEB_CHECK = Path("metrics/web_check.json")  # `make web-check`
 WEIGHT_ONLY_GRID = Path("metrics/weight_only_grid.json")  # `python -m bench.weight_only_grid` (demo, about 40 min)
 REPRO_TIME = {"default": Path("metrics/repro_time.json"),  # python -m bench.repro_time [--compare]
               "compare": Path("metrics/repro_time_compare.json")}
-BENCH_FIGURES = (Path("metrics/bench.json"), QUANTIZE_MORE, WEB_CHECK, FLOORS_FILE, REPRO_TIME["compare"])  # deps in git
+BENCH_FIGURES = (Path("metrics/bench.json"), QUANTIZE_MORE, WEB_CHECK, WEIGHT_ONLY_GRID, FLOORS_FILE,
+                 REPRO_TIME["compare"])  # deps in git
 LONGFORM_STALE = ("(left out: `metrics/longform.json` was measured on other encoders than this run's; "
                   "`make compare` measures it again)\n")
 COST_KEYS = ("encoder_mb", "load_s", "peak_rss_mb", "rss_delta_mb", "rtf", "corpus_rtf")

@@ -73,8 +73,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_blockwise(base / "encoder-model.onnx", variants / "fp32_local", BlockwiseParams(64, 256, 1e-5),
                     [audio[:48_000]], [16, 16])
     shutil.copytree(variants / "int8_blockwise", variants / "int8_local")
-    # (the aware recipes' files are round-to-nearest stand-ins: the release only needs their names)
-    for recipe, bits in (("w8", 8), ("w4", 4), ("w8_aware", 8), ("w4_aware", 4)):
+    # (the aware and mixed recipes' files are round-to-nearest stand-ins: the release only needs their names)
+    for recipe, bits in (("w8", 8), ("w4", 4), ("w8_aware", 8), ("w4_aware", 4), ("w4_mixed", 4)):
         build_nbits(base / "encoder-model.onnx", variants / f"nbits_{recipe}", f"encoder-model.{recipe}.onnx",
                     NbitsRecipe(bits, 32, True, 4))
     write_eval_sets(root, audio)

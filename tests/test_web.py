@@ -78,9 +78,11 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for level, folder in ((4, variants / f"nbits_{recipe}"), (0, root / f"level0_{recipe}")):  # 0: see below
             build_nbits(base / "encoder-model.onnx", folder, f"encoder-model.{recipe}.onnx",
                         NbitsRecipe(bits, 32, True, level))
-        aware = variants / f"nbits_{recipe}_aware"  # the release packs every recipe; these two are not tested here
+        aware = variants / f"nbits_{recipe}_aware"  # the release packs every recipe; these are not tested here
         build_nbits(base / "encoder-model.onnx", aware, f"encoder-model.{recipe}_aware.onnx",
                     NbitsRecipe(bits, 32, True, 4))
+    build_nbits(base / "encoder-model.onnx", variants / "nbits_w4_mixed", "encoder-model.w4_mixed.onnx",
+                NbitsRecipe(4, 32, True, 4))
     checks = list(np.load(windows / "windows.npy"))
     small_blocks = BlockwiseParams(block=16, subsampling_block=8, max_rel_error=1e-5)  # many Loop turns
     build_blockwise(base / "encoder-model.onnx", variants / "fp32_blockwise", small_blocks, checks)
