@@ -362,3 +362,41 @@ def test_forced_run_table_orders_tied_stages_by_name() -> None:
            "stages": {name: 10.0 for name in names}}
     rows = [line for line in repro_time_section({"default": run}).splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == names
+
+
+def weight_only_grid() -> dict:
+    """metrics/weight_only_grid.json as bench.weight_only_grid writes it: two recipes and a sweep of three K."""
+    def row(long: float, corpus: float, mb: float) -> dict:
+        cells = {name: {"wer_pct": 2.0 + delta, "delta_pct": delta, "ci_low_pct": delta - 0.3, "ci_high_pct": delta + 0.3}
+                 for name, delta in (("long_pooled", long), ("corpus_macro", corpus))}
+        return {"parakeet_mb": mb, "sets": cells, "heldout_rel_error": 0.05, "calib_rel_error": 0.001}
+    recipe = {"bits": 4, "block_size": 32, "symmetric": True, "accuracy_level": 4, "aware": True, "gptq": True}
+    return {"tolerance_pt": 0.5, "rows": {"aware+gptq b32 sym": row(0.7, 0.2, 424), "rtn b32 sym": row(4.3, 0.6, 424)},
+            "mixed": {"recipe": recipe, "smallest_within": 4,
+                      "sweep": {"12": row(0.38, 0.03, 454), "2": row(0.82, 0.2, 429), "4": row(0.48, -0.03, 434)}}}
+
+
+def test_the_results_page_and_recipes_md_carry_the_4bit_table(root: Path, tmp_path: Path):
+    from requant.weight_only_table import BEGIN, END, render_into
+
+    build_report(params(), root)
+    assert "4-bit recipes side by side" not in (root / RESULTS_FILE).read_text()  # not measured: no section
+    write_json(root / "metrics/weight_only_grid.json", weight_only_grid())
+    build_report(params(), root)
+    results = (root / RESULTS_FILE).read_text()
+    assert "## 4-bit recipes side by side (demo model)" in results
+    table = results[results.index("| recipe |"):]
+    assert table.index("| rtn b32 sym |") < table.index("| aware+gptq b32 sym |")  # round-to-nearest first
+    assert "| aware+gptq b32 sym | 424 | 2.70 (+0.70 [+0.40, +1.00]) | 2.20 (+0.20 [-0.10, +0.50]) | 0.0500 |" in table
+    sweep = table[table.index("| K in 8 bits |"):]
+    assert [line.split(" | ")[0] for line in sweep.splitlines()[2:5]] == ["| 2", "| 4", "| 12"]  # by K, not as text
+    assert "| 4 | 434 | 2.48 (+0.48" in sweep and sweep.splitlines()[3].endswith("| yes |")
+    assert "Smallest K within 0.5 pt of fp32 on both: **4**." in sweep
+    doc = tmp_path / "recipes.md"
+    doc.write_text(f"# Recipes\n\nbefore\n\n{BEGIN}\nold table\n{END}\n\nafter\n")
+    render_into(doc, weight_only_grid())
+    text = doc.read_text()
+    assert "old table" not in text and "before" in text and "after" in text and "| rtn b32 sym |" in text
+    doc.write_text("# Recipes\n")
+    with pytest.raises(ValueError, match="no .* section to fill"):
+        render_into(doc, weight_only_grid())
