@@ -49,7 +49,10 @@ def block_grid(rows: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     config = DefaultWeightOnlyQuantConfig(block_size=grid.block_size, is_symmetric=grid.symmetric, bits=grid.bits)
     _, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(
         np.ascontiguousarray(rows, np.float32))
-    zero = (zero_points[:, 0] & ((1 << grid.bits) - 1)) if not grid.symmetric else np.full(len(scales), 1 << (grid.bits - 1))
+    if grid.symmetric:
+        zero = np.full(len(scales), 1 << (grid.bits - 1))
+    else:
+        zero = zero_points[:, 0] & ((1 << grid.bits) - 1)
     return scales[:, 0].astype(np.float32), zero.astype(np.float32)
 
 
@@ -63,7 +66,8 @@ def quantize_row(row: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int
     return np.clip(rounded + zero, 0, (1 << bits) - 1)
 
 
-def pack(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pack(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray,
+         grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """codes [K, N], scales and zeros [blocks, N] into onnxruntime's packed, scales, zero_points arrays."""
     rows, cols = codes.shape
     blocks = -(-rows // grid.block_size)
@@ -158,7 +162,8 @@ def weighted_norm(matrix: np.ndarray, hessian: np.ndarray) -> float:
     return float(np.einsum("kn,kn->", m, hessian @ m))
 
 
-def output_error(weight: np.ndarray, quantized: np.ndarray, hessian: np.ndarray, reference: float | None = None) -> float:
+def output_error(weight: np.ndarray, quantized: np.ndarray, hessian: np.ndarray,
+                 reference: float | None = None) -> float:
     """‖X (W - Q)‖² / ‖X W‖² = tr(ΔWᵀ H ΔW) / tr(Wᵀ H W); reference: tr(Wᵀ H W) when known."""
     reference = weighted_norm(weight, hessian) if reference is None else reference
     delta = weight.astype(np.float64) - quantized.astype(np.float64)
@@ -237,12 +242,14 @@ def prepare(source: Path, scratch: Path, keep_fp32: Sequence[str], grid: Grid, a
     scratch.mkdir(parents=True, exist_ok=True)
     errors: dict[int, dict[str, float]] = {g.bits: {} for g in grids}
     baseline: dict[int, dict[str, float]] = {g.bits: {} for g in grids}
-    for name, used, result, rtn_error in quantize_all(model, source.parent, readers, windows, grids, use_gptq, damp, budget_mb):
+    packed = quantize_all(model, source.parent, readers, windows, grids, use_gptq, damp, budget_mb)
+    for name, used, result, rtn_error in packed:
         save(scratch, name, used.bits, result)
         errors[used.bits][name], baseline[used.bits][name] = result.rel_error, rtn_error
     eight = mixed_bits(errors[grid.bits], keep_8bit)
     configs = {name: DefaultWeightOnlyQuantConfig(block_size=grid.block_size, is_symmetric=grid.symmetric,
-                                                  accuracy_level=accuracy_level or None, bits=8 if name in eight else grid.bits)
+                                                  accuracy_level=accuracy_level or None,
+                                                  bits=8 if name in eight else grid.bits)
                for name in errors[grid.bits]}
     chosen = [errors[8 if n in eight else grid.bits][n] for n in errors[grid.bits]]
     return PlannedQuantizer(configs, scratch), {
