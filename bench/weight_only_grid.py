@@ -33,9 +33,9 @@ from requant import onnx_graph as og
 from requant.common import read_json, run_cli, write_json
 from requant.evaluation import METRICS_DIR
 from requant.params import NbitsRecipe, load_params
-from requant.summary import BASELINE, MACRO, POOLED, decoding_view, summarize
+from requant.summary import BASELINE, decoding_view, summarize
 from requant.weight_only_table import METHODS as LABELS
-from requant.weight_only_table import TABLE_DOC, render_into
+from requant.weight_only_table import TABLE_DOC, render_into, within
 from stages import nbits
 from stages.evaluate import evaluate
 
@@ -104,11 +104,6 @@ def score(project: Path, encoder: Path, heldout: runs.Windows, reference: list) 
                      for name, cell in summary.items()}}
 
 
-def within(row: dict) -> bool:
-    """Within TOLERANCE_PT of fp32 on the pooled long passes and the corpus macro average (model_card's rule)."""
-    return all(row["sets"][s]["delta_pct"] <= TOLERANCE_PT for s in (POOLED, MACRO))
-
-
 def run_recipe(label: str, recipe: NbitsRecipe, twin: tuple, heldout: runs.Windows, reference: list) -> dict:
     p = load_params(ROOT / "params.yaml")
     with tempfile.TemporaryDirectory(prefix="weight-only-grid-") as tmp:
@@ -158,7 +153,7 @@ def main() -> None:
     base = p.nbits["w4_mixed"]
     sweep = {str(k): run_recipe(f"mixed {k}", dataclasses.replace(base, keep_8bit=k), twin, heldout, reference)
              for k in args.keep}
-    pick = next((int(k) for k, row in sweep.items() if within(row)), None)
+    pick = next((int(k) for k, row in sweep.items() if within(row, TOLERANCE_PT)), None)
     result = {"bits": 4, "accuracy_level": 4, "calibration_windows": len(runs.Windows(windows, "calib")),
               "tolerance_pt": TOLERANCE_PT, "rows": rows, "mixed": {"recipe": dataclasses.asdict(base), "sweep": sweep,
                                                                     "smallest_within": pick}}

@@ -36,12 +36,15 @@ class Grid:
     symmetric: bool
 
 
-def dequantized(weight: np.ndarray, grid: Grid) -> np.ndarray:
-    """The [K, N] weight as MatMulNBits will hold it: quantized by onnxruntime's own blockwise quantizer
-    (the code MatMulNBitsQuantizer runs), then expanded back to float32."""
+def quantize_blocks(weight: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The [K, N] weight blockwise-quantized by onnxruntime's own quantizer (the code MatMulNBitsQuantizer
+    runs): its packed codes, scales and zero points."""
     config = DefaultWeightOnlyQuantConfig(block_size=grid.block_size, is_symmetric=grid.symmetric, bits=grid.bits)
-    packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(
-        np.ascontiguousarray(weight, np.float32))
+    return DefaultWeightOnlyQuantizer(config).qbits_block_quant(np.ascontiguousarray(weight, np.float32))
+
+
+def unpack(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, grid: Grid, rows: int) -> np.ndarray:
+    """onnxruntime's packed arrays back to the [K, N] float32 weight the MatMulNBits kernel computes with."""
     per_byte = 8 // grid.bits
     shifts = np.arange(per_byte, dtype=np.uint8) * grid.bits
     mask = np.uint8((1 << grid.bits) - 1)
@@ -50,8 +53,14 @@ def dequantized(weight: np.ndarray, grid: Grid) -> np.ndarray:
         zero = np.full(scales.shape, 1 << (grid.bits - 1), np.float32)
     else:
         zero = ((zero_points[..., None] >> shifts) & mask).reshape(zero_points.shape[0], -1)[:, : scales.shape[1]]
-    rows = (values.astype(np.float32) - zero[..., None].astype(np.float32)) * scales[..., None]
-    return rows.reshape(rows.shape[0], -1)[:, : weight.shape[0]].T  # [K, N]
+    expanded = (values.astype(np.float32) - zero[..., None].astype(np.float32)) * scales[..., None]
+    return expanded.reshape(expanded.shape[0], -1)[:, :rows].T  # [K, N]
+
+
+def dequantized(weight: np.ndarray, grid: Grid) -> np.ndarray:
+    """The [K, N] weight as MatMulNBits will hold it: quantized by onnxruntime's own blockwise quantizer,
+    then expanded back to float32."""
+    return unpack(*quantize_blocks(weight, grid), grid, len(weight))
 
 
 def output_error(x: np.ndarray, weights: Sequence[np.ndarray], scale: np.ndarray, grid: Grid,

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant import patterns
-from requant.aware import Grid
+from requant.aware import Grid, quantize_blocks, unpack
 from requant.common import fail
 
 LAZY_ROWS = 128  # rows quantized before their accumulated error is pushed onto the rest (GPTQ's lazy batch)
@@ -46,9 +46,7 @@ class Packed:
 
 def block_grid(rows: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime's scale and zero point for one block of rows [block_size, N] (its own kernel decides them)."""
-    config = DefaultWeightOnlyQuantConfig(block_size=grid.block_size, is_symmetric=grid.symmetric, bits=grid.bits)
-    _, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(
-        np.ascontiguousarray(rows, np.float32))
+    _, scales, zero_points = quantize_blocks(rows, grid)
     if grid.symmetric:
         zero = np.full(len(scales), 1 << (grid.bits - 1))
     else:
@@ -129,9 +127,7 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, grid: Grid, damp: float, facto
 
 def round_to_nearest(weight: np.ndarray, hessian: np.ndarray, grid: Grid, reference: float | None = None) -> Packed:
     """onnxruntime's own round-to-nearest, with its output error measured on the same Hessian."""
-    config = DefaultWeightOnlyQuantConfig(block_size=grid.block_size, is_symmetric=grid.symmetric, bits=grid.bits)
-    packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(
-        np.ascontiguousarray(weight, np.float32))
+    packed, scales, zero_points = quantize_blocks(weight, grid)
     quantized = unpack(packed, scales, zero_points, grid, len(weight))
     return Packed(packed, scales, zero_points, output_error(weight, quantized, hessian, reference))
 
@@ -140,20 +136,6 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, grid: G
     """codes [K, N] with their block scales and zeros [blocks, N] back to float32."""
     block = np.arange(len(codes)) // grid.block_size
     return ((codes - zeros[block]) * scales[block]).astype(np.float32)
-
-
-def unpack(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, grid: Grid, rows: int) -> np.ndarray:
-    """onnxruntime's packed arrays back to the [K, N] float32 weight the MatMulNBits kernel computes with."""
-    per_byte = 8 // grid.bits
-    shifts = (np.arange(per_byte) * grid.bits).astype(np.uint8)
-    mask = np.uint8((1 << grid.bits) - 1)
-    cols, blocks = scales.shape
-    codes = ((packed[..., None] >> shifts) & mask).reshape(cols, -1)[:, :rows].T.astype(np.float32)
-    if grid.symmetric:
-        zeros = np.full((blocks, cols), 1 << (grid.bits - 1), np.float32)
-    else:
-        zeros = ((zero_points[..., None] >> shifts) & mask).reshape(cols, -1)[:, :blocks].T.astype(np.float32)
-    return dequantize(codes, scales.T, zeros, grid)
 
 
 def weighted_norm(matrix: np.ndarray, hessian: np.ndarray) -> float:
@@ -200,17 +182,20 @@ def stream_hessians(model: onnx.ModelProto, weights_dir: Path, batch: Sequence[s
             if not np.isfinite(flat).all():
                 fail(f"the encoder's activation {name} holds NaN or infinite values: its weights are corrupt; "
                      "rebuild models/base (dvc repro base_model) from a good download")
-            sums[name] = sums.get(name, 0) + flat.T @ flat
+            if name in sums:
+                sums[name] += flat.T @ flat
+            else:
+                sums[name] = flat.T @ flat
             frames[name] += len(flat)  # the positional input has 2T - 1 rows, the others T
     return {name: total / max(frames[name], 1) for name, total in sums.items()}
 
 
 def quantize_all(model: onnx.ModelProto, weights_dir: Path, readers: dict[str, list[onnx.NodeProto]],
                  windows: runs.Windows, grids: Sequence[Grid], use_gptq: bool, damp: float,
-                 budget_mb: float) -> Iterator[tuple[str, Grid, Packed, float]]:
+                 budget_mb: float) -> Iterator[tuple[str, Grid, Packed, float | None]]:
     """For each weighted MatMul (readers: input tensor -> its MatMuls) and each grid: its packed weight, by
-    GPTQ or round-to-nearest, and round-to-nearest's output error on the same calibration frames. One batch
-    of Hessians in memory at a time."""
+    GPTQ or round-to-nearest, and round-to-nearest's output error on the same calibration frames (None for
+    a GPTQ recipe's later grids, where nothing reads it). One batch of Hessians in memory at a time."""
     inits = {t.name: t for t in model.graph.initializer}
     widths = {t: int(inits[readers[t][0].input[1]].dims[0]) for t in readers}
     for batch in hessian_batches(list(readers), widths, budget_mb):
@@ -222,9 +207,11 @@ def quantize_all(model: onnx.ModelProto, weights_dir: Path, readers: dict[str, l
                 weight = og.read_tensor(inits[node.input[1]], weights_dir)
                 reference = weighted_norm(weight, hessian)
                 for grid in grids:
-                    rtn = round_to_nearest(weight, hessian, grid, reference)
+                    # round-to-nearest: the result, or (first grid) the baseline its summary compares with
+                    needed = not use_gptq or grid is grids[0]
+                    rtn = round_to_nearest(weight, hessian, grid, reference) if needed else None
                     best = gptq(weight, hessian, grid, damp, factor, reference) if use_gptq else rtn
-                    yield node.name, grid, best, rtn.rel_error
+                    yield node.name, grid, best, None if rtn is None else rtn.rel_error
         del hessians
 
 
@@ -241,11 +228,13 @@ def prepare(source: Path, scratch: Path, keep_fp32: Sequence[str], grid: Grid, a
     grids = [grid, Grid(8, grid.block_size, grid.symmetric)] if keep_8bit else [grid]
     scratch.mkdir(parents=True, exist_ok=True)
     errors: dict[int, dict[str, float]] = {g.bits: {} for g in grids}
-    baseline: dict[int, dict[str, float]] = {g.bits: {} for g in grids}
+    baseline: list[float] = []  # round-to-nearest's errors on `grid`
     packed = quantize_all(model, source.parent, readers, windows, grids, use_gptq, damp, budget_mb)
     for name, used, result, rtn_error in packed:
         save(scratch, name, used.bits, result)
-        errors[used.bits][name], baseline[used.bits][name] = result.rel_error, rtn_error
+        errors[used.bits][name] = result.rel_error
+        if used == grid:
+            baseline.append(rtn_error)
     eight = mixed_bits(errors[grid.bits], keep_8bit)
     configs = {name: DefaultWeightOnlyQuantConfig(block_size=grid.block_size, is_symmetric=grid.symmetric,
                                                   accuracy_level=accuracy_level or None,
@@ -255,7 +244,7 @@ def prepare(source: Path, scratch: Path, keep_fp32: Sequence[str], grid: Grid, a
     return PlannedQuantizer(configs, scratch), {
         "matmuls": len(configs), "gptq": use_gptq, "kept_8bit": sorted(eight),
         "rel_error_mean": runs.round_sig(float(np.mean(chosen)), 3),
-        "rel_error_mean_rtn": runs.round_sig(float(np.mean(list(baseline[grid.bits].values()))), 3),
+        "rel_error_mean_rtn": runs.round_sig(float(np.mean(baseline)), 3),
         "rel_error_max": runs.round_sig(max(chosen), 3),
     }
 

@@ -188,6 +188,12 @@ def write_windows(folder: Path, calib: int = 6, heldout: int = 2, seconds: float
     return folder
 
 
+def outlier_encoder_with_windows(root: Path) -> tuple[Path, Path]:
+    """root/base: an encoder whose LayerNorms feed MatMuls through 30x outlier channels (as after Parakeet's),
+    and root/windows: calibration and held-out windows for it; what the weight-only tests quantize."""
+    return save_encoder(build_encoder(outlier_scale=30.0, seed=3), root / "base"), write_windows(root / "windows")
+
+
 def build_decoder(d_model: int = 64, hidden: int = 32, vocab: int = 16, seed: int = 1) -> onnx.ModelProto:
     """A minimal decoder_joint with Parakeet's I/O names and types (int32 targets and lengths)."""
     g = _Builder(seed)

@@ -17,7 +17,7 @@ from requant import encoder_runs as runs
 from requant import onnx_graph as og
 from requant.params import AwareParams, NbitsRecipe
 from stages.nbits import build_nbits
-from tests.encoder_graph import build_encoder, save_encoder, write_windows
+from tests.encoder_graph import outlier_encoder_with_windows
 
 ALPHAS = [0, 0.25, 0.5, 0.75, 1]
 K, N = 128, 96
@@ -81,9 +81,7 @@ def test_alpha_zero_is_round_to_nearest() -> None:
 
 @pytest.fixture(scope="module")
 def outlier_encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("aware")
-    path = save_encoder(build_encoder(outlier_scale=30.0, seed=3), root / "base")
-    return path, write_windows(root / "windows")
+    return outlier_encoder_with_windows(tmp_path_factory.mktemp("aware"))
 
 
 def test_the_scaled_fp32_encoder_equals_its_source(outlier_encoder: tuple[Path, Path], tmp_path: Path) -> None:

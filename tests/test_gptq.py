@@ -17,10 +17,10 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQu
 
 from requant import encoder_runs as runs
 from requant import gptq
-from requant.aware import Grid
+from requant.aware import Grid, unpack
 from requant.params import AwareParams, GptqParams, NbitsRecipe
 from stages.nbits import build_nbits
-from tests.encoder_graph import build_encoder, save_encoder, write_windows
+from tests.encoder_graph import outlier_encoder_with_windows
 
 K, N = 256, 96
 GRIDS = [Grid(4, 32, True), Grid(4, 64, False), Grid(8, 32, True), Grid(8, 128, False)]
@@ -70,7 +70,7 @@ def test_the_packed_weights_are_what_the_kernel_computes_with(grid: Grid, tmp_pa
     weight = np.random.default_rng(2).standard_normal((K, N)).astype(np.float32)
     x = correlated_inputs(3, 64)
     packed = gptq.gptq(weight, (x.T.astype(np.float64) @ x) / len(x), grid, damp=0.01)
-    dequantized = gptq.unpack(packed.packed, packed.scales, packed.zero_points, grid, K)
+    dequantized = unpack(packed.packed, packed.scales, packed.zero_points, grid, K)
     want = x.astype(np.float64) @ dequantized.astype(np.float64)
     got = kernel_output(weight, x, grid, packed, tmp_path)
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
@@ -106,9 +106,7 @@ def test_mixed_keeps_the_largest_errors_in_8_bits() -> None:
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("gptq")
-    path = save_encoder(build_encoder(outlier_scale=30.0, seed=3), root / "model")
-    return path, write_windows(root / "windows")
+    return outlier_encoder_with_windows(tmp_path_factory.mktemp("gptq"))
 
 
 def test_gptq_and_mixed_encoders_come_closer_to_fp32(encoder: tuple[Path, Path], tmp_path: Path) -> None:
