@@ -71,11 +71,11 @@ def copy_project(repo: Path) -> None:
         shutil.copyfile(ROOT / path, repo / path)
 
 
-def place_twin_in_hf_cache(twin: Path, hf_home: Path) -> Path:
-    """The twin's files as a snapshot of REPO_ID@REVISION in a Hugging Face hub cache: content in
+def place_twin_in_hf_cache(twin: Path, hf_home: Path, repo_id: str = REPO_ID, revision: str = REVISION) -> Path:
+    """The twin's files as a snapshot of repo_id@revision in a Hugging Face hub cache: content in
     blobs/<sha256>, the snapshot folder of symlinks to them, refs/main naming the revision."""
-    repo_dir = hf_home / "hub" / f"models--{REPO_ID.replace('/', '--')}"
-    snapshot = repo_dir / "snapshots" / REVISION
+    repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / revision
     snapshot.mkdir(parents=True)
     (repo_dir / "blobs").mkdir()
     for path in sorted(twin.iterdir()):
@@ -84,7 +84,7 @@ def place_twin_in_hf_cache(twin: Path, hf_home: Path) -> Path:
             shutil.move(path, blob)
             (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
     (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(REVISION)
+    (repo_dir / "refs" / "main").write_text(revision)
     return snapshot
 
 

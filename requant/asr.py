@@ -12,6 +12,8 @@ import onnx_asr
 import onnxruntime as ort
 import soundfile as sf
 from onnx_asr.adapters import TimestampedResultsAsrAdapter
+from onnx_asr.loader import Manager
+from onnx_asr.models.nemo import NemoConformerCtc
 from onnx_asr.preprocessors.numpy_preprocessor import NemoPreprocessorNumpy
 from onnx_asr.utils import read_wav_files
 
@@ -19,6 +21,7 @@ from requant.beam import BeamParams, JointFn, beam_search
 
 from requant.common import fail, sha256_file
 from requant.features import SAMPLE_RATE, BlockedPreprocessor
+from requant.layouts import CTC_OUTPUT, HEAD_INPUT, decoder_name, layout_of
 from requant.onnx_graph import load_graph
 from requant.variants import BASE_DIR, BUILT_ON_REQUEST, DECODERS, VARIANTS, ModelFile
 
@@ -66,8 +69,9 @@ def assemble_model_dir(variant: str, decoder: str, dest: Path, root: Path = Path
         fail(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
     if decoder not in DECODERS:
         fail(f"params.yaml: eval.decoder='{decoder}'; use one of {', '.join(DECODERS)}")
+    layout = layout_of(root / BASE_DIR)
     encoder_files = model_files(VARIANTS[variant], root, f"variant '{variant}'", variant in BUILT_ON_REQUEST)
-    decoder_files = model_files(DECODERS[decoder], root, f"decoder '{decoder}'")
+    decoder_files = model_files(decoder_file(decoder, layout), root, f"decoder '{decoder}'")
     for graph in (encoder_files[0], decoder_files[0]):  # missing or truncated weights: one line naming the file,
         load_graph(graph)  # here, once, before any measured region (load_asr does not parse again)
     dest.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,12 @@ def assemble_model_dir(variant: str, decoder: str, dest: Path, root: Path = Path
     return encoder_files
 
 
+def decoder_file(precision: str, layout: str) -> ModelFile:
+    """The decoder of that precision in the layout (for CTC: its head)."""
+    spec = DECODERS[precision]
+    return ModelFile(spec.folder, decoder_name(spec.name, layout), spec.stage)
+
+
 @dataclass(frozen=True)
 class Transcript:
     """One recognition: the text and, per token, its text and start time in seconds."""
@@ -97,11 +107,35 @@ def load_asr(model_dir: Path) -> TimestampedResultsAsrAdapter:
     """Load a model folder offline (CPU) with timestamped results. Its files are checked where it is assembled
     (assemble_model_dir): parsing them here would count in the memory a pass measures."""
     try:
-        model = onnx_asr.load_model(None, model_dir, providers=["CPUExecutionProvider"])
+        if layout_of(model_dir) == "ctc":
+            manager = Manager(providers=["CPUExecutionProvider"])
+            files = {"encoder": model_dir / CANONICAL_ENCODER, "head": model_dir / CANONICAL_DECODER,
+                     "vocab": model_dir / VOCAB, "config": model_dir / CONFIG}
+            model = manager._create_asr_adapter(SplitCtc(files, manager._create_preprocessor,
+                                                         manager.default_onnx_config))
+        else:
+            model = onnx_asr.load_model(None, model_dir, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime/onnx-asr raise many types; the user needs one line
         fail(f"could not load the model in {model_dir}: {str(err).splitlines()[0][:300]}")
     blocked_features(model.asr)
     return model.with_timestamps()
+
+
+class SplitCtc(NemoConformerCtc):
+    """onnx-asr's CTC model on the pipeline's two parts of the graph (requant/layouts.py): the encoder variant,
+    then the head, in two sessions. The same operations as the single graph (split and joined graphs give the
+    same bits), without writing a joined file beside weights that onnxruntime reads only from its own folder."""
+
+    def __init__(self, model_files: dict[str, Path], preprocessor_factory, onnx_options) -> None:  # noqa: ANN001
+        super(NemoConformerCtc, self).__init__(model_files, preprocessor_factory, onnx_options)  # not model.onnx
+        self._encoder = ort.InferenceSession(model_files["encoder"], **onnx_options)
+        self._head = ort.InferenceSession(model_files["head"], **onnx_options)
+
+    def _encode(self, features: np.ndarray, features_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        encoded, lengths = self._encoder.run(["outputs", "encoded_lengths"],
+                                             {"audio_signal": features, "length": features_lens})
+        (logprobs,) = self._head.run([CTC_OUTPUT], {HEAD_INPUT: encoded})
+        return logprobs, lengths
 
 
 def blocked_features(model: object) -> None:

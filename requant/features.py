@@ -9,13 +9,16 @@ Stages that use it list this file as a DVC dependency: a change here re-runs cal
 
 from __future__ import annotations
 
+import json
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 from onnx_asr.preprocessors.numpy_preprocessor import NemoPreprocessorNumpy
 
 SAMPLE_RATE = 16_000
-FEATURES = "nemo128"
+FEATURES = "nemo128"  # Parakeet TDT v2/v3 and the demo; the RNN-T and CTC 0.6B models take nemo80
+BASE_CONFIG = Path("models/base/config.json")
 BLOCK_FRAMES = 2048  # 20 s of frames: [2048, 512] float64 windows, 8 MB
 
 
@@ -81,11 +84,19 @@ class BlockedPreprocessor:
 
 
 @cache
-def _preprocessor() -> BlockedPreprocessor:
-    return BlockedPreprocessor(NemoPreprocessorNumpy(FEATURES))
+def _preprocessor(name: str) -> BlockedPreprocessor:
+    return BlockedPreprocessor(NemoPreprocessorNumpy(name))
+
+
+@cache
+def base_features() -> str:
+    """onnx-asr's preprocessor for the base model (config.json's features_size), as onnx-asr picks it."""
+    if not BASE_CONFIG.is_file():
+        return FEATURES
+    return f"nemo{json.loads(BASE_CONFIG.read_text(encoding='utf-8')).get('features_size', 80)}"
 
 
 def features(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Encoder inputs for one mono 16 kHz clip: (audio_signal f32 [1,128,T], length i64 [1])."""
+    """Encoder inputs for one mono 16 kHz clip: (audio_signal f32 [1, mels, T], length i64 [1])."""
     waveform = np.ascontiguousarray(audio, dtype=np.float32)[None, :]
-    return _preprocessor()(waveform, np.array([waveform.shape[1]], dtype=np.int64))
+    return _preprocessor(base_features())(waveform, np.array([waveform.shape[1]], dtype=np.int64))

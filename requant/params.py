@@ -11,8 +11,12 @@ from typing import Any
 
 import yaml
 
-PRESETS = ("demo", "parakeet")
+# the demo presets run offline on the tiny model (demo/); the others download their model.hf_repo
+DEMO_PRESETS = ("demo", "demo_rnnt", "demo_ctc")
+PRESETS = (*DEMO_PRESETS, "parakeet", "parakeet_v2", "parakeet_rnnt", "parakeet_ctc")
 PARAMS_FILE = Path("params.yaml")
+# model.layout (requant/layouts.py) -> whether requant/beam.py's search applies: it reads TDT's duration logits
+BEAM_SEARCH = {"tdt": True, "rnnt": False, "ctc": False}
 
 
 class ParamsError(ValueError):
@@ -70,6 +74,7 @@ class ModelParams:
     hf_repo: str
     hf_revision: str
     demo_dir: str
+    layout: str = "tdt"  # tdt | rnnt | ctc (requant/layouts.py)
 
 
 @dataclass(frozen=True)
@@ -262,7 +267,7 @@ class Params:
 
     @property
     def is_demo(self) -> bool:
-        return self.preset == "demo"
+        return self.preset in DEMO_PRESETS
 
     def skips(self, clip: EvalClip) -> bool:
         """A demo-only clip (no source) under the parakeet preset: its stages write a 'skipped' marker."""
@@ -340,6 +345,19 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
+def preset_overrides(presets: dict[str, Any], name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's overrides, after those of the preset it `extends` (a mapping kept plain: DVC's `-S` rewrite
+    of params.yaml expands YAML anchors and merge keys)."""
+    own = dict(presets.get(name) or {})
+    base = own.pop("extends", None)
+    if base is None:
+        return own
+    if base not in presets or base in seen:
+        raise ParamsError(f"params.yaml: presets.{name}.extends names '{base}', "
+                          f"{'a loop' if base in seen else 'no preset'}; name one of {', '.join(presets)}")
+    return {**preset_overrides(presets, base, (*seen, name)), **own}
+
+
 def _named(cls: type, raw: Any, group: str, empty: str) -> dict[str, Any]:
     """A mapping of names to entries of cls (speeches, eval_clips); each name becomes a DVC stage and a file."""
     if not isinstance(raw, dict) or not raw:
@@ -381,7 +399,7 @@ def parse_params(raw: dict[str, Any]) -> Params:
     preset = raw.get("preset", "demo")
     if preset not in PRESETS:
         raise ParamsError(f"params.yaml: preset '{preset}' is unknown; use one of {', '.join(PRESETS)}")
-    raw = apply_overrides(raw, (raw.get("presets") or {}).get(preset, {}))
+    raw = apply_overrides(raw, preset_overrides(raw.get("presets") or {}, preset))
     speeches = _named(Speech, _section(raw, "speeches"), "speeches",
                       "'speeches' is empty; calibration needs at least one speech")
     eval_clips = _named(EvalClip, _section(raw, "eval_clips"), "eval_clips",
@@ -494,6 +512,11 @@ def _check(p: Params) -> None:
     _check_eval_clips(p)
     if set(p.eval.decodings) - {"greedy", "beam"} or len(set(p.eval.decodings)) != len(p.eval.decodings):
         raise ParamsError(f"params.yaml: eval.decodings={p.eval.decodings}; list greedy and/or beam, once each")
+    if p.model.layout not in BEAM_SEARCH:
+        raise ParamsError(f"params.yaml: model.layout='{p.model.layout}'; use one of {', '.join(BEAM_SEARCH)}")
+    if "beam" in p.eval.decodings and not BEAM_SEARCH[p.model.layout]:
+        raise ParamsError(f"params.yaml: eval.decodings lists beam, but the beam search is TDT's and model.layout is "
+                          f"'{p.model.layout}'; use [greedy] (the {p.model.layout} presets do)")
     if p.eval.normalize not in ("raw", "lower_nopunct"):
         raise ParamsError(f"params.yaml: eval.normalize='{p.eval.normalize}'; use raw or lower_nopunct")
     if p.eval.engine not in ("local", "ray"):

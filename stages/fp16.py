@@ -23,6 +23,7 @@ from tqdm import tqdm
 from requant import onnx_graph as og
 from requant import patterns
 from requant.common import atomic_path, fail, run_cli
+from requant.layouts import decoder_name, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,10 @@ def _cast_to(node: onnx.NodeProto) -> int:
 def build_fp16(base_dir: Path, dst_dir: Path) -> list[Path]:
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
-        written = [f for src, dst in MODELS.items() for f in to_fp16(base_dir / src, tmp / dst)]
+        # a CTC model's head (requant/layouts.py) is cast where a transducer's decoder_joint is
+        layout = layout_of(base_dir) if (base_dir / "config.json").is_file() else "tdt"
+        written = [f for src, dst in MODELS.items()
+                   for f in to_fp16(base_dir / decoder_name(src, layout), tmp / decoder_name(dst, layout))]
         names = [f.name for f in written]
     log.info("fp16 models: %s", names)
     return [dst_dir / name for name in names]

@@ -19,15 +19,16 @@ from pathlib import Path
 
 import onnx
 
-from requant.asr import model_files
+from requant.asr import decoder_file, model_files
+from requant.layouts import CTC_HEAD, CTC_MODEL, ENCODER, decoder_name, join_ctc, layout_of, preprocessor_name
 from requant.common import atomic_path, fail, run_cli
 from requant.model_card import CARD_FILE
-from requant.variants import BASE_DIR, DECODERS, SHIPPED, VARIANTS, ModelFile
+from requant.variants import BASE_DIR, SHIPPED, VARIANTS, ModelFile
 
 log = logging.getLogger("pipeline.package")
 
 OUT = Path("models/release")
-PLAIN_FILES = ("config.json", "vocab.txt", "nemo128.onnx")
+PLAIN_FILES = ("config.json", "vocab.txt")  # and the preprocessor, nemo80.onnx or nemo128.onnx
 SHARDED_ENCODER, SHARD_LIST = Path("sharded/encoder-model.onnx"), "shards.json"
 
 
@@ -39,16 +40,18 @@ def release_plan(root: Path) -> dict[str, Path]:
         # Every file keeps its name: canonical already, and external data is named inside its graph.
         plan.update({f"{subdir}{source.name}": source for source in model_files(spec, root, what)})
 
+    layout = layout_of(root / BASE_DIR)
     for key in SHIPPED:  # what the registry ships, where it says
         variant = VARIANTS[key]
         add(variant, f"{key} encoder", subdir=variant.release)
-        decoder, name = DECODERS[variant.decoder], variant.release_decoder
+        decoder, name = decoder_file(variant.decoder, layout), decoder_name(variant.release_decoder, layout)
         if variant.release == "" and name == decoder.name:
             add(decoder, f"{variant.decoder} decoder")
         elif variant.release == "":  # a copy under the encoder's suffix: onnx-asr pairs files by it
             plan[name] = root / decoder.folder / decoder.name
     for name in PLAIN_FILES:
         plan[name] = root / BASE_DIR / name
+    plan[preprocessor_name(root / BASE_DIR) + ".onnx"] = root / BASE_DIR / f"{preprocessor_name(root / BASE_DIR)}.onnx"
     plan["README.md"] = root / CARD_FILE
     for name, source in plan.items():
         if not source.is_file():
@@ -106,11 +109,29 @@ def package(root: Path = Path("."), out: Path = OUT) -> dict[str, Path]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             copy_file(source, dest)
             log.info("copied %s -> %s", source, name)
+        sharded = tmp / SHARDED_ENCODER
+        if layout_of(root / BASE_DIR) == "ctc":
+            sharded = join_release_pairs(tmp)
         # the shards in load order, for a browser: it cannot list a folder it fetches from
-        shards = sorted(external_data_locations(tmp / SHARDED_ENCODER))
-        (tmp / SHARDED_ENCODER).with_name(SHARD_LIST).write_text(json.dumps(shards, indent=1) + "\n")
+        shards = sorted(external_data_locations(sharded))
+        sharded.with_name(SHARD_LIST).write_text(json.dumps(shards, indent=1) + "\n")
     log.info("release folder %s: %d files", out, len(plan))
     return plan
+
+
+def join_release_pairs(folder: Path) -> Path:
+    """CTC: each encoder and its head joined into the one graph onnx-asr loads, `model<suffix>.onnx` (their
+    external data stays beside it, named inside the graph); the two part graphs go. Returns the sharded one."""
+    for encoder in sorted(folder.rglob(f"{ENCODER}*.onnx")):
+        suffix = encoder.name.removeprefix(ENCODER).removesuffix(".onnx")
+        head = next((h for h in (encoder.with_name(f"{CTC_HEAD}{suffix}.onnx"), folder / f"{CTC_HEAD}.onnx")
+                     if h.is_file()), None)
+        if head is None:
+            fail(f"{encoder}: no CTC head beside it; re-run `dvc repro package`")
+        join_ctc(encoder, head, encoder.with_name(f"{CTC_MODEL}{suffix}.onnx"))
+    for part in [*folder.rglob(f"{ENCODER}*.onnx"), *folder.rglob(f"{CTC_HEAD}*.onnx")]:
+        part.unlink()
+    return folder / SHARDED_ENCODER.with_name(f"{CTC_MODEL}.onnx")
 
 
 def main() -> None:

@@ -108,20 +108,11 @@ def copy_encoder(src: Path, dst: Path) -> None:
 CHECK = '''
 import json, sys
 from pathlib import Path
-from tests.test_package import SOURCES, write_graph
+from tests.test_package import write_sources
 from requant.variants import EVERY_RUN, LABELS, browser_precisions
 from stages.package import package
 root = Path(sys.argv[1])
-for folder, names in SOURCES.items():
-    (root / folder).mkdir(parents=True, exist_ok=True)
-    for name in names:
-        path = root / folder / name
-        if path.exists():
-            continue
-        if name.endswith(".onnx"):
-            write_graph(path, sorted(n for n in names if n.startswith(name + ".")) or [None])
-        else:
-            path.write_text(name)
+write_sources(root)
 plan = package(root)
 print(json.dumps({"label": LABELS["fp32_copy"], "every_run": "fp32_copy" in EVERY_RUN,
                   "browser": browser_precisions()["copy"], "release": {k: str(v.relative_to(root)) for k, v in plan.items()}}))
