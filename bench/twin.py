@@ -2,12 +2,17 @@
 
     python -m bench.twin --out /work/twin                      # Parakeet's sizes: ~2.4 GB encoder
     python -m bench.twin --out /tmp/t --layers 2 --d-model 64   # a tiny one (tests)
+    python -m bench.twin --out /work/twin-ctc --layout ctc       # parakeet-ctc-0.6b's layout and sizes
 
 The folder holds what upstream's holds, with the same file and tensor names: encoder-model.onnx
 (+ one encoder-model.onnx.data), decoder_joint-model.onnx, config.json, vocab.txt (<blk> last),
 nemo128.onnx (onnx-asr's own, from the installed package) and the stock-recipe int8 decoder
 (plus, with --stock-int8, the stock-recipe int8 encoder). twin.json records the sizes, the build
 time and the builder's peak RSS. The weights are random: fine for costs, meaningless for accuracy.
+--layout rnnt or ctc gives the English 0.6B models' layouts (80 mels, linear biases, 1025 tokens by default),
+derived from a TDT twin as the demo's are (demo/layouts.py): an RNN-T decoder_joint without duration logits,
+or one CTC graph (model.onnx, model.int8.onnx: quantize_dynamic of the whole graph) whose head is two 1x1 convs
+where NeMo's is one (the same cost within 4 %: 1024x640 + 640x1025 against 1024x1025 per frame).
 
 A random joint emits the most tokens it may (10) on every frame, so a decoding timed on the twin times
 that artifact. speech_rate_decoders gives the joint a blank bias that brings greedy decoding to a real
@@ -17,6 +22,7 @@ model's token rate (FRAMES_PER_TOKEN) for timings that include decoding (bench.w
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import resource
 import shutil
@@ -31,31 +37,39 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from demo.fastconformer import PARAKEET, ModelConfig, build_random_model
+from demo.layouts import write_demo_layout
+from requant.layouts import LAYOUTS
 from requant.common import atomic_path, fail, run_cli, write_json
 from stages.int8_dynamic import build_dynamic_int8
 
 log = logging.getLogger("bench.twin")
 
 MB = 1e6
-FEATURES = 128  # onnx-asr's nemo128 preprocessor
+FEATURES = (80, 128)  # onnx-asr's nemo80 and nemo128 preprocessors
+# parakeet-rnnt-0.6b and parakeet-ctc-0.6b (docs/models.md): 80 mels, biases in the block linears, 1025 tokens
+ENGLISH_06B = {"n_mels": 80, "linear_bias": True, "vocab_size": 1025}
 ENCODER, DECODER, INT8_DECODER = "encoder-model.onnx", "decoder_joint-model.onnx", "decoder_joint-model.int8.onnx"
 # Real speech: about 2.7 words/s x 1.3 SentencePiece tokens a word = 3.5 tokens/s, over 12.5 encoder frames/s
 # (80 ms each): one token per 3.5 frames, in the 3-4 a real Parakeet gives on conversational speech
 FRAMES_PER_TOKEN = 3.5
 
 
-def nemo128() -> Path:
-    """onnx-asr's bundled nemo128 preprocessor (taken from the installed package, never committed)."""
-    path = Path(str(resources.files("onnx_asr.preprocessors") / "data" / "nemo128.onnx"))
+def preprocessor(mels: int = 128) -> Path:
+    """onnx-asr's bundled nemo<mels> preprocessor (taken from the installed package, never committed)."""
+    path = Path(str(resources.files("onnx_asr.preprocessors") / "data" / f"nemo{mels}.onnx"))
     if not path.is_file():
-        fail(f"{path} not found: the installed onnx-asr has no nemo128.onnx; reinstall onnx-asr==0.12.0")
+        fail(f"{path} not found: the installed onnx-asr has no nemo{mels}.onnx; reinstall onnx-asr==0.12.0")
     return path
 
 
-def build_twin(out_dir: Path, config: ModelConfig, seed: int, stock_int8: bool) -> dict:
+def nemo128() -> Path:
+    return preprocessor(128)
+
+
+def build_twin(out_dir: Path, config: ModelConfig, seed: int, stock_int8: bool, layout: str = "tdt") -> dict:
     """Write the twin folder atomically; return its summary (also written to twin.json)."""
-    if config.n_mels != FEATURES:
-        fail(f"a twin needs {FEATURES} mel inputs (onnx-asr's nemo128), not {config.n_mels}")
+    if config.n_mels not in FEATURES:
+        fail(f"a twin needs 80 or 128 mel inputs (onnx-asr's nemo80, nemo128), not {config.n_mels}")
     started = time.perf_counter()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -64,7 +78,10 @@ def build_twin(out_dir: Path, config: ModelConfig, seed: int, stock_int8: bool) 
         for name in (ENCODER, f"{ENCODER}.data", DECODER, "config.json", "vocab.txt"):
             if not (tmp / name).is_file():
                 fail(f"demo.fastconformer.build_random_model wrote no {name}; the twin needs upstream's files")
-        shutil.copyfile(nemo128(), tmp / "nemo128.onnx")
+        settings = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+        (tmp / "config.json").write_text(json.dumps({**settings, "features_size": config.n_mels}, indent=4) + "\n")
+        shutil.copyfile(preprocessor(config.n_mels), tmp / f"nemo{config.n_mels}.onnx")
+        stock_int8 = stock_int8 or layout == "rnnt"  # the RNN-T layout ships its int8 encoder
         with tempfile.TemporaryDirectory(dir=tmp) as scratch:  # stock recipe: quantize_dynamic, defaults
             quantize_dynamic(str(tmp / DECODER), str(Path(scratch) / "decoder.onnx"), weight_type=QuantType.QInt8)
             shutil.move(Path(scratch) / "decoder.onnx", tmp / INT8_DECODER)
@@ -74,12 +91,18 @@ def build_twin(out_dir: Path, config: ModelConfig, seed: int, stock_int8: bool) 
             onnx.save_model(onnx.load(str(tmp / "stock" / "encoder-model.int8.onnx")),
                             str(tmp / "encoder-model.int8.onnx"))
             shutil.rmtree(tmp / "stock")
+        if layout != "tdt":
+            with tempfile.TemporaryDirectory(dir=tmp) as scratch:
+                for path in [p for p in tmp.iterdir() if p.is_file() and not p.name.startswith("nemo")]:
+                    shutil.move(path, Path(scratch) / path.name)
+                write_demo_layout(Path(scratch), layout, tmp)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         summary = {
+            "layout": layout,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
             "seed": seed,
             "files": files,
-            "encoder_mb": round(sum(v for k, v in files.items() if k.startswith(ENCODER)) / MB, 1),
+            "encoder_mb": round(sum(v for k, v in files.items() if k.startswith((ENCODER, "model.onnx"))) / MB, 1),
             "build_model_s": round(built_s, 1),
             "total_s": round(time.perf_counter() - started, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB, 1),
@@ -151,17 +174,20 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=PARAKEET.n_heads)
     parser.add_argument("--ff-dim", type=int, help="default: 4 x d_model")
     parser.add_argument("--subsampling-channels", type=int, help="default: d_model / 4")
-    parser.add_argument("--vocab", type=int, default=PARAKEET.vocab_size, help="tokens including <blk>")
+    parser.add_argument("--vocab", type=int, default=PARAKEET.vocab_size, help="tokens including <blk> (tdt)")
     parser.add_argument("--pred-hidden", type=int, help="LSTM and joint width (default: d_model x 5/8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stock-int8", action="store_true", help="also write the stock-recipe int8 encoder")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="tdt",
+                        help="tdt: Parakeet v2/v3; rnnt, ctc: the English 0.6B models (80 mels, biases, 1025 tokens)")
     args = parser.parse_args()
     pred = args.pred_hidden or args.d_model * 5 // 8
+    sizes = ENGLISH_06B if args.layout != "tdt" else {"vocab_size": args.vocab}
     config = PARAKEET.replace(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads,
                               ff_dim=args.ff_dim or 4 * args.d_model,
                               subsampling_channels=args.subsampling_channels or max(args.d_model // 4, 4),
-                              vocab_size=args.vocab, pred_hidden=pred, joint_hidden=pred)
-    build_twin(args.out, config, args.seed, args.stock_int8)
+                              pred_hidden=pred, joint_hidden=pred, **sizes)
+    build_twin(args.out, config, args.seed, args.stock_int8, args.layout)
 
 
 if __name__ == "__main__":

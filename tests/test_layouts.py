@@ -190,3 +190,28 @@ def test_a_ctc_repository_is_fetched_offline_and_split(upstream, tmp_path) -> No
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
     assert f"cannot download istupakov/parakeet-ctc-0.6b-onnx@{'0' * 40}" in wrong.stderr
     assert not (tmp_path / "base2").exists()
+
+
+@pytest.mark.parametrize("layout", ["rnnt", "ctc"])
+def test_a_twin_in_each_layout_goes_through_base_model_and_the_census(tmp_path, layout) -> None:
+    """bench.twin --layout: the English 0.6B models' layout (80 mels, linear biases), small; base_model takes
+    it as a repository, and the census finds nothing the transforms do not know in its encoder."""
+    from bench.twin import ENGLISH_06B, build_twin
+    from demo.fastconformer import PARAKEET
+    from requant import onnx_graph as og
+    from requant import patterns
+
+    config = PARAKEET.replace(n_layers=2, d_model=64, n_heads=2, ff_dim=256, subsampling_channels=16,
+                              pred_hidden=40, joint_hidden=40, **{**ENGLISH_06B, "vocab_size": 33})
+    summary = build_twin(tmp_path / "twin", config, seed=0, stock_int8=False, layout=layout)
+    assert summary["layout"] == layout and "nemo80.onnx" in summary["files"]
+    base = tmp_path / "base"
+    base.mkdir()
+    to_pipeline_layout(tmp_path / "twin", layout, base)
+    verify_model_dir(base, None, layout)
+    encoder = og.load_graph(base / "encoder-model.onnx")
+    assert patterns.findings(encoder) == []
+    assert encoder.graph.input[0].type.tensor_type.shape.dim[1].dim_value in (0, 80)
+    x = np.zeros((1, 80, 160), np.float32)
+    outputs = _run(base / "encoder-model.onnx", {"audio_signal": x, "length": np.array([160])}, "outputs")
+    assert outputs.shape == (1, 64, 20)
