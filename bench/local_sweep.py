@@ -2,7 +2,7 @@
 
     python -m bench.local_sweep [--contexts 8 16 32 64 128] [--variants fp32 int8_smoothquant] [--clip long_en]
 
-Runs the longform stage's own `local` cell (stages/longform.py) on one long-form recording for each
+Runs the longform stage's own `local` cell (requant/recordings.py) on one long-form recording for each
 symmetric context, after `dvc repro longform_data`. The demo model was trained with a ±64-frame band:
 contexts of 64 and more must give its full-attention result, narrower ones show what cutting costs.
 JSON: metrics/local_sweep.json; a table on stdout.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from requant.common import run_cli, write_json
 from requant.params import load_params
-from stages.longform import run_cell
+from requant.recordings import run_cell
 
 OUT = Path("metrics/local_sweep.json")
 

@@ -19,6 +19,7 @@ RAW_EVAL_DIR = Path("data/raw/eval")
 EVAL_AUDIO_DIR = Path("data/audio/eval")
 REFERENCE_DIR = Path("data/reference")
 LONGFORM_DIR = Path("data/longform")  # the long-form recordings: raw, audio and reference per clip
+LEADERBOARD_DIR = Path("data/leaderboard")  # the leaderboard's long-form sets: <set>/<nnn>/, as LONGFORM_DIR's clips
 SECTIONS_FILE, TRUTH_FILE = "sections.json", "truth.txt"  # in each clip's reference folder
 CORPUS_DIR = Path("data/corpus")
 CORPUS_MANIFEST = "manifest.jsonl"

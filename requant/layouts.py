@@ -151,14 +151,31 @@ def _write_part(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: lis
         og.write_model(part, src_dir, dst)
 
 
+def _rename_clashes(graph: onnx.GraphProto, taken: set[str]) -> None:
+    """Give the head's node, tensor and weight names that the encoder also uses a prefix of their own (two fp16
+    casts both name their I/O casts `graph_input_cast0`); its input and output keep their names."""
+    kept = {HEAD_INPUT, *(o.name for o in graph.output)}
+    clash = (taken & ({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output})) - kept
+
+    def new(name: str) -> str:
+        return f"/ctc_head/{name}" if name in clash else name
+
+    for tensor in graph.initializer:
+        tensor.name = new(tensor.name)
+    for node in graph.node:
+        node.input[:] = [new(name) for name in node.input]
+        node.output[:] = [new(name) for name in node.output]
+        node.name = f"/ctc_head/{node.name}" if node.name in taken else node.name
+    for info in graph.value_info:
+        info.name = new(info.name)
+
+
 def join_ctc(encoder: Path, head: Path, dst: Path) -> None:
     """encoder + head -> one CTC graph at dst, in the folder that holds (links to) both parts' external data:
     the graph names its data files, so none is copied."""
     enc, top = og.load_graph(encoder), og.load_graph(head)
-    taken = {n.name for n in enc.graph.node} | {t.name for t in enc.graph.initializer}
-    clash = sorted(taken & ({n.name for n in top.graph.node} | {t.name for t in top.graph.initializer}))
-    if clash:
-        fail(f"{encoder} and {head} both name {clash[:3]}; cannot join them into one CTC graph")
+    _rename_clashes(top.graph, {n.name for n in enc.graph.node} | {t.name for t in enc.graph.initializer}
+                    | {o for n in enc.graph.node for o in n.output})
     # the head reads the tensor the encoder's output is an Identity of (split's), as in the graph it was cut from:
     # onnxruntime fuses across the cut only then, and the stock int8 file joined again gives its own bits
     end = og.producers(enc.graph)["outputs"]

@@ -403,6 +403,7 @@ def render_results(p: Params, evals: dict[str, dict[str, Any]], summary: dict[st
         + ("\n## 4-bit recipes side by side (demo model)\n\nRound-to-nearest, activation-aware, GPTQ and aware + GPTQ, "
            "then mixed 4/8-bit (`python -m bench.weight_only_grid`, `metrics/weight_only_grid.json`; docs/recipes.md "
            "says how each is built):\n\n" + extras["weight_only_md"] if extras.get("weight_only_md") else "")
+        + "\n## The leaderboard's long-form sets\n\n" + (extras.get("leaderboard_md") or "(not available)\n")
         + "\n## In the browser\n\nThe page `web/index.html` on every encoder the release folder ships, at Parakeet's "
         "size (`make web-check`, `metrics/web_check.json`; see `docs/browser.md`). "
         + (extras.get("browser_md") or "(not measured: `make web-check`)\n")

@@ -204,6 +204,27 @@ class LongformParams:
 
 
 @dataclass(frozen=True)
+class LeaderboardSet:
+    """One of the Open ASR Leaderboard's long-form sets: parquet files of a Hugging Face dataset repo."""
+
+    name: str
+    repo: str
+    revision: str
+    files: str  # glob of the split's parquet files inside the repo, e.g. earnings21/test-*.parquet
+
+
+@dataclass(frozen=True)
+class LeaderboardParams:
+    """The leaderboard's long-form track (stages leaderboard_data, leaderboard)."""
+
+    recordings: int  # per set, the first N recordings in the files' order; 0: the track is not run
+    context: list[int]  # local attention [left, right] of every pass, as the leaderboard runs NeMo models
+    variants: list[str]
+    max_s: float  # the longest recording one pass takes
+    demo_minutes: float  # demo presets: each synthesized recording's length
+
+
+@dataclass(frozen=True)
 class FidelityParams:
     min_cosine: float
 
@@ -259,6 +280,8 @@ class Params:
     blockwise: BlockwiseParams
     local: LocalParams
     longform: LongformParams
+    leaderboard: LeaderboardParams
+    leaderboard_sets: dict[str, LeaderboardSet]
     compare: CompareParams
     fidelity: FidelityParams
     shard: ShardParams
@@ -278,7 +301,7 @@ GROUPS = {"model": ModelParams, "corpus": CorpusParams, "fetch": FetchParams, "a
           "windows": WindowsParams, "smooth": SmoothParams, "quant": QuantParams, "aware": AwareParams,
           "gptq": GptqParams, "diagnose": DiagnoseParams,
           "mixed": MixedParams, "beam": BeamParams, "blockwise": BlockwiseParams, "local": LocalParams,
-          "longform": LongformParams,
+          "longform": LongformParams, "leaderboard": LeaderboardParams,
           "fidelity": FidelityParams,
           "shard": ShardParams, "eval": EvalParams, "ray": RayParams}
 
@@ -407,12 +430,14 @@ def parse_params(raw: dict[str, Any]) -> Params:
     longform_clips = _named(EvalClip, _section(raw, "longform_clips"), "longform_clips",
                             "'longform_clips' is empty; the long-form comparison needs at least one recording")
     groups = {name: _group(cls, _section(raw, name), name) for name, cls in GROUPS.items()}
+    leaderboard_sets = _named(LeaderboardSet, _section(raw, "leaderboard_sets"), "leaderboard_sets",
+                              "'leaderboard_sets' is empty; list the long-form sets the leaderboard stages score")
     nbits_raw = _section(raw, "nbits")
     if not isinstance(nbits_raw, dict) or any(not KEY.fullmatch(str(name)) for name in nbits_raw):
         raise ParamsError("params.yaml: 'nbits' must map recipe names (letters, digits, '_', '-') to recipes")
     nbits = {name: _group(NbitsRecipe, spec, f"nbits.{name}") for name, spec in nbits_raw.items()}
     params = Params(preset=preset, seed=_value(raw.get("seed", 0), "int", "seed"), speeches=speeches,
-                    eval_clips=eval_clips, longform_clips=longform_clips, nbits=nbits,
+                    eval_clips=eval_clips, longform_clips=longform_clips, leaderboard_sets=leaderboard_sets, nbits=nbits,
                     compare=_compare(_section(raw, "compare")), **groups)
     _check(params)
     return params
@@ -421,6 +446,8 @@ def parse_params(raw: dict[str, Any]) -> Params:
 # (group.key, lowest, highest, lowest allowed itself): every number the stages divide by, loop over or
 # hand to a library, checked here so that a stage run alone fails with the same line as under dvc repro
 RANGES = (
+    ("leaderboard.recordings", 0, 100000, True), ("leaderboard.max_s", 1, 86400, True),
+    ("leaderboard.demo_minutes", 0, 120, False),
     ("fetch.retries", 0, 100, True), ("fetch.backoff_s", 0, 3600, True), ("fetch.timeout_s", 0, 3600, False),
     ("fetch.attempt_timeout_s", 0, 86400, False), ("fetch.min_rate_kb_s", 0, 1e6, True),
     ("fetch.rate_window_s", 0, 3600, False), ("audio.sample_rate", 16000, 16000, True),
@@ -458,10 +485,10 @@ def _check_ranges(p: Params) -> None:
         if not 0 < clip.crop_s <= p.longform.max_s:
             raise ParamsError(f"params.yaml: longform_clips.{clip.name}.crop_s={clip.crop_s:g} must lie in "
                               f"(0, longform.max_s={p.longform.max_s:g}]")
-    context = p.local.context
-    if context is not None and (len(context) != 2 or min(context) < 0 or max(context) < 1):
-        raise ParamsError(f"params.yaml: local.context={context} must be [left, right], frames >= 0 (not both 0), "
-                          "or null for full attention")
+    for where, context in (("local.context", p.local.context), ("leaderboard.context", p.leaderboard.context)):
+        if context is not None and (len(context) != 2 or min(context) < 0 or max(context) < 1):
+            raise ParamsError(f"params.yaml: {where}={context} must be [left, right], frames >= 0 (not both 0)"
+                              f"{', or null for full attention' if where == 'local.context' else ''}")
     if any(not 0 < s <= 400 for s in p.diagnose.lengths_s):
         raise ParamsError(f"params.yaml: diagnose.lengths_s={p.diagnose.lengths_s} must lie in (0, 400] s")
     for name, recipe in p.nbits.items():
@@ -517,8 +544,8 @@ def _check(p: Params) -> None:
     if "beam" in p.eval.decodings and not BEAM_SEARCH[p.model.layout]:
         raise ParamsError(f"params.yaml: eval.decodings lists beam, but the beam search is TDT's and model.layout is "
                           f"'{p.model.layout}'; use [greedy] (the {p.model.layout} presets do)")
-    if p.eval.normalize not in ("raw", "lower_nopunct"):
-        raise ParamsError(f"params.yaml: eval.normalize='{p.eval.normalize}'; use raw or lower_nopunct")
+    if p.eval.normalize not in ("raw", "lower_nopunct", "chars"):
+        raise ParamsError(f"params.yaml: eval.normalize='{p.eval.normalize}'; use raw, lower_nopunct or chars")
     if p.eval.engine not in ("local", "ray"):
         raise ParamsError(f"params.yaml: eval.engine='{p.eval.engine}'; use local or ray")
     if p.eval.corpus_shard % 16:  # requant.evaluation.CORPUS_BATCH: other batches pad differently, other numbers

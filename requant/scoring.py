@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any
 
 import jiwer
@@ -17,7 +18,9 @@ from onnx_asr.asr import _AsrWithDecoding
 
 from requant.common import fail
 
-NORMALIZATIONS = ("raw", "lower_nopunct")
+# whisper_en: Whisper's English normalizer, the leaderboard's; chars: lower_nopunct's text cut into characters (a
+# space is the token ▁), so that a "WER" is the CER: for an output without words (the demo CTC model's)
+NORMALIZATIONS = ("raw", "lower_nopunct", "whisper_en", "chars")
 MIN_TAIL_S = 1.0  # a last section shorter than this is folded into the one before it
 # onnx-asr's own rule for turning concatenated tokens into text, so section texts match its output.
 _SPACE_PATTERN: re.Pattern[str] = _AsrWithDecoding.DECODE_SPACE_PATTERN
@@ -96,8 +99,19 @@ def split_by_section(tokens: Sequence[str], starts: Sequence[float], sections: S
     return [tokens_to_text(t).strip() for t in per_section]
 
 
+@cache
+def _whisper_english() -> Callable[[str], str]:
+    from whisper_normalization import EnglishTextNormalizer  # Whisper's own code and spelling map, without torch
+
+    return EnglishTextNormalizer()
+
+
 def normalize(text: str, mode: str) -> list[str]:
     """The words that are scored, after the named normalisation."""
+    if mode == "whisper_en":
+        return _whisper_english()(text).split()
+    if mode == "chars":
+        return list(" ".join(normalize(text, "lower_nopunct")).replace(" ", "▁"))
     if mode not in _TRANSFORMS:
         fail(f"params.yaml: eval.normalize='{mode}'; use one of {', '.join(NORMALIZATIONS)}")
     return [w for w in _TRANSFORMS[mode](text)[0] if w] if text.strip() else []

@@ -111,7 +111,7 @@ def test_demo_corpus_uses_held_out_voices_and_is_reproducible(tmp_path: Path) ->
 
 
 # ------------------------------------------------------------------ FLEURS from a Hugging Face cache
-def _blob(repo_dir: Path, snapshot: Path, filename: str, data: bytes, lfs: bool) -> None:
+def hub_blob(repo_dir: Path, snapshot: Path, filename: str, data: bytes, lfs: bool) -> None:
     """Store data as huggingface_hub does: blobs/<sha256> for LFS files, blobs/<git blob id> otherwise."""
     name = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     (repo_dir / "blobs" / name).write_bytes(data)
@@ -135,8 +135,8 @@ def fleurs_cache(root: Path) -> Path:
                 member.size = len(wav.getvalue())
                 tar.addfile(member, io.BytesIO(wav.getvalue()))
                 rows.append(f"{i}\t{1000 + i}.wav\t{text.capitalize()}.\t{text}\t{' '.join(text)}\t16000\tFEMALE")
-        _blob(repo_dir, snapshot, f"data/{config}/dev.tsv", ("\n".join(rows) + "\n").encode(), lfs=False)
-        _blob(repo_dir, snapshot, f"data/{config}/audio/dev.tar.gz", archive.getvalue(), lfs=True)
+        hub_blob(repo_dir, snapshot, f"data/{config}/dev.tsv", ("\n".join(rows) + "\n").encode(), lfs=False)
+        hub_blob(repo_dir, snapshot, f"data/{config}/audio/dev.tar.gz", archive.getvalue(), lfs=True)
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(REVISION)
     return repo_dir

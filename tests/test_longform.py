@@ -14,7 +14,8 @@ from requant.asr import load_clip
 from requant.params import load_params
 from requant.scoring import tokens_to_text
 from stages.base_model import demo_model
-from stages.longform import decode, prepare_encoder, run_cell, summarize, vad_segments
+from requant.recordings import decode, prepare_encoder, run_cell, vad_segments
+from stages.longform import summarize
 from requant.evalsets import LONGFORM_DIR
 from requant.clips import build_reference
 
