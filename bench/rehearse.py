@@ -136,17 +136,44 @@ def run_stage(repo: Path, env: dict[str, str], stage: str) -> tuple[dict, str]:
             "cache_gb": round(disk_bytes(cache) / GB, 2) if cache.is_dir() else 0.0}, result.stderr
 
 
-def build_twin(work: Path, seed: int, layers: int) -> dict:
-    """The twin (with the stock int8 encoder) in work/twin, its decoder at a real token rate."""
+def build_twin(work: Path, seed: int, layers: int, layout: str = "tdt") -> dict:
+    """The twin of the layout (with the stock int8 encoder) in work/twin, a transducer's decoder at a real token
+    rate (a CTC head has no such knob: its random output costs next to nothing to decode)."""
     # in a child, so that the build's memory (7.8 GB for the stock int8) is not held through the stages
     subprocess.run([sys.executable, "-m", "bench.twin", "--out", str(work / "twin"), "--layers", str(layers),
-                    "--seed", str(seed), "--stock-int8"], cwd=ROOT, check=True, timeout=STAGE_TIMEOUT_S)
+                    "--seed", str(seed), "--stock-int8", "--layout", layout], cwd=ROOT, check=True,
+                   timeout=STAGE_TIMEOUT_S)
     from bench.twin import DECODER, speech_rate_decoders
     from demo.synth import make_speech
 
+    if layout == "ctc":
+        return {**read_json(work / "twin" / "twin.json"), "blank_bias": None}
     rate = speech_rate_decoders(work / "twin", make_speech("en", "en-us+m3", 30.0, seed + 7)[0], work / "decoder")
     shutil.move(work / "decoder" / DECODER, work / "twin" / DECODER)
     return {**read_json(work / "twin" / "twin.json"), "blank_bias": rate["decoders"][DECODER]["blank_bias"]}
+
+
+def preset_params(params: dict, preset: str, leaderboard_minutes: float, hf_home: Path, seed: int) -> dict:
+    """params.yaml for the rehearsal: the preset, its model at the twin's revision, the comparisons off, and
+    with leaderboard_minutes one synthesized recording of that length as the leaderboard's earnings-21 set, in
+    its dataset layout in the hub cache (its code path at full length)."""
+    from bench.hub_cache import recordings_parquet, write_repo
+    from demo.synth import make_speech
+    from requant.params import preset_overrides
+
+    params["preset"] = preset
+    params["compare"] = {"longform": [], "builds": [], "rows": {}}  # what a plain `dvc repro` runs
+    if "model.hf_revision" in preset_overrides(params["presets"], preset):
+        params["presets"][preset]["model.hf_revision"] = REVISION  # the preset's own override wins
+    params["model"]["hf_revision"] = REVISION
+    if leaderboard_minutes:
+        spec = params["leaderboard_sets"]["earnings21"]
+        recording = make_speech("en", "en-us+m3", leaderboard_minutes * 60, seed + 300, text_seed_offset=2000)
+        write_repo(hf_home / "hub", "datasets", spec["repo"], REVISION,
+                   {"earnings21/test-00000-of-00001.parquet": recordings_parquet([recording])})
+        params["leaderboard_sets"] = {"earnings21": {**spec, "revision": REVISION}}
+        params["presets"].setdefault(preset, {})["leaderboard.recordings"] = 1
+    return params
 
 
 def variant_figures(metrics: Path, clip: str = "jfk") -> dict[str, dict]:
@@ -194,7 +221,7 @@ def comparison_summary(done: dict, order: list[str]) -> dict:
 
 
 def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool = True,
-             compare: bool = False) -> dict:
+             compare: bool = False, preset: str = "parakeet", leaderboard_minutes: float = 0.0) -> dict:
     """Run (or with run_stages=False only summarize) the rehearsal in work, then with compare the comparisons
     on top; the summary for metrics/."""
     repo, hf_home, record = work / "repo", work / "hf", work / "stages.json"
@@ -204,21 +231,22 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool 
         shutil.rmtree(work, ignore_errors=True)
         copy_project(repo)
         started = time.perf_counter()
-        twin = build_twin(work, seed, layers)
-        place_twin_in_hf_cache(work / "twin", hf_home)
+        from requant.params import parse_params
+
+        model = parse_params({**yaml.safe_load((repo / "params.yaml").read_text()), "preset": preset}).model
+        twin = build_twin(work, seed, layers, model.layout)
+        place_twin_in_hf_cache(work / "twin", hf_home, model.hf_repo)
         shutil.rmtree(work / "twin")
         params = yaml.safe_load((repo / "params.yaml").read_text())
         write_audio(repo, params, seed)
-        params["preset"] = "parakeet"
-        # what a plain `dvc repro` runs, whatever the workspace's params
-        params["compare"] = {"longform": [], "builds": [], "rows": {}}
-        params["model"]["hf_revision"] = REVISION
+        params = preset_params(params, preset, leaderboard_minutes, hf_home, seed)
         params["eval_clips"]["jfk"].update(source=str(repo / "eval_clip.wav"),
                                            transcript=str(repo / "eval_clip.txt"))
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         subprocess.run(["git", "init", "-q"], cwd=repo, check=True, timeout=60)
         write_json(record, {"twin": {"layers": layers, "encoder_mb": twin["encoder_mb"], "revision": REVISION,
-                                     "blank_bias": twin["blank_bias"]},
+                                     "blank_bias": twin["blank_bias"], "preset": preset, "layout": model.layout,
+                                     "leaderboard_minutes": leaderboard_minutes},
                             "twin_s": round(time.perf_counter() - started, 1), "stages": {}, "warnings": []})
     done = read_json(record)
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo),
@@ -273,9 +301,10 @@ def render(summary: dict) -> str:
     return "\n".join([
         "# Dress rehearsal of the parakeet preset", "",
         "<!-- generated by `python -m bench.rehearse` (make rehearse) from metrics/rehearsal.json: do not edit -->", "",
-        f"The parakeet preset end to end on the Parakeet-size random twin ({twin['layers']} layers, "
-        f"{twin['encoder_mb']:.0f} MB fp32 encoder, its decoder given a blank bias of {twin['blank_bias']:g} for a "
-        f"real token rate), every stage under `dvc repro`, one at a time: **{summary['total_s'] / 60:.0f} min** {how_far} "
+        f"The {twin.get('preset', 'parakeet')} preset end to end on the Parakeet-size random twin ({twin['layers']} "
+        f"layers, {twin['encoder_mb']:.0f} MB fp32 encoder"
+        + (f", its decoder given a blank bias of {twin['blank_bias']:g} for a real token rate"
+           if twin.get("blank_bias") is not None else "") + f"), every stage under `dvc repro`, one at a time: **{summary['total_s'] / 60:.0f} min** {how_far} "
         f"(the twin's build {summary['twin_s'] / 60:.0f} min of it), peak RSS **{summary['peak_rss_gb']:.2f} GB**, "
         f"**{summary['disk_gb']:.1f} GB** of disk at most"
         + (f" ({summary['disk_without_cache_gb']:.1f} GB at the end without the DVC cache's copies, which a filesystem "
@@ -314,23 +343,36 @@ def compare_section(compare: dict | None) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.rehearse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/parakeet-rehearsal"))
-    parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "rehearsal.json")
+    parser.add_argument("--out", type=Path, help="default: metrics/rehearsal.json (parakeet), "
+                        "metrics/rehearsal_<preset>.json for the others (docs/rehearsal.md renders the first only)")
     parser.add_argument("--layers", type=int, default=24, help="fewer for a quick smoke run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="carry on in --work after its last recorded stage")
     parser.add_argument("--render", action="store_true", help="only write docs/rehearsal.md from --out")
     parser.add_argument("--compare", action="store_true",
                         help="after the default run, the comparisons on top, as `make compare` runs them")
+    parser.add_argument("--preset", default="parakeet", help="a full-scale preset: parakeet, parakeet_v2, "
+                        "parakeet_rnnt, parakeet_ctc (the twin takes that model's layout and repository)")
+    parser.add_argument("--leaderboard-minutes", type=float, default=0.0,
+                        help="also run the leaderboard's long-form track on one synthesized recording this long")
     parser.add_argument("--so-far", action="store_true",
                         help="summarize the stages --work has run, without running more (a rehearsal cut short)")
     args = parser.parse_args()
+    from requant.params import DEMO_PRESETS, PRESETS
+
+    if args.preset not in PRESETS or args.preset in DEMO_PRESETS:
+        fail(f"--preset {args.preset}: rehearse a full-scale preset, one of "
+             f"{', '.join(p for p in PRESETS if p not in DEMO_PRESETS)}")
+    default = args.preset == "parakeet"
+    args.out = args.out or ROOT / "metrics" / ("rehearsal.json" if default else f"rehearsal_{args.preset}.json")
     if args.render:
         DOC.write_text(render(read_json(args.out)))
         return
     summary = rehearse(args.work, args.seed, args.layers, args.resume or args.so_far, run_stages=not args.so_far,
-                       compare=args.compare)
+                       compare=args.compare, preset=args.preset, leaderboard_minutes=args.leaderboard_minutes)
     write_json(args.out, summary)
-    DOC.write_text(render(summary))
+    if default:
+        DOC.write_text(render(summary))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("stages", "variants")}, indent=2))
 
 

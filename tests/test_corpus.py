@@ -26,6 +26,7 @@ from requant.audio import read_wav
 from requant.common import StageError
 from requant.evalsets import read_manifest
 from stages.corpus import build_corpus
+from bench.hub_cache import hub_blob
 from tests.params_helpers import make_params, raw_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,15 +112,6 @@ def test_demo_corpus_uses_held_out_voices_and_is_reproducible(tmp_path: Path) ->
 
 
 # ------------------------------------------------------------------ FLEURS from a Hugging Face cache
-def hub_blob(repo_dir: Path, snapshot: Path, filename: str, data: bytes, lfs: bool) -> None:
-    """Store data as huggingface_hub does: blobs/<sha256> for LFS files, blobs/<git blob id> otherwise."""
-    name = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-    (repo_dir / "blobs" / name).write_bytes(data)
-    link = snapshot / filename
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(os.path.relpath(repo_dir / "blobs" / name, link.parent))
-
-
 def fleurs_cache(root: Path) -> Path:
     """google/fleurs@REVISION with fr_fr and de_de dev splits in FLEURS' own layout."""
     repo_dir = root / "hub" / "datasets--google--fleurs"

@@ -4,19 +4,17 @@ scoring stage on demo recordings (corpus WER as the leaderboard counts it, inter
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import yaml
 
+from bench.hub_cache import recordings_parquet, write_repo
 from demo.synth import make_speech
 from requant.leaderboard_report import leaderboard_tables
 from requant.params import ModelParams
@@ -26,7 +24,6 @@ from stages.int8_dynamic import build_dynamic_int8
 from stages.leaderboard import score_leaderboard
 from stages.leaderboard_data import build_leaderboard_data
 from tests.params_helpers import make_params, raw_params
-from tests.test_corpus import hub_blob
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET, REVISION = "hf-audio/asr-leaderboard-longform", "d6797370d3189c618e722721ab5b6c9be78c022c"
@@ -51,29 +48,14 @@ def base_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _flac(seconds: float, seed: int) -> tuple[bytes, str]:
-    audio, text = make_speech("en", "en-us+m3", seconds, seed)
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, 16_000, format="FLAC")
-    return buffer.getvalue(), text
-
-
 def dataset_cache(root: Path) -> dict[str, str]:
-    """hf-audio/asr-leaderboard-longform@REVISION with earnings21/test-00000-of-00001.parquet: three recordings,
-    audio as the datasets library embeds it ({bytes, path}), the transcript in `text`, metadata beside."""
-    repo_dir = root / "hub" / f"datasets--{DATASET.replace('/', '--')}"
-    (repo_dir / "blobs").mkdir(parents=True)
-    rows = [_flac(20.0 + 5 * i, seed=900 + i) for i in range(3)]
-    table = pa.table({"audio": [{"bytes": data, "path": f"call{i}.flac"} for i, (data, _) in enumerate(rows)],
-                      "audio_length": [20.0 + 5 * i for i in range(3)], "company_name": ["a", "b", "c"],
-                      "text": [text.capitalize() + "." for _, text in rows]})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    hub_blob(repo_dir, repo_dir / "snapshots" / REVISION, "earnings21/test-00000-of-00001.parquet",
-             buffer.getvalue(), lfs=True)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(REVISION)
-    return {f"{i:03d}": text.capitalize() + "." for i, (_, text) in enumerate(rows)}
+    """hf-audio/asr-leaderboard-longform@REVISION with earnings21/test-00000-of-00001.parquet: three recordings
+    in the leaderboard's layout (bench.hub_cache)."""
+    rows = [make_speech("en", "en-us+m3", 20.0 + 5 * i, 900 + i) for i in range(3)]
+    rows = [(audio, text.capitalize() + ".") for audio, text in rows]
+    write_repo(root / "hub", "datasets", DATASET, REVISION,
+               {"earnings21/test-00000-of-00001.parquet": recordings_parquet(rows)})
+    return {f"{i:03d}": text for i, (_, text) in enumerate(rows)}
 
 
 def run_data_stage(root: Path, **spec: str) -> subprocess.CompletedProcess[str]:

@@ -99,3 +99,23 @@ def test_the_project_copy_holds_every_figure_the_report_reads_that_no_stage_of_t
     assert "metrics/longform.json" in needed and "metrics/fidelity.json" not in needed
     copy_project(tmp_path / "repo")
     assert [dep for dep in needed if not (tmp_path / "repo" / dep).is_file()] == []
+
+
+def test_a_rehearsal_of_another_preset_points_its_model_and_leaderboard_set_at_the_hub_cache(tmp_path: Path) -> None:
+    """parakeet_ctc pins its own revision (via parakeet_v2): the rehearsal's must win, and the leaderboard's set
+    is a one-recording dataset repo in the cache, as the stages will read it."""
+    import pyarrow.parquet as pq
+
+    from bench.rehearse import preset_params
+    from requant.params import parse_params
+
+    params = preset_params(yaml.safe_load((ROOT / "params.yaml").read_text()), "parakeet_ctc", 0.25, tmp_path, 0)
+    p = parse_params(params)
+    assert (p.preset, p.model.layout, p.model.hf_repo) == ("parakeet_ctc", "ctc", "istupakov/parakeet-ctc-0.6b-onnx")
+    assert p.model.hf_revision == REVISION and p.leaderboard.recordings == 1
+    assert list(p.leaderboard_sets) == ["earnings21"] and p.leaderboard_sets["earnings21"].revision == REVISION
+    assert params["compare"] == {"longform": [], "builds": [], "rows": {}}
+    shard = (tmp_path / "hub/datasets--hf-audio--asr-leaderboard-longform/snapshots" / REVISION
+             / "earnings21/test-00000-of-00001.parquet")
+    table = pq.read_table(shard)
+    assert table.num_rows == 1 and table.column("audio_length")[0].as_py() == 15.0
