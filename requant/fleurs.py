@@ -43,10 +43,19 @@ class FleursRow:
     text: str  # FLEURS' normalised transcription
 
 
+ALIASES = {"parakeet_v3": PARAKEET_V3}  # corpus.languages: [parakeet_v3] scores all of them
+
+
+def expand_languages(languages: list[str]) -> list[str]:
+    """corpus.languages with each alias replaced by its configs, in order, each once."""
+    return list(dict.fromkeys(code for entry in languages for code in ALIASES.get(entry, (entry,))))
+
+
 def check_languages(languages: list[str]) -> None:
     unknown = [code for code in languages if code not in CONFIGS]
     if unknown:
-        fail(f"params.yaml: corpus.languages {unknown} are not FLEURS configs; valid ones: {' '.join(CONFIGS)}")
+        fail(f"params.yaml: corpus.languages {unknown} are not FLEURS configs; valid ones: {' '.join(CONFIGS)} "
+             f"(or {', '.join(ALIASES)} for all of that model's languages)")
 
 
 def _git_blob_id(path: Path) -> str:

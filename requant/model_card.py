@@ -113,14 +113,37 @@ def summary_table(summary: dict[str, dict[str, dict]]) -> str:
             f"against the true transcripts; `{MACRO}` is the mean over languages.\n")
 
 
+WIDE_LANGUAGES = 4  # past this many languages the table turns: a row per language (FLEURS' 25)
+
+
+def _wer_cer(cell: dict[str, Any]) -> str:
+    """'WER / CER' and, for a variant, each difference to fp32 with its interval (bold where it excludes 0)."""
+    text = f"{cell['wer_pct']:.2f} / {cell['cer_pct']:.2f}"
+    if cell.get("delta_pct") is None or "cer" not in cell:
+        return text
+
+    def delta(ci: dict) -> str:
+        shown = f"{ci['delta_pct']:+.2f} [{ci['ci_low_pct']:+.2f}, {ci['ci_high_pct']:+.2f}]"
+        return f"**{shown}**" if ci["significant"] else shown
+    return f"{text} ({delta(cell)} / {delta(cell['cer'])})"
+
+
 def corpus_table(summary: dict[str, dict[str, dict]], evals: dict[str, dict[str, Any]]) -> str:
-    """Per language: utterances, WER and CER of every variant."""
+    """Per language: utterances, WER and CER of every variant (and with many languages their differences
+    to fp32 with intervals, a row per language)."""
     langs = list(evals[BASELINE]["corpus"])
+    counts = {lang: c["utterances"] for lang, c in evals[BASELINE]["corpus"].items()}
+    if len(langs) > WIDE_LANGUAGES:
+        header = ["language", "utterances", *(LABELS.get(n, n) for n in summary)]
+        rows = [[lang, str(counts.get(lang, "")), *(_wer_cer(row[lang]) for row in summary.values())]
+                for lang in [*langs, MACRO]]
+        return (table(header, rows) + "\nWER / CER in %, then each difference to fp32 in points with its 95 % "
+                "paired bootstrap interval (utterances as items; the macro row: languages as strata).\n")
     header = ["encoder", *(f"{lang} WER / CER" for lang in langs), f"{MACRO} WER / CER"]
     rows = [[LABELS.get(n, n), *(f"{row[k]['wer_pct']:.2f} / {row[k]['cer_pct']:.2f}" for k in [*langs, MACRO])]
             for n, row in summary.items()]
-    counts = ", ".join(f"{lang}: {c['utterances']}" for lang, c in evals[BASELINE]["corpus"].items())
-    return table(header, rows) + f"\nUtterances per language: {counts}.\n"
+    listed = ", ".join(f"{lang}: {n}" for lang, n in counts.items())
+    return table(header, rows) + f"\nUtterances per language: {listed}.\n"
 
 
 def worst_section(e: dict[str, Any]) -> str:

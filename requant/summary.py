@@ -35,8 +35,10 @@ def _long_stratum(base: dict, variant: dict) -> Stratum:
                       [s["edits"] for s in variant["sections"]])
 
 
-def _corpus_stratum(base: dict, variant: dict) -> Stratum:
-    return Stratum.of(base["items"]["ref_words"], base["items"]["edits"], variant["items"]["edits"])
+def _corpus_stratum(base: dict, variant: dict, unit: str = "words") -> Stratum:
+    """One language's utterances as a stratum, in words (WER) or characters (CER)."""
+    refs, edits = ("ref_words", "edits") if unit == "words" else ("ref_chars", "char_edits")
+    return Stratum.of(base["items"][refs], base["items"][edits], variant["items"][edits])
 
 
 def check_paired(evals: dict[str, dict[str, Any]]) -> None:
@@ -75,13 +77,15 @@ def summarize(evals: dict[str, dict[str, Any]], resamples: int, seed: int) -> di
             row[POOLED] = {"wer_pct": _rate(sum(int(s.variant_edits.sum()) for s in long.values()),
                                             sum(int(s.words.sum()) for s in long.values())),
                            **interval(POOLED, list(long.values()), False)}
+        chars = {lang: _corpus_stratum(base["corpus"][lang], e["corpus"][lang], "chars") for lang in langs}
         for lang, s in corpus.items():
             row[lang] = {"wer_pct": e["corpus"][lang]["wer_pct"], "cer_pct": e["corpus"][lang]["cer_pct"],
-                         **interval(lang, [s], False)}
+                         **interval(lang, [s], False), "cer": interval(f"{lang}/cer", [chars[lang]], False)}
         if langs:
             row[MACRO] = {"wer_pct": round(sum(e["corpus"][lang]["wer_pct"] for lang in langs) / len(langs), 4),
                           "cer_pct": round(sum(e["corpus"][lang]["cer_pct"] for lang in langs) / len(langs), 4),
-                          **interval(MACRO, list(corpus.values()), True)}
+                          **interval(MACRO, list(corpus.values()), True),
+                          "cer": interval(f"{MACRO}/cer", list(chars.values()), True)}
         out[name] = row
     return out
 

@@ -55,11 +55,12 @@ def demo_corpus(corpus: CorpusParams, seed: int, dest: Path) -> list[Utterance]:
 
 
 def fleurs_corpus(corpus: CorpusParams, dest: Path) -> tuple[list[Utterance], dict[str, str]]:
-    from requant.fleurs import check_languages, fetch_language
+    from requant.fleurs import check_languages, expand_languages, fetch_language
 
-    check_languages(corpus.languages)
+    languages = expand_languages(corpus.languages)
+    check_languages(languages)
     utterances, hashes = [], {}
-    for config in corpus.languages:
+    for config in languages:
         folder = dest / config
         rows, fetched = fetch_language(corpus.fleurs_repo, corpus.fleurs_revision, corpus.fleurs_split, config,
                                        corpus.max_per_language, folder)

@@ -151,6 +151,13 @@ def fleurs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_the_parakeet_v3_alias_is_its_25_languages_each_once() -> None:
+    from requant.fleurs import PARAKEET_V3, expand_languages
+
+    assert expand_languages(["fr_fr", "parakeet_v3"]) == ["fr_fr", *(c for c in PARAKEET_V3 if c != "fr_fr")]
+    assert len(expand_languages(["parakeet_v3"])) == 25
+
+
 def test_fleurs_two_languages_from_the_pinned_revision(fleurs_root: Path) -> None:
     result = run_corpus_stage(fleurs_root, languages=["fr_fr", "de_de"], max_per_language=2)
     assert result.returncode == 0, result.stderr

@@ -121,7 +121,8 @@ def test_wer_and_cost_metrics_schema(root: Path):
     assert sets["long_pooled"]["sections"] == 6 and sets["en_us"]["utterances"] == 4
     en = summary["variants"]["int8_smoothquant"]["en_us"]
     assert en == {"wer_pct": 20.0, "cer_pct": 10.0, "delta_pct": 20.0, "ci_low_pct": 20.0, "ci_high_pct": 20.0,
-                  "significant": True, "floor_pct": 0.0, "called": True}  # no floors measured: the interval decides
+                  "significant": True, "floor_pct": 0.0, "called": True,  # no floors measured: the interval decides
+                  "cer": {"delta_pct": 10.0, "ci_low_pct": 10.0, "ci_high_pct": 10.0, "significant": True}}
     assert summary["variants"]["int8_smoothquant"]["fr_fr"]["significant"] is False
     assert summary["sections"]["int8_smoothquant"]["jfk"] == {"00_0-60s": 0.0, "01_60-120s": 50.0,
                                                               "02_120-150s": 100.0}
@@ -400,3 +401,27 @@ def test_the_results_page_and_recipes_md_carry_the_4bit_table(root: Path, tmp_pa
     doc.write_text("# Recipes\n")
     with pytest.raises(ValueError, match="no .* section to fill"):
         render_into(doc, weight_only_grid())
+
+
+def test_with_many_languages_the_corpus_table_has_a_row_per_language_with_intervals() -> None:
+    """FLEURS' 25 languages: a row per language (and the macro average), each variant's WER / CER with its
+    differences to fp32 and their intervals; up to four languages it stays a column per language."""
+    from requant.fleurs import PARAKEET_V3
+    from requant.model_card import corpus_table
+
+    def cell(wer: float, delta: float | None) -> dict:
+        ci = {"delta_pct": delta, "ci_low_pct": (delta or 0) - 0.5, "ci_high_pct": (delta or 0) + 0.5,
+              "significant": bool(delta and delta > 0.5)}
+        return {"wer_pct": wer, "cer_pct": wer / 2, **ci, "cer": {**ci, "delta_pct": (delta or 0) / 2}}
+
+    langs = list(PARAKEET_V3)
+    evals = {"fp32": {"corpus": {lang: {"utterances": 10 + i} for i, lang in enumerate(langs)}}}
+    summary = {"fp32": {k: cell(5.0, None) for k in [*langs, "corpus_macro"]},
+               "int8_dynamic": {k: cell(9.0, 4.0) for k in [*langs, "corpus_macro"]}}
+    text = corpus_table(summary, evals)
+    assert "| language | utterances | fp32 (unchanged) | int8 dynamic (stock recipe) |" in text
+    assert "| de_de | 13 | 5.00 / 2.50 | 9.00 / 4.50 (**+4.00 [+3.50, +4.50]** / **+2.00 [+3.50, +4.50]**) |" in text
+    assert text.count("\n| ") == len(langs) + 1  # after the header: a row per language, the macro row
+    two = corpus_table({n: {k: row[k] for k in ("en_us", "fr_fr", "corpus_macro")} for n, row in summary.items()},
+                       {"fp32": {"corpus": {k: evals["fp32"]["corpus"][k] for k in ("en_us", "fr_fr")}}})
+    assert "| encoder | en_us WER / CER | fr_fr WER / CER | corpus_macro WER / CER |" in two
