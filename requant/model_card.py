@@ -352,7 +352,7 @@ def params_block(p: Params) -> str:
 
 
 def front_matter(p: Params) -> str:
-    base = "" if p.is_demo else f"base_model:\n  - nvidia/parakeet-tdt-0.6b-v3\n  - {p.model.hf_repo}\n"
+    base = "" if p.is_demo else f"base_model:\n  - {nvidia_model(p.model.hf_repo)}\n  - {p.model.hf_repo}\n"
     return (f"---\nlicense: {'mit' if p.is_demo else 'cc-by-4.0'}\n{base}pipeline_tag: automatic-speech-recognition\n"
             "tags:\n  - onnx\n  - onnx-asr\n  - smoothquant\n  - quantization\n---\n\n")
 
@@ -479,9 +479,22 @@ def render_costs(evals: dict[str, dict[str, Any]], repro_runs: dict[str, dict | 
             + cost_table(evals) + "\nTimes:\n\n" + timing_table(evals) + repro_time_section(repro_runs or {}))
 
 
+def nvidia_model(hf_repo: str) -> str:
+    """NVIDIA's model behind an ONNX export's repository: istupakov/parakeet-ctc-0.6b-onnx -> nvidia/parakeet-ctc-0.6b."""
+    return "nvidia/" + hf_repo.rsplit("/", 1)[-1].removesuffix("-onnx")
+
+
+def model_title(hf_repo: str) -> str:
+    """'Parakeet TDT 0.6B v3' from the repository's name."""
+    words = nvidia_model(hf_repo).removeprefix("nvidia/").split("-")
+    names = {"tdt": "TDT", "ctc": "CTC", "rnnt": "RNN-T"}
+    return " ".join(names.get(w, w.upper() if w.endswith("b") else w if w[0] == "v" else w.capitalize())
+                    for w in words)
+
+
 def render_card(p: Params, evals: dict[str, dict[str, Any]], summary: dict[str, dict[str, dict]],
                 extras: dict[str, Any]) -> str:
-    name = "Tiny demo model (synthetic)" if p.is_demo else "Parakeet TDT 0.6B v3"
+    name = "Tiny demo model (synthetic)" if p.is_demo else model_title(p.model.hf_repo)
     missing = "(not available: its stage has not run)\n"
     return (
         front_matter(p) + f"# {name}, ONNX with a SmoothQuant int8 encoder\n\n" + preset_note(p)

@@ -161,6 +161,15 @@ def test_the_presets_set_each_layout_and_beam_search_only_for_tdt() -> None:
     assert layouts == {"demo": "tdt", "demo_rnnt": "rnnt", "demo_ctc": "ctc", "parakeet": "tdt",
                        "parakeet_v2": "tdt", "parakeet_rnnt": "rnnt", "parakeet_ctc": "ctc"}
     assert parse_params({**raw, "preset": "demo_ctc"}).shard.budget_mb == 4  # the demo's overrides are kept
+    from requant.model_card import model_title, nvidia_model
+
+    titles = {name: (model_title(p.model.hf_repo), nvidia_model(p.model.hf_repo))
+              for name in ("parakeet", "parakeet_v2", "parakeet_rnnt", "parakeet_ctc")
+              for p in [parse_params({**raw, "preset": name})]}
+    assert titles == {"parakeet": ("Parakeet TDT 0.6B v3", "nvidia/parakeet-tdt-0.6b-v3"),
+                      "parakeet_v2": ("Parakeet TDT 0.6B v2", "nvidia/parakeet-tdt-0.6b-v2"),
+                      "parakeet_rnnt": ("Parakeet RNN-T 0.6B", "nvidia/parakeet-rnnt-0.6b"),
+                      "parakeet_ctc": ("Parakeet CTC 0.6B", "nvidia/parakeet-ctc-0.6b")}
     assert set(BEAM_SEARCH) == set(LAYOUTS)
     raw["presets"]["demo_ctc"]["eval.decodings"] = ["greedy", "beam"]
     with pytest.raises(ParamsError, match="the beam search is TDT's and model.layout is 'ctc'"):
