@@ -124,7 +124,8 @@ def build_project(root: Path, utterances: int = 40) -> Path:
     """models/base (a random model in Parakeet's layout), the two long clips with their references, and a
     corpus of `utterances` short ones (several corpus shards of 16): what stages.evaluate reads."""
     from demo.synth import synthesize
-    from stages.base_model import demo_model, verify_model_dir
+    from requant.model_check import verify_model_dir
+    from stages.base_model import demo_model
     from stages.corpus import build_corpus
     from tests.random_model import build_full_random_model
     from tests.test_evaluate import SENTENCES, write_eval_sets

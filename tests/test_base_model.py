@@ -12,7 +12,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stages.base_model import MODEL_FILES, build_base_model, verify_model_dir
+from requant.model_check import MODEL_FILES, verify_model_dir
+from stages.base_model import build_base_model
 from requant.common import StageError, sha256_file
 from requant.params import ModelParams
 

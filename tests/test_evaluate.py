@@ -24,7 +24,8 @@ import yaml
 
 from demo.synth import synthesize
 from requant.asr import assemble_model_dir, load_asr, load_clip, transcribe
-from stages.base_model import demo_model, verify_model_dir
+from requant.model_check import verify_model_dir
+from stages.base_model import demo_model
 from stages.blockwise import build_blockwise
 from requant.common import StageError
 from requant.evalsets import clip_audio

@@ -23,7 +23,8 @@ from requant.common import StageError
 from requant.features import features
 from requant.layouts import LAYOUTS, join_ctc, split_ctc
 from requant.params import BEAM_SEARCH, ModelParams, ParamsError, parse_params
-from stages.base_model import build_base_model, to_pipeline_layout, verify_model_dir
+from requant.model_check import verify_model_dir
+from stages.base_model import build_base_model, to_pipeline_layout
 from stages.package import join_release_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
