@@ -37,6 +37,16 @@ FILES = [
 ]
 
 
+def layout_files(layout: str) -> list[tuple[str, str]]:
+    """FILES as the release folder holds them in the model's layout: a CTC model ships each encoder joined
+    with its head again, as one model<suffix>.onnx (docs/models.md)."""
+    if layout != "ctc":
+        return FILES
+    rows = [(name.replace("encoder-model", "model"), what) for name, what in FILES if not name.startswith("decoder_")]
+    return [*rows, ("(each model*.onnx)", "the encoder above joined with the CTC head as upstream ships it (never "
+                                          "quantized through): one graph, as onnx-asr loads a CTC model")]
+
+
 def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
@@ -500,7 +510,7 @@ def render_card(p: Params, evals: dict[str, dict[str, Any]], summary: dict[str, 
         front_matter(p) + f"# {name}, ONNX with a SmoothQuant int8 encoder\n\n" + preset_note(p)
         + "\nA drop-in folder in the upstream onnx-asr layout: point `onnx_asr.load_model` at it; "
         "`quantization=\"int8\"` picks the SmoothQuant encoder, `\"fp16\"` the fp16 one.\n\n"
-        + "## Files\n\n" + table(["file", "what it is"], [list(f) for f in FILES])
+        + "## Files\n\n" + table(["file", "what it is"], [list(f) for f in layout_files(p.model.layout)])
         + "\n## Results\n\n" + scoring_note(p, evals) + "\nLong clips, held out of calibration:\n\n"
         + clips_table(p, evals) + "\n### Every recipe\n\n"
         + recipe_table(summary, evals, extras.get("bench"), extras.get("how_to_run"), extras.get("browser"))

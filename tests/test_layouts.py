@@ -120,6 +120,9 @@ def test_a_release_folder_joins_each_ctc_pair_into_what_onnx_asr_loads(roots, up
         shutil.copyfile(base / name, release / name)
     for name in ("encoder-model.onnx", "encoder-model.onnx.data"):  # a subfolder reads the top-level fp32 head
         shutil.copyfile(base / name, release / "sharded" / name)
+    from requant.model_card import layout_files
+
+    assert not any("decoder_joint" in name or "encoder-model" in name for name, _ in layout_files("ctc"))
     sharded = join_release_pairs(release)
     assert sharded == release / "sharded" / "model.onnx"
     assert sorted(p.name for p in release.glob("*.onnx")) == ["model.int8.onnx", "model.onnx"]
