@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from requant.model_card import pct, table
+from requant.model_card import delta_text, pct, table
 from requant.variants import LABELS
 
 SET_LABELS = {"earnings21": "earnings-21", "earnings22": "earnings-22", "tedlium": "TED-LIUM"}
-
-
-def _delta(row: dict[str, Any]) -> str:
-    ci = row.get("vs_fp32")
-    if ci is None:
-        return "baseline"
-    text = f"{ci['delta_pct']:+.2f} [{ci['ci_low_pct']:+.2f}, {ci['ci_high_pct']:+.2f}]"
-    return f"**{text}**" if ci["significant"] else text
 
 
 def leaderboard_tables(data: dict[str, Any] | None, is_demo: bool) -> str:
@@ -34,7 +26,7 @@ def leaderboard_tables(data: dict[str, Any] | None, is_demo: bool) -> str:
                    [[LABELS.get(v, v), *(pct(data["sets"][s][v]["corpus_wer_pct"]) for s in sets),
                      pct(data["mean_corpus_wer_pct"][v])] for v in variants])
     ours = table(["encoder", *(SET_LABELS.get(s, s) for s in sets)],
-                 [[LABELS.get(v, v), *(f"{pct(data['sets'][s][v]['wer_vs_fp32_pct'])} / {_delta(data['sets'][s][v])}"
+                 [[LABELS.get(v, v), *(f"{pct(data['sets'][s][v]['wer_vs_fp32_pct'])} / {delta_text(data['sets'][s][v].get('vs_fp32'))}"
                                        for s in sets)] for v in variants])
     return (head + "**As the leaderboard scores it** (Whisper's English normalizer on both sides, corpus WER "
             "against the truth):\n\n" + corpus

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from requant.model_card import pct, table
+from requant.model_card import delta_text, pct, table
 from requant.variants import LABELS
 
 MODE_LABELS = {"full": "one pass, full attention", "local": "one pass, local attention", "vad": "voice-activity segments"}
@@ -24,11 +24,7 @@ def mode_order(mode: str) -> tuple[int, int]:
 
 
 def _delta(row: dict[str, Any]) -> str:
-    ci = row.get("vs_fp32_full")
-    if ci is None:
-        return "baseline"
-    text = f"{ci['delta_pct']:+.2f} [{ci['ci_low_pct']:+.2f}, {ci['ci_high_pct']:+.2f}]"
-    return f"**{text}**" if ci["significant"] else text
+    return delta_text(row.get("vs_fp32_full"))
 
 
 def how_to_run(data: dict[str, Any]) -> dict[str, str]:

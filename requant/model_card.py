@@ -126,16 +126,20 @@ def summary_table(summary: dict[str, dict[str, dict]]) -> str:
 WIDE_LANGUAGES = 4  # past this many languages the table turns: a row per language (FLEURS' 25)
 
 
+def delta_text(ci: dict[str, Any] | None) -> str:
+    """'+0.18 [+0.08, +0.30]', bold where the interval excludes 0; 'baseline' without an interval."""
+    if ci is None:
+        return "baseline"
+    shown = f"{ci['delta_pct']:+.2f} [{ci['ci_low_pct']:+.2f}, {ci['ci_high_pct']:+.2f}]"
+    return f"**{shown}**" if ci["significant"] else shown
+
+
 def _wer_cer(cell: dict[str, Any]) -> str:
     """'WER / CER' and, for a variant, each difference to fp32 with its interval (bold where it excludes 0)."""
     text = f"{cell['wer_pct']:.2f} / {cell['cer_pct']:.2f}"
     if cell.get("delta_pct") is None or "cer" not in cell:
         return text
-
-    def delta(ci: dict) -> str:
-        shown = f"{ci['delta_pct']:+.2f} [{ci['ci_low_pct']:+.2f}, {ci['ci_high_pct']:+.2f}]"
-        return f"**{shown}**" if ci["significant"] else shown
-    return f"{text} ({delta(cell)} / {delta(cell['cer'])})"
+    return f"{text} ({delta_text(cell)} / {delta_text(cell['cer'])})"
 
 
 def corpus_table(summary: dict[str, dict[str, dict]], evals: dict[str, dict[str, Any]]) -> str:
