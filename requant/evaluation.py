@@ -66,7 +66,8 @@ def long_pass(model_dir: Path, clip: str, eval_params: EvalParams, beam: BeamPar
              decoded.encode_s / duration_s, {k: round(v, 2) for k, v in decoded.decode_s.items()}, peak / MB)
     by_decoding = {}
     for name, [transcript] in decoded.transcripts.items():
-        hypotheses = split_by_section(transcript.tokens, transcript.starts, sections)
+        hypotheses = split_by_section(transcript.tokens, transcript.starts, sections,
+                                      by_token=eval_params.normalize == "chars")
         scored = {**score_sections(sections, references[name], hypotheses, eval_params.normalize), "vs_truth": None,
                   "decode_s": round(decoded.decode_s[name], 3)}
         if truth is not None:

@@ -106,8 +106,8 @@ def run_cell(variant: str, mode: str, clips: list[str], p: Params, root: Path,
             tokens, starts, encode_s = decode(asr, audio, mode, p, speech.get(clip, []))
             pass_s, peak = time.perf_counter() - started, memory_bytes("VmHWM")
             del asr
-            scored = score_sections(sections, references["greedy"], split_by_section(tokens, starts, sections),
-                                    p.eval.normalize)
+            hypotheses = split_by_section(tokens, starts, sections, by_token=p.eval.normalize == "chars")
+            scored = score_sections(sections, references["greedy"], hypotheses, p.eval.normalize)
             truth_counts = count_errors(truth, tokens_to_text(tokens), truth_normalize or p.eval.normalize) \
                 if truth else None
             per_clip[clip] = {"wer_pct": scored["overall_wer_pct"],

@@ -83,15 +83,19 @@ def group_words(tokens: Sequence[str], starts: Sequence[float]) -> list[tuple[fl
     return words
 
 
-def split_by_section(tokens: Sequence[str], starts: Sequence[float], sections: Sequence[Section]) -> list[str]:
+def split_by_section(tokens: Sequence[str], starts: Sequence[float], sections: Sequence[Section],
+                     by_token: bool = False) -> list[str]:
     """Text of each section from one long pass.
 
     Tokens are grouped into words (a word starts at a token beginning with a space); a word belongs to
     the section holding the start time of its first non-space token (start <= t < end; the last section
     also takes anything at or after its end). Whole words are assigned, never split across sections.
+    by_token: each token on its own (the `chars` normalisation scores characters: an output without spaces,
+    one "word" over minutes, would otherwise land whole in one section).
     """
     per_section: list[list[str]] = [[] for _ in sections]
-    for time, word_tokens in group_words(tokens, starts):
+    groups = [(t, [token]) for token, t in zip(tokens, starts, strict=True)] if by_token else group_words(tokens, starts)
+    for time, word_tokens in groups:
         index = next((s.index for s in sections if s.start_s <= time < s.end_s), None)
         if index is None:
             index = 0 if time < sections[0].start_s else len(sections) - 1

@@ -120,3 +120,13 @@ def test_corpus_wer_counts_insertions_in_sections_without_reference_words():
     spoken = count_errors("a b c d", "a b c d", "raw")
     assert corpus_wer([silent, spoken]) == pytest.approx(1 / 4)
     assert corpus_wer([silent]) is None
+
+
+def test_characters_are_split_by_their_own_times_when_chars_are_scored() -> None:
+    """An output without spaces (the demo CTC head's) is one "word" for minutes: by words it lands whole in the
+    section where it starts; scored by characters each one goes to the section its time falls in."""
+    sections = make_sections(180.0, 60.0)
+    tokens, starts = ["a", "b", "c", "d"], [10.0, 70.0, 130.0, 170.0]
+    assert split_by_section(tokens, starts, sections) == ["abcd", "", ""]
+    assert split_by_section(tokens, starts, sections, by_token=True) == ["a", "b", "cd"]
+    assert normalize("Ab c", "chars") == ["a", "b", "▁", "c"]
