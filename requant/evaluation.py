@@ -90,12 +90,12 @@ def score_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
 def count_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
                  beam: BeamParams) -> tuple[dict[str, Any], float, float, dict[str, float]]:
     """Each utterance's word and character counts per decoding and language (in utterance order), and the
-    seconds of audio, of encoding and of each decoding. A slice starting at a multiple of CORPUS_BATCH
-    gets the very batches (so the same padding and numbers) as the whole list: the Ray engine's shards."""
+    seconds of audio, of encoding and of each decoding. Batches never mix languages (language_chunks), so a
+    language's slice from a multiple of CORPUS_BATCH gets the very batches (so the same padding and numbers) as
+    the whole list: the Ray engine's shards, one language each."""
     by_lang: dict[str, dict[str, dict[str, list]]] = {name: {} for name in eval_params.decodings}
     seconds, encode_s, decode_s = 0.0, 0.0, dict.fromkeys(eval_params.decodings, 0.0)
-    for start in tqdm(range(0, len(utterances), CORPUS_BATCH), desc="corpus batches", unit="batch"):
-        batch = utterances[start : start + CORPUS_BATCH]
+    for batch in tqdm(language_chunks(utterances, CORPUS_BATCH), desc="corpus batches", unit="batch"):
         audio = [load_clip(u.audio, eval_params.max_s) for u in batch]
         seconds += sum(len(a) for a in audio) / SAMPLE_RATE
         decoded = recognize_all(asr, audio, decodings_for(eval_params.decodings, beam))
@@ -110,6 +110,15 @@ def count_corpus(asr: Any, utterances: list[Utterance], eval_params: EvalParams,
                                                          chars.edits), strict=True):
                     items[key].append(value)
     return by_lang, seconds, encode_s, decode_s
+
+
+def language_chunks(utterances: list[Utterance], size: int) -> list[list[Utterance]]:
+    """The utterances grouped by language (first-seen order, each language's own order kept), each language cut
+    into slices of at most `size`: no slice mixes languages."""
+    by_lang: dict[str, list[Utterance]] = {}
+    for u in utterances:
+        by_lang.setdefault(u.lang, []).append(u)
+    return [group[start : start + size] for group in by_lang.values() for start in range(0, len(group), size)]
 
 
 def summarize_corpus(by_lang: dict[str, dict[str, dict[str, list]]]) -> dict[str, Any]:

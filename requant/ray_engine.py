@@ -2,11 +2,12 @@
 
 DVC still runs `python -m stages.evaluate <variant>` as one stage; only its work is spread. The driver
 (that process) connects to the cluster, submits one task per long clip (a long_pass each, which loads a
-fresh session as the local engine does for every pass) and one per slice of
-eval.corpus_shard utterances (count_corpus over it), gathers the results in submission order and hands
-them back to stages.evaluate, which writes metrics/eval/<variant>.json as the local engine does. Shards
-start at multiples of CORPUS_BATCH, so every encoder batch, and with it every padded frame and every
-number, is the local engine's: the file comes out byte for byte the same.
+fresh session as the local engine does for every pass) and one per slice of eval.corpus_shard utterances of
+one language (count_corpus over it), gathers the results in submission order and hands them back to
+stages.evaluate, which writes metrics/eval/<variant>.json as the local engine does. Shards start at
+multiples of CORPUS_BATCH within their language, as the local engine's batches do, so every encoder batch,
+and with it every padded frame and every number, is the local engine's: the file comes out byte for byte
+the same.
 
 Models and audio reach the workers by a path every node sees: the project root, made absolute on the
 driver and handed to each task (a shared file system, or the same checkout at the same path on every node).
@@ -32,7 +33,7 @@ from requant.asr import assemble_model_dir, load_asr
 from requant.common import StageError, describe_os_error, fail
 from requant.evalsets import Utterance
 from requant.params import BeamParams, EvalParams, RayParams
-from requant.evaluation import count_corpus, long_pass, summarize_corpus
+from requant.evaluation import count_corpus, language_chunks, long_pass, summarize_corpus
 
 log = logging.getLogger("pipeline.evaluate.ray")
 
@@ -210,8 +211,9 @@ def corpus_task(root: str, variant: str, utterances: list[Utterance], eval_param
 # --- The driver: submit, gather in order, merge ----------------------------------------------------------
 
 def shards(utterances: list[Utterance], size: int) -> list[list[Utterance]]:
-    """Consecutive slices of `size` utterances (a multiple of CORPUS_BATCH: params.py checks it)."""
-    return [utterances[start : start + size] for start in range(0, len(utterances), size)]
+    """Slices of `size` utterances (a multiple of CORPUS_BATCH: params.py checks it) within one language each:
+    25 FLEURS languages fan out as 25 groups of tasks, and each shard's batches are the local engine's."""
+    return language_chunks(utterances, size)
 
 
 def relative_to_root(utterances: list[Utterance], root: Path) -> list[Utterance]:

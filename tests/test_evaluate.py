@@ -270,3 +270,19 @@ def test_an_empty_long_pass_scores_as_all_deletions():
     assert scored["overall_counts"] == {"ref_words": 4, "substitutions": 0, "deletions": 4, "insertions": 0,
                                         "edits": 4}
     assert scored["worst_section"] == {"index": 0, "start_s": 0.0, "end_s": 60.0, "wer_pct": 100.0}
+
+
+def test_corpus_batches_and_ray_shards_hold_one_language_each() -> None:
+    """FLEURS' languages fan out on Ray as their own shards; the local engine's batches are cut the same way, so
+    a shard's batches are the local ones (same padding, same numbers), whatever order the manifest lists."""
+    from requant.evalsets import Utterance
+    from requant.evaluation import language_chunks
+    from requant.ray_engine import shards
+
+    utterances = [Utterance(f"u{i}", ("en_us", "fr_fr", "de_de")[i % 3], Path(f"{i}.wav"), "x") for i in range(70)]
+    batches, parts = language_chunks(utterances, 16), shards(utterances, 32)
+    assert [len(b) for b in batches] == [16, 8, 16, 7, 16, 7] and all(len({u.lang for u in b}) == 1 for b in batches)
+    assert [len(p) for p in parts] == [24, 23, 23] and [p[0].lang for p in parts] == ["en_us", "fr_fr", "de_de"]
+    assert [u.id for u in parts[0]] == [f"u{i}" for i in range(0, 70, 3)]
+    local = [b for p in parts for b in language_chunks(p, 16)]
+    assert [[u.id for u in b] for b in local] == [[u.id for u in b] for b in batches]
