@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import onnx_asr
 import onnxruntime as ort
 import soundfile as sf
 from onnx_asr.adapters import TimestampedResultsAsrAdapter
+from onnx_asr.asr import Preprocessor
 from onnx_asr.loader import Manager
 from onnx_asr.models.nemo import NemoConformerCtc
+from onnx_asr.onnx import OnnxSessionOptions
 from onnx_asr.preprocessors.numpy_preprocessor import NemoPreprocessorNumpy
 from onnx_asr.utils import read_wav_files
 
@@ -126,7 +129,8 @@ class SplitCtc(NemoConformerCtc):
     then the head, in two sessions. The same operations as the single graph (split and joined graphs give the
     same bits), without writing a joined file beside weights that onnxruntime reads only from its own folder."""
 
-    def __init__(self, model_files: dict[str, Path], preprocessor_factory, onnx_options) -> None:  # noqa: ANN001
+    def __init__(self, model_files: dict[str, Path], preprocessor_factory: Callable[[str], Preprocessor],
+                 onnx_options: OnnxSessionOptions) -> None:
         super(NemoConformerCtc, self).__init__(model_files, preprocessor_factory, onnx_options)  # not model.onnx
         self._encoder = ort.InferenceSession(model_files["encoder"], **onnx_options)
         self._head = ort.InferenceSession(model_files["head"], **onnx_options)
