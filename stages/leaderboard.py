@@ -7,7 +7,9 @@ fresh session per recording). Two figures per set and variant:
   edits over total reference words of the set, never the mean of the recordings');
 - ours: the pass's 60 s sections against fp32's short-section references, and the difference to the fp32
   pass with a 95 % paired bootstrap interval (sections as items, recordings as strata).
-Output: metrics/leaderboard.json (the report stage renders its tables into docs/results.md).
+Output: metrics/leaderboard.json, the same bytes on any run (the report stage renders its tables into
+docs/results.md), and metrics/leaderboard_timing.json, each pass's time and peak memory, which move with the
+machine (the project keeps run-time figures apart, as metrics/timing/ does for evaluate).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from requant.recordings import run_cell
 from requant.scoring import Counts, corpus_wer, percent, total
 
 log = logging.getLogger("pipeline.leaderboard")
-OUT = Path("metrics/leaderboard.json")
+OUT, TIMING_OUT = Path("metrics/leaderboard.json"), Path("metrics/leaderboard_timing.json")
+TIMING_KEYS = ("encode_s", "peak_rss_mb")
 NORMALIZER = "whisper_en"
 BASELINE = "fp32"
 
@@ -76,8 +79,17 @@ def score_leaderboard(p: Params, root: Path = Path(".")) -> dict:
             "mean_corpus_wer_pct": means, "encoder_sha256": {v: encoder_digest(v, root) for v in p.leaderboard.variants}}
 
 
+def split_timing(scored: dict) -> tuple[dict, dict]:
+    """The scores without the run-time figures, and those figures per set and variant."""
+    timing = {name: {v: {k: row.pop(k) for k in TIMING_KEYS} for v, row in rows.items()}
+              for name, rows in scored["sets"].items()}
+    return scored, timing
+
+
 def main() -> None:
-    write_json(OUT, score_leaderboard(load_params()))
+    scored, timing = split_timing(score_leaderboard(load_params()))
+    write_json(OUT, scored)
+    write_json(TIMING_OUT, timing)
 
 
 if __name__ == "__main__":

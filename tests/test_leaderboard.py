@@ -113,6 +113,10 @@ def test_demo_recordings_are_scored_as_the_leaderboard_scores_them(base_root: Pa
                                                                        abs=1e-4)
         assert "vs_fp32" not in rows["fp32"] and {"delta_pct", "ci_low_pct"} <= set(rows["int8_dynamic"]["vs_fp32"])
     assert data["context"] == p.leaderboard.context and data["normalizer"] == "whisper_en"
+    from stages.leaderboard import split_timing
+
+    scores, timing = split_timing(json.loads(json.dumps(data)))
+    assert timing["tedlium"]["fp32"]["encode_s"] > 0 and "encode_s" not in scores["sets"]["tedlium"]["fp32"]
     text = leaderboard_tables(data, True)
     assert "**Demo figures**" in text and "| int8 dynamic (stock recipe) |" in text
     assert leaderboard_tables({"skipped": "off", "sets": {}}, False).startswith("(not run: leaderboard.recordings")

@@ -230,6 +230,11 @@ def test_greedy_and_beam_side_by_side(tmp_path: Path):
            "5.00 / 7.50 |\n" in card
     assert "4.0x" not in card and "| int8 SmoothQuant (this) | " in (tmp_path / COSTS_FILE).read_text()
     assert "| 4.0x | 5.0x |" in (tmp_path / COSTS_FILE).read_text()
+    # a comparison row in git decoded otherwise (another preset on the same encoder bytes) is left out...
+    write_eval(tmp_path, "int8_dynamic", fake_eval("int8_dynamic", REFERENCES))
+    build_report(params(), tmp_path)
+    assert "int8_dynamic" not in json.loads((tmp_path / WER_FILE).read_text())
+    # ...but this run's own evaluations must agree
     write_eval(tmp_path, "int8_smoothquant", fake_eval("int8_smoothquant", REFERENCES))
     with pytest.raises(StageError, match="decoded differently"):
         build_report(params(), tmp_path)
