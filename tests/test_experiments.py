@@ -71,6 +71,8 @@ def make_it_quick(params_file: Path) -> None:
         params["compare"]["rows"] = {v: f"models/variants/{v}" for v in ("fp32_sharded", "int8_dynamic",
                                                                           "int8_matmul_only")}
         params["presets"]["demo"]["corpus.max_per_language"] = 6
+        params["presets"]["demo"]["leaderboard.recordings"] = 1  # one 30 s recording per leaderboard set
+        params["leaderboard"]["demo_minutes"] = 0.5
         params["windows"].update(window_s=4.0, count=4, heldout_per_speaker=1)
         params["eval"]["section_s"] = 8.0
         params["fidelity"]["min_cosine"] = 0.5  # a random model's int8 may land under 0.99; alpha 0.9 must run
