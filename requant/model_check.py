@@ -47,6 +47,16 @@ def verify_model_dir(folder: Path, pinned: dict[str, str] | None = None, layout:
     features = config.get("features_size") if isinstance(config, dict) else None
     if config is not None and features not in FEATURE_SIZES:
         fail(f"{folder / 'config.json'}: features_size is {features!r}, expected 80 (nemo80) or 128 (nemo128)")
+    encoder = folder / f"{ENCODER}.onnx"
+    if features and encoder.is_file():  # the preprocessor follows config.json: it must make what the encoder takes
+        try:
+            dims = onnx.load(str(encoder), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        except Exception:  # noqa: BLE001 - a broken file: _check_io below names it
+            dims = []
+        mels = dims[1].dim_value if len(dims) > 1 else 0
+        if mels and mels != features:
+            fail(f"{folder / 'config.json'}: features_size is {features}, but {encoder.name} takes {mels} mel "
+                 f"channels; set features_size to {mels}")
     expected = model_files(layout, features or 128)
     missing = [name for name in expected if not (folder / name).is_file()]
     if missing:

@@ -23,7 +23,7 @@ from requant import onnx_graph as og
 from requant import patterns
 from requant.common import StageError, atomic_path, fail, read_json, run_cli, sha256_file
 from requant.layouts import CTC_MODEL, LAYOUTS, split_ctc
-from requant.model_check import FEATURE_SIZES, MODEL_FILES, verify_model_dir
+from requant.model_check import FEATURE_SIZES, verify_model_dir
 from requant.params import ModelParams, load_params
 
 log = logging.getLogger("pipeline.base_model")
@@ -62,12 +62,8 @@ def package_preprocessor(features: int) -> Path:
 
 
 def demo_model(demo_dir: Path, out: Path) -> None:
-    """The TDT demo model's files (and onnx-asr's nemo128.onnx) into out."""
-    for name in MODEL_FILES:
-        source = package_preprocessor(128) if name == "nemo128.onnx" else demo_dir / name
-        if not source.is_file():
-            fail(f"demo model folder {demo_dir}: missing {name}; build the demo model (see demo/train.py)")
-        shutil.copyfile(source, out / name)
+    """The TDT demo model's files, and onnx-asr's preprocessor for its features_size, into out."""
+    to_pipeline_layout(demo_dir, "tdt", out)
 
 
 def download(model: ModelParams) -> Path:
