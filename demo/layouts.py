@@ -56,12 +56,17 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
 
+def _linear(model: onnx.ModelProto, matmul: str) -> tuple[onnx.TensorProto, onnx.TensorProto]:
+    """A joint layer's weight [in, out] and bias [out]: the named MatMul's initializer and its Add's."""
+    node = next(n for n in model.graph.node if n.name == matmul)
+    add = og.consumers(model.graph)[node.output[0]][0][0]
+    inits = _initializers(model)
+    return inits[node.input[1]], inits[next(name for name in add.input if name in inits)]
+
+
 def _out_layer(model: onnx.ModelProto) -> tuple[onnx.TensorProto, onnx.TensorProto]:
     """The joint's output weight [J, V+5] and bias [V+5]."""
-    matmul = next(n for n in model.graph.node if n.name == JOINT_OUT)
-    add = og.consumers(model.graph)[matmul.output[0]][0][0]
-    inits = _initializers(model)
-    return inits[matmul.input[1]], inits[next(name for name in add.input if name in inits)]
+    return _linear(model, JOINT_OUT)
 
 
 def _without_durations(model: onnx.ModelProto, vocab: int) -> onnx.ModelProto:
@@ -94,11 +99,7 @@ def _ctc_model(demo_dir: Path, dst: Path) -> None:
     decoder = onnx.load(str(demo_dir / f"{DECODER_JOINT}.onnx"))
     vocab = _vocab_size(demo_dir)
     width = encoder.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    inits = _initializers(decoder)
-    enc_matmul = next(n for n in decoder.graph.node if n.name == "/joint/enc_proj/MatMul")
-    enc_add = og.consumers(decoder.graph)[enc_matmul.output[0]][0][0]
-    w_enc = numpy_helper.to_array(inits[enc_matmul.input[1]])
-    b_enc = numpy_helper.to_array(inits[next(name for name in enc_add.input if name in inits)])
+    w_enc, b_enc = (numpy_helper.to_array(t) for t in _linear(decoder, "/joint/enc_proj/MatMul"))
     w_out, b_out = (numpy_helper.to_array(t)[..., :vocab] for t in _out_layer(decoder))
     b_hidden = b_enc + _start_state_projection(decoder, vocab - 1, width)
     weights = {"decoder_layers.0.weight": w_enc.T[:, :, None], "decoder_layers.0.bias": b_hidden,

@@ -9,7 +9,6 @@ Stages that use it list this file as a DVC dependency: a change here re-runs cal
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 
@@ -91,9 +90,9 @@ def _preprocessor(name: str) -> BlockedPreprocessor:
 @cache
 def base_features() -> str:
     """onnx-asr's preprocessor for the base model (config.json's features_size), as onnx-asr picks it."""
-    if not BASE_CONFIG.is_file():
-        return FEATURES
-    return f"nemo{json.loads(BASE_CONFIG.read_text(encoding='utf-8')).get('features_size', 80)}"
+    from requant.layouts import preprocessor_name
+
+    return preprocessor_name(BASE_CONFIG.parent) if BASE_CONFIG.is_file() else FEATURES
 
 
 def features(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
