@@ -130,10 +130,16 @@ def run_stage(repo: Path, env: dict[str, str], stage: str) -> tuple[dict, str]:
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     if figures["rc"] != 0:
         fail(f"stage {stage} failed in {repo}: " + " | ".join(result.stderr.strip().splitlines()[-3:]))
-    cache = repo / ".dvc" / "cache"  # its copies cost nothing where DVC can reflink (XFS, btrfs, APFS)
     return {"wall_s": round(figures["wall_s"], 1), "peak_rss_gb": round(figures["peak_rss_kb"] * 1024 / GB, 2),
             "disk_gb": round(disk_bytes(repo.parent) / GB, 2),
-            "cache_gb": round(disk_bytes(cache) / GB, 2) if cache.is_dir() else 0.0}, result.stderr
+            "cache_own_gb": round(unlinked_bytes(repo / ".dvc" / "cache") / GB, 2)}, result.stderr
+
+
+def unlinked_bytes(folder: Path) -> int:
+    """Bytes of the files under folder that nothing else links: what DVC's cache costs beyond the workspace
+    (its hard-linked objects are the workspace's own files; a copy or an old version counts)."""
+    return sum(st.st_size for f in folder.rglob("*") if f.is_file() and (st := f.stat()).st_nlink == 1) \
+        if folder.is_dir() else 0
 
 
 def build_twin(work: Path, seed: int, layers: int, layout: str = "tdt") -> dict:
@@ -270,9 +276,10 @@ def rehearse(work: Path, seed: int, layers: int, resume: bool, run_stages: bool 
         "total_s": round(done["twin_s"] + sum(s["wall_s"] for s in stages.values()), 1),
         "peak_rss_gb": max(s["peak_rss_gb"] for s in stages.values()),
         "disk_gb": max(s["disk_gb"] for s in stages.values()),
-        # the disk at the end without the DVC cache's copies: what a filesystem with reflinks holds
-        "disk_without_cache_gb": round(stages[last]["disk_gb"] - stages[last]["cache_gb"], 2)
-        if (last := next((s for s in reversed(order) if s in stages), None)) and "cache_gb" in stages[last] else None,
+        # at the end of the run, and what of it only DVC's cache holds (its own copies, not links)
+        **({"disk_end_gb": stages[last]["disk_gb"], "cache_own_gb": stages[last]["cache_own_gb"]}
+           if (last := next((s for s in reversed(order) if s in stages), None)) and "cache_own_gb" in stages[last]
+           else {}),
         "stages": stages,
         "stage_order": [stage for stage in order if stage in stages],  # dvc.yaml's (the JSON's keys are sorted)
         "not_run": [stage for stage in order if stage not in stages],  # a rehearsal cut short
@@ -307,8 +314,8 @@ def render(summary: dict) -> str:
            if twin.get("blank_bias") is not None else "") + f"), every stage under `dvc repro`, one at a time: **{summary['total_s'] / 60:.0f} min** {how_far} "
         f"(the twin's build {summary['twin_s'] / 60:.0f} min of it), peak RSS **{summary['peak_rss_gb']:.2f} GB**, "
         f"**{summary['disk_gb']:.1f} GB** of disk at most"
-        + (f" ({summary['disk_without_cache_gb']:.1f} GB at the end without the DVC cache's copies, which a filesystem "
-           "with reflinks does not store)" if summary.get("disk_without_cache_gb") else "") + ". How it is set up: "
+        + (f", {summary['disk_end_gb']:.1f} GB at the end, of which DVC's cache holds {summary['cache_own_gb']:.1f} GB "
+           "of its own (it hard-links the outputs it tracks)" if "disk_end_gb" in summary else "") + ". How it is set up: "
         "[parakeet-preset.md](parakeet-preset.md#dress-rehearsal-of-the-parakeet-preset-offline-full-scale).", "",
         *([f"Machine: {m['cpu_model']}, {m['cpus']} cores, {m['mem_gb']} GB; kernels' instruction sets: "
            f"{', '.join(m['isa']) or 'none of note'}. Without the twin's build, the run took "

@@ -218,6 +218,33 @@ def _remove(path: Path) -> None:
             continue
 
 
+def copy_file(source: Path, dest: Path) -> None:
+    """Copy in the kernel (block sharing where the filesystem allows), else through Python."""
+    try:
+        with open(source, "rb") as src, open(dest, "wb") as dst:
+            remaining = os.fstat(src.fileno()).st_size
+            while remaining > 0:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+        if remaining == 0:
+            return
+    except OSError:  # copy_file_range unsupported across these filesystems
+        pass
+    shutil.copyfile(source, dest)
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """dest as a hard link to source's file (a symlink is followed: the Hugging Face cache's snapshots are
+    links to its blobs), else, across filesystems or where links are refused, a copy. The bytes are stored
+    once, as DVC's hardlink cache stores each output (.dvc/config): a multi-GB model is not kept twice."""
+    try:
+        os.link(os.path.realpath(source), dest)
+    except OSError:
+        copy_file(source, dest)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write stable, sorted JSON atomically (byte-identical for equal data)."""
     with atomic_path(path) as tmp:

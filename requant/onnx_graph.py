@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
-from requant.common import fail
+from requant.common import copy_file, fail
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,22 @@ def read_tensor(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type)).reshape(tuple(tensor.dims))
 
 
-def require_single_links(path: Path) -> None:
-    """onnx (and so onnxruntime's quantizers and fp16 converter) will not read external data from a
-    file with several hard links; say so plainly instead of failing deep inside them."""
-    for data in data_files(load_graph(path), Path(path).parent):
-        if data.stat().st_nlink > 1:
-            fail(f"{data} has {data.stat().st_nlink} hard links and onnx refuses to read such files; "
-                 "replace it with a plain copy (cp --reflink=auto) and rerun")
+def onnx_readable(path: Path, scratch: Path) -> Path:
+    """path, or where one of its external data files has several hard links, a private copy of the model
+    in scratch. onnx (and so onnxruntime's quantizers, which take a path) refuses such data ("possible
+    hardlink attack"), and DVC's hardlink cache (.dvc/config) links every output it tracks. The copy shares
+    blocks where the filesystem can (copy_file_range) and goes with scratch."""
+    path = Path(path)
+    files = data_files(load_graph(path), path.parent)  # load_graph: also a clear error if path is missing
+    if all(data.stat().st_nlink == 1 for data in files):
+        return path
+    private = Path(tempfile.mkdtemp(prefix="unlinked-", dir=scratch))
+    for source in (path, *files):
+        dest = private / source.relative_to(path.parent)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        copy_file(source, dest)
+    log.info("%s: external data with several hard links, read from a private copy", path)
+    return private / path.name
 
 
 def data_files(model: onnx.ModelProto, base_dir: Path) -> list[Path]:

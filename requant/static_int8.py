@@ -149,7 +149,6 @@ def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: flo
                      quantize_convs: Sequence[str] = ()) -> tuple[Path, dict[str, int]]:
     """Quantize src into work/; return the written model path (with external data if `external`) and the
     calibration's snapping counts. Convs stay fp32 but those named in quantize_convs."""
-    og.require_single_links(src)
     graph = og.load_graph(src).graph
     convs = [n.name for n in graph.node if n.op_type == "Conv" and n.name not in quantize_convs] \
         if quantize_convs else []  # without Conv in the op types, no Conv is touched anyway
@@ -163,10 +162,11 @@ def quantize_encoder(src: Path, work: Path, calib: runs.Windows, percentile: flo
     (work / "tmp").mkdir()
     log.info("static int8: %d MatMuls, %d without a private constant weight left in fp32, %d calibration windows",
              sum(n.op_type == "MatMul" for n in graph.node), len(excluded), len(calib))
+    readable = og.onnx_readable(src, work / "tmp")  # the calibrater and the quantizer load it through onnx
     with og.quantizer_scratch(work / "tmp"):
-        ranges, snapping = calibrate(src, work / "tmp", calib, percentile, excluded, external, op_types)
+        ranges, snapping = calibrate(readable, work / "tmp", calib, percentile, excluded, external, op_types)
         quantize_static(
-            str(src), str(work / "out" / NAME), None, calibration_cache_path=ranges,
+            str(readable), str(work / "out" / NAME), None, calibration_cache_path=ranges,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types,
             per_channel=True,

@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from importlib.resources import files as package_files
 from pathlib import Path
 
 from demo.layouts import write_demo_layout
 from requant import onnx_graph as og
 from requant import patterns
-from requant.common import StageError, atomic_path, fail, read_json, run_cli, sha256_file
+from requant.common import StageError, atomic_path, fail, link_or_copy, read_json, run_cli, sha256_file
 from requant.layouts import CTC_MODEL, LAYOUTS, split_ctc
 from requant.model_check import FEATURE_SIZES, verify_model_dir
 from requant.params import ModelParams, load_params
@@ -80,9 +81,11 @@ def download(model: ModelParams) -> Path:
     raise AssertionError  # fail() raised
 
 
-def to_pipeline_layout(upstream: Path, layout: str, out: Path) -> None:
-    """Upstream files -> out: copied (a copy, not a hard link: onnx refuses external data with several
-    links), a CTC graph split; the preprocessor from the package when the repository ships none."""
+def to_pipeline_layout(upstream: Path, layout: str, out: Path,
+                       place: Callable[[Path, Path], None] = shutil.copyfile) -> None:
+    """Upstream files -> out: the model files placed (copied, or from the Hugging Face cache linked: its
+    blobs are never rewritten, and a 2.5 GB encoder is then stored once), a CTC graph split; the small
+    files copied, the preprocessor from the package when the repository ships none."""
     missing = [name for name in ("config.json", "vocab.txt", *LAYOUTS[layout].upstream)
                if not (upstream / name).is_file()]
     if missing:
@@ -103,7 +106,7 @@ def to_pipeline_layout(upstream: Path, layout: str, out: Path) -> None:
         split_ctc(upstream / f"{CTC_MODEL}.int8.onnx", out, ".int8", boundary)
     else:
         for name in LAYOUTS[layout].upstream:
-            shutil.copyfile(upstream / name, out / name)
+            place(upstream / name, out / name)
 
 
 def build_base_model(params_model: ModelParams, is_demo: bool, out_dir: Path = OUT_DIR) -> None:
@@ -130,7 +133,7 @@ def build_base_model(params_model: ModelParams, is_demo: bool, out_dir: Path = O
             for name, digest in (pinned or {}).items():  # the upstream files, before any split
                 if sha256_file(source / name) != digest:
                     fail(f"{source / name}: sha256 differs from the pinned upstream file; delete it and download again")
-            to_pipeline_layout(source, layout, tmp)
+            to_pipeline_layout(source, layout, tmp, place=link_or_copy)
         try:
             verify_model_dir(tmp, None, layout)
         except StageError as err:  # name the file the user has to act on, not our copy of it

@@ -29,14 +29,14 @@ NAME = "encoder-model.int8.onnx"
 def build_dynamic_int8(src: Path, dst_dir: Path, op_types: list[str] | None = None,
                        external: bool | None = None) -> dict[str, int]:
     """Write dst_dir/NAME (atomically); return its op type counts. op_types None = onnxruntime's defaults."""
-    og.require_single_links(src)  # also a clear error if the input is missing
+    og.load_graph(src)  # a clear error if the input is missing or truncated
     if external is None:
         external = og.model_size(src) > og.SELF_CONTAINED_BELOW
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))
         with og.quantizer_scratch(work):
-            quantize_dynamic(str(src), str(work / NAME), op_types_to_quantize=op_types, per_channel=False,
+            quantize_dynamic(str(og.onnx_readable(src, work)), str(work / NAME), op_types_to_quantize=op_types, per_channel=False,
                              reduce_range=False, weight_type=QuantType.QInt8, use_external_data_format=external)
         og.save_self_contained_if_small(work / NAME, tmp / NAME)
         shutil.rmtree(work)

@@ -67,7 +67,6 @@ def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, window
     """Write dst_dir/name atomically; return the op counts that tell how it was quantized ("ops"), for an
     aware recipe the scaling's summary ("aware", else None), and for a gptq or keep_8bit recipe the packing's
     summary ("gptq", else None)."""
-    og.require_single_links(src)
     graph = og.load_graph(src).graph
     keep = patterns.fp32_matmuls(graph)
     if any(not node for node in keep):
@@ -91,7 +90,7 @@ def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, window
                 recipe.bits, recipe.block_size, recipe.symmetric), recipe.accuracy_level, recipe.gptq, recipe.keep_8bit,
                 runs.Windows(windows_dir, "calib"), gptq_settings.damp, gptq_settings.hessian_mb)
         with og.quantizer_scratch(work):
-            quantizer = MatMulNBitsQuantizer(str(quantized_from), bits=recipe.bits, block_size=recipe.block_size,
+            quantizer = MatMulNBitsQuantizer(str(og.onnx_readable(quantized_from, work)), bits=recipe.bits, block_size=recipe.block_size,
                                              is_symmetric=recipe.symmetric, nodes_to_exclude=keep,
                                              accuracy_level=recipe.accuracy_level or None, algo_config=config)
             if planned is not None:

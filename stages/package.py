@@ -2,18 +2,17 @@
 
 onnx-asr finds each precision by its canonical name: the plain names are the unchanged fp32 files,
 `.int8` is the new SmoothQuant encoder beside the base int8 decoder, `.fp16` the fp16 pair, and
-`sharded/` holds the fp32 encoder repacked into shards. What ships where: requant/variants.py. Files are copied, never hard-linked: onnx
-(1.23) refuses to read external data that has more than one hard link. The copy goes through
-copy_file_range, which shares blocks on filesystems that can (btrfs, XFS). The folder appears whole
-or not at all.
+`sharded/` holds the fp32 encoder repacked into shards. What ships where: requant/variants.py. Files are
+hard links to the variants' files (DVC's cache links the same bytes: the folder costs no disk), a copy only
+where the filesystem refuses links. onnx.load refuses external data with several hard links ("possible
+hardlink attack"); onnxruntime and onnx-asr do not, and `dvc unprotect models/release` turns the folder
+into plain copies for tools that load through onnx. The folder appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import onnx
 
 from requant.asr import decoder_file, model_files
 from requant.layouts import CTC_HEAD, CTC_MODEL, ENCODER, decoder_name, join_ctc, layout_of, preprocessor_name
-from requant.common import atomic_path, fail, run_cli
+from requant.common import atomic_path, copy_file, fail, link_or_copy, run_cli
 from requant.model_card import CARD_FILE
 from requant.variants import BASE_DIR, SHIPPED, VARIANTS, ModelFile
 
@@ -84,31 +83,16 @@ def external_data_locations(path: Path) -> set[str]:
     }
 
 
-def copy_file(source: Path, dest: Path) -> None:
-    """Copy in the kernel (block sharing where the filesystem allows), else through Python."""
-    try:
-        with open(source, "rb") as src, open(dest, "wb") as dst:
-            remaining = os.fstat(src.fileno()).st_size
-            while remaining > 0:
-                copied = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
-                if copied == 0:
-                    break
-                remaining -= copied
-        if remaining == 0:
-            return
-    except OSError:  # copy_file_range unsupported across these filesystems
-        pass
-    shutil.copyfile(source, dest)
-
-
 def package(root: Path = Path("."), out: Path = OUT) -> dict[str, Path]:
     plan = release_plan(root)
     with atomic_path(root / out) as tmp:
         for name, source in plan.items():
             dest = tmp / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            copy_file(source, dest)
-            log.info("copied %s -> %s", source, name)
+            # the models (DVC outputs) linked; the card copied: git tracks it, and DVC's cache would make
+            # an editor's in-place save rewrite the cached bytes too
+            (link_or_copy if source.is_relative_to(root / "models") else copy_file)(source, dest)
+            log.info("placed %s -> %s", source, name)
         sharded = tmp / SHARDED_ENCODER
         if layout_of(root / BASE_DIR) == "ctc":
             sharded = join_release_pairs(tmp)

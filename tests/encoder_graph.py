@@ -11,6 +11,8 @@ I/O: audio_signal f32 [B,128,T], length i64 [B] -> outputs f32 [B,D,T'], encoded
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +165,17 @@ def save_encoder(model: onnx.ModelProto, folder: Path, name: str = "encoder-mode
     onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=f"{name}.data", size_threshold=256)
     return path
+
+
+def hard_linked_copy(model: Path, folder: Path) -> Path:
+    """model's folder copied, then hard-linked file by file into folder, as DVC's hardlink cache leaves an
+    output (every data file has two links); model's own files keep one. Returns model's path in folder."""
+    copy = folder.with_name(f"{folder.name}-copy")
+    shutil.copytree(model.parent, copy)
+    folder.mkdir()
+    for f in copy.iterdir():
+        os.link(f, folder / f.name)
+    return folder / model.name
 
 
 def speechlike(seconds: float, seed: int, rate: int = 16_000) -> np.ndarray:

@@ -18,7 +18,7 @@ from requant.static_int8 import NAME, build_int8, calibrate
 from requant.patterns import fp32_matmuls
 from stages.int8_dynamic import build_dynamic_int8
 from stages.smoothquant import smooth_encoder
-from tests.encoder_graph import build_encoder, save_encoder, write_windows
+from tests.encoder_graph import build_encoder, hard_linked_copy, save_encoder, write_windows
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,21 @@ def test_int8_rerun_is_byte_identical(int8: tuple[Path, dict[str, float]], setup
     again = build_int8(setup["smoothed"], tmp_path / "again", setup["windows"], 99.999, 0, min_cosine=0.9)
     assert again == fidelity
     assert (tmp_path / "again" / NAME).read_bytes() == path.read_bytes()
+
+
+def test_hard_linked_sources_quantize_to_the_same_bytes(int8: tuple[Path, dict[str, float]],
+                                                        setup: dict[str, Path], tmp_path: Path) -> None:
+    """onnx refuses external data with several hard links, and onnxruntime's quantizers load through onnx:
+    both recipes read a private copy, and the outputs are the bytes a plain source gives."""
+    path, fidelity = int8
+    smoothed, base = hard_linked_copy(setup["smoothed"], tmp_path / "smoothed"), hard_linked_copy(setup["base"], tmp_path / "b")
+    assert (smoothed.parent / f"{smoothed.name}.data").stat().st_nlink == 2
+    assert build_int8(smoothed, tmp_path / "int8", setup["windows"], 99.999, 0, min_cosine=0.9) == fidelity
+    assert (tmp_path / "int8" / NAME).read_bytes() == path.read_bytes()
+    build_dynamic_int8(base, tmp_path / "dyn_linked", external=True)
+    build_dynamic_int8(setup["base"], tmp_path / "dyn", external=True)
+    assert (tmp_path / "dyn_linked" / NAME).read_bytes() == (tmp_path / "dyn" / NAME).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "dyn_linked").iterdir()) == [NAME]  # the private copy is gone
 
 
 def test_calibration_covers_the_quantized_matmuls_only(setup: dict[str, Path], tmp_path: Path) -> None:

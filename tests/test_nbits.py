@@ -17,7 +17,7 @@ from requant import patterns
 from requant.variants import COMPARISON_ROWS, VARIANTS
 from stages.nbits import build_nbits
 from requant.params import NbitsRecipe, load_params
-from tests.encoder_graph import speechlike
+from tests.encoder_graph import hard_linked_copy, speechlike
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"w8": NbitsRecipe(8, 32, True, 4), "w4": NbitsRecipe(4, 32, True, 4)}
@@ -69,6 +69,11 @@ def test_close_to_fp32_and_rebuilt_byte_identical(built: dict[str, Path], tmp_pa
     assert w8["rel_error_max"] < w4["rel_error_max"]  # 8 bits are closer than 4
     build_nbits(built["base"], tmp_path / "again", "encoder-model.w8.onnx", RECIPES["w8"])
     assert (tmp_path / "again" / "encoder-model.w8.onnx").read_bytes() == built["w8"].read_bytes()
+    # a source DVC's hardlink cache links (onnx, which the quantizer loads through, refuses it): the same bytes
+    linked = hard_linked_copy(built["base"], tmp_path / "linked")
+    assert linked.with_name(f"{linked.name}.data").stat().st_nlink == 2
+    build_nbits(linked, tmp_path / "w4", "encoder-model.w4.onnx", RECIPES["w4"])
+    assert (tmp_path / "w4" / "encoder-model.w4.onnx").read_bytes() == built["w4"].read_bytes()
 
 
 def test_recipes_variants_and_evaluations_agree() -> None:

@@ -41,7 +41,11 @@ def test_the_twin_resolves_offline_from_a_hub_cache(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"revision {REVISION} is not pinned here: sha256 sums are not checked" in done.stderr
     assert {p.name: sha256_file(p) for p in (tmp_path / "base").iterdir()} == digests
-    assert not any(p.is_symlink() for p in (tmp_path / "base").iterdir())  # copies, not links into the cache
+    assert not any(p.is_symlink() for p in (tmp_path / "base").iterdir())  # no symlinks into the hub's cache
+    # the model files hard-linked to the hub's blobs (stored once), the small ones copied
+    linked = {p.name for p in (tmp_path / "base").iterdir() if p.samefile(snapshot / p.name)}
+    assert linked == {"encoder-model.onnx", "encoder-model.onnx.data", "encoder-model.int8.onnx",
+                      "decoder_joint-model.onnx", "decoder_joint-model.int8.onnx"}
 
 
 def test_the_summary_reads_the_evaluations_as_the_evaluate_stage_writes_them() -> None:
@@ -56,6 +60,22 @@ def test_the_summary_reads_the_evaluations_as_the_evaluate_stage_writes_them() -
     text = render({"twin": {"layers": 24, "encoder_mb": 2477, "blank_bias": 3.5}, "total_s": 60.0, "twin_s": 10.0,
                    "peak_rss_gb": 1.4, "disk_gb": 10.0, "stages": stages, "variants": variants})
     assert f"| fp32 | {fp32['encoder_mb']:.0f} MB | {fp32['load_s']:.1f} s | {fp32['encode_s']:.0f} s |" in text
+
+
+def test_the_cache_counts_only_the_bytes_nothing_else_links(tmp_path: Path) -> None:
+    """DVC's hardlink cache shares its objects with the workspace: only an unlinked object (a copy, an old
+    version) costs disk of its own, and the summary says so beside the end figure."""
+    from bench.rehearse import unlinked_bytes
+
+    cache, workspace = tmp_path / "cache", tmp_path / "ws"
+    cache.mkdir(), workspace.mkdir()
+    (cache / "linked").write_bytes(b"x" * 1000)
+    os.link(cache / "linked", workspace / "model")
+    (cache / "old").write_bytes(b"y" * 300)
+    assert unlinked_bytes(cache) == 300 and unlinked_bytes(tmp_path / "none") == 0
+    text = render({"twin": {"layers": 24, "encoder_mb": 2477}, "total_s": 60.0, "twin_s": 10.0, "peak_rss_gb": 1.4,
+                   "disk_gb": 27.0, "disk_end_gb": 25.5, "cache_own_gb": 0.3, "stages": {}, "variants": {}})
+    assert "**27.0 GB** of disk at most, 25.5 GB at the end, of which DVC's cache holds 0.3 GB of its own" in text
 
 
 def test_the_comparisons_on_top_count_only_the_stages_that_worked() -> None:
