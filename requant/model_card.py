@@ -20,10 +20,12 @@ FILES = [
      "conv module's pointwise convs, rewritten as MatMuls)"),
     ("encoder-model.fp16.onnx (+ .data above 256 MB)", "fp16 encoder, a plain cast keeping fp32 inputs and outputs"),
     ("sharded/encoder-model.onnx (+ .data.000, ...)", "the fp32 encoder repacked into shards under the budget"),
-    ("encoder-model.w8.onnx, encoder-model.w4.onnx, encoder-model.w8_aware.onnx, encoder-model.w4_aware.onnx",
+    ("encoder-model.w8.onnx, encoder-model.w4.onnx, encoder-model.w8_aware.onnx, encoder-model.w4_aware.onnx, "
+     "encoder-model.w4_mixed.onnx",
      "weight-only 8- and 4-bit encoders (MatMulNBits, block 32; round-to-nearest, or with activation-aware "
-     "scales searched on the calibration windows); their decoder_joint files are the int8 decoder, named to "
-     "pair with them (onnx-asr: quantization=\"w8\")"),
+     "scales searched on the calibration windows; w4_mixed adds GPTQ and keeps the MatMuls 4 bits hurt most "
+     "at 8); their decoder_joint files are the int8 decoder, named to pair with them (onnx-asr: "
+     "quantization=\"w8\")"),
     ("blockwise/encoder-model.onnx (+ .data), blockwise/encoder-model.int8.onnx",
      "fp32 and SmoothQuant int8 rewritten for passes of any length, exactly (ONNX Loops): positions past the "
      "export's 400 s table, the attention over blocks of queries and the convolutional subsampling over chunks, "

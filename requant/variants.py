@@ -100,7 +100,7 @@ REGISTRY: dict[str, Variant] = {
                                decoder="int8", browser="w4_aware"),
     "nbits_w4_mixed": _variant("nbits_w4_mixed", "encoder-model.w4_mixed.onnx", "nbits@w4_mixed",
                                label="w4 weight-only, aware + GPTQ, worst MatMuls 8-bit", role="shipped",
-                               release="", decoder="int8"),
+                               release="", decoder="int8", browser="w4_mixed"),
     "int8_mixed": _variant("int8_mixed", "encoder-model.int8.onnx", "int8_mixed@all",
                            label="int8 SmoothQuant, worst MatMuls fp32 (mixed)", role="comparison", every_run=False),
     "int8_matmul_only": _variant("int8_matmul_only", "encoder-model.int8.onnx", "int8_compare@all",

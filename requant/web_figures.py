@@ -6,14 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from requant.model_card import table
+from requant.variants import REGISTRY
 
-# pipeline variant -> the page's precision that loads its file (web/asr.js)
-PAGE_PRECISION = {
-    "fp32": "fp32", "fp32_sharded": "fp32_sharded", "fp16": "fp16", "int8_smoothquant": "int8",
-    "nbits_w8": "w8", "nbits_w4": "w4", "nbits_w8_aware": "w8_aware", "nbits_w4_aware": "w4_aware",
-    "fp32_blockwise": "fp32_blockwise", "int8_blockwise": "int8_blockwise", "fp32_local": "fp32_local",
-    "int8_local": "int8_local",
-}
+# pipeline variant -> the page's precision that loads its file (web/asr.js, from the registry)
+PAGE_PRECISION = {key: v.browser for key, v in REGISTRY.items() if v.browser is not None}
 
 
 def _threads(web: dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import jiwer
+import onnx
 import numpy as np
 import onnx_asr
 import onnxruntime as ort
@@ -23,6 +24,7 @@ import pytest
 import soundfile as sf
 
 from demo.synth import synthesize
+from requant import onnx_graph as og
 from tests.encoder_graph import write_windows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,9 +35,10 @@ THREADS = ["--threads", "2"] if CHROMIUM.is_file() else []
 needs_chromium = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Chromium (`.ci/run` installs it)")
 # local attention runs as fp32_local: int8_local's banded sums flip int8 roundings between WASM and the CPU
 # (one word of 27 to a quarter of them apart, run to run), which says nothing about the graph's arithmetic
-PRECISIONS = ["fp32", "fp32_sharded", "fp16", "int8", "w8", "w4", "fp32_blockwise", "int8_blockwise", "fp32_local"]
+PRECISIONS = ["fp32", "fp32_sharded", "fp16", "int8", "w8", "w4", "w4_mixed", "fp32_blockwise", "int8_blockwise",
+              "fp32_local"]
 ONNX_ASR = {"fp32": None, "fp32_sharded": None, "fp16": "fp16", "int8": "int8", "w8": "w8", "w4": "w4",
-            "fp32_blockwise": None, "int8_blockwise": "int8", "fp32_local": None}
+            "w4_mixed": "w4_mixed", "fp32_blockwise": None, "int8_blockwise": "int8", "fp32_local": None}
 SUBFOLDER = {"fp32_sharded": "sharded", "fp32_blockwise": "blockwise", "int8_blockwise": "blockwise",
              "fp32_local": "local"}
 SENTENCES = ["the quiet river runs under the old stone bridge", "nous partons demain matin vers la mer",
@@ -55,7 +58,7 @@ def run_page(release: Path, wav: Path, *precisions: str, flags: list[str] = THRE
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model's release folder, every variant made by its real stage (SmoothQuant calibrated on
     speech-like windows), packaged by the package stage."""
-    from requant.params import BlockwiseParams, NbitsRecipe
+    from requant.params import BlockwiseParams, GptqParams, NbitsRecipe
     from stages.base_model import demo_model
     from stages.blockwise import build_blockwise
     from stages.fp16 import build_fp16
@@ -81,8 +84,11 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
         aware = variants / f"nbits_{recipe}_aware"  # the release packs every recipe; these are not tested here
         build_nbits(base / "encoder-model.onnx", aware, f"encoder-model.{recipe}_aware.onnx",
                     NbitsRecipe(bits, 32, True, 4))
-    build_nbits(base / "encoder-model.onnx", variants / "nbits_w4_mixed", "encoder-model.w4_mixed.onnx",
-                NbitsRecipe(4, 32, True, 4))
+    # mixed: GPTQ, and the 4 MatMuls 4 bits hurt most kept at 8 (one graph with both MatMulNBits widths)
+    gptq = GptqParams(damp=0.01, hessian_mb=64)
+    for level, folder in ((4, variants / "nbits_w4_mixed"), (0, root / "level0_w4_mixed")):
+        build_nbits(base / "encoder-model.onnx", folder, "encoder-model.w4_mixed.onnx",
+                    NbitsRecipe(4, 32, True, level, gptq=True, keep_8bit=4), windows, gptq_settings=gptq)
     checks = list(np.load(windows / "windows.npy"))
     small_blocks = BlockwiseParams(block=16, subsampling_block=8, max_rel_error=1e-5)  # many Loop turns
     build_blockwise(base / "encoder-model.onnx", variants / "fp32_blockwise", small_blocks, checks)
@@ -131,7 +137,7 @@ def test_every_precision_matches_onnx_asr_word_for_word(release: Path, clip: Pat
     for precision in PRECISIONS:
         result = results[precision]
         assert "error" not in result, result
-        if precision in ("w8", "w4"):
+        if precision in ("w8", "w4", "w4_mixed"):
             # onnxruntime-web's MatMulNBits ignores accuracy_level 4 (int8 activations, a CPU-only kernel) and
             # computes in fp32 on the dequantized weights: it matches CPU onnxruntime at accuracy_level 0, and
             # differs from the shipped level-4 file's CPU transcript (measured on this clip: w8 5 of 27 words,
@@ -154,6 +160,9 @@ def test_every_precision_matches_onnx_asr_word_for_word(release: Path, clip: Pat
         if CHROMIUM.is_file():  # the test server sends COOP/COEP, as a deployer must: two WASM threads
             assert result["isolated"] and result["threads"] == 2 and not result["note"], result
     assert results["fp32_sharded"]["text"] == results["fp32"]["text"]
+    mixed = og.load_graph(release / "encoder-model.w4_mixed.onnx").graph  # both MatMulNBits widths in one graph
+    assert {onnx.helper.get_attribute_value(a) for n in mixed.node if n.op_type == "MatMulNBits"
+            for a in n.attribute if a.name == "bits"} == {4, 8}
     # the blockwise rewrite runs on WASM too (ONNX Loop), with the same words as the file it rewrites
     assert results["fp32_blockwise"]["text"] == results["fp32"]["text"]
     assert results["int8_blockwise"]["text"] == results["int8"]["text"]

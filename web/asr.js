@@ -13,6 +13,7 @@ export const PRECISIONS = {
   w4: { encoder: "encoder-model.w4.onnx", decoder: "decoder_joint-model.w4.onnx" },
   w8_aware: { encoder: "encoder-model.w8_aware.onnx", decoder: "decoder_joint-model.w8_aware.onnx" },
   w4_aware: { encoder: "encoder-model.w4_aware.onnx", decoder: "decoder_joint-model.w4_aware.onnx" },
+  w4_mixed: { encoder: "encoder-model.w4_mixed.onnx", decoder: "decoder_joint-model.w4_mixed.onnx" },
   fp32_blockwise: { encoder: "blockwise/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
   int8_blockwise: { encoder: "blockwise/encoder-model.int8.onnx", decoder: "decoder_joint-model.int8.onnx" },
   fp32_local: { encoder: "local/encoder-model.onnx", decoder: "decoder_joint-model.onnx" },
