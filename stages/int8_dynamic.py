@@ -35,8 +35,9 @@ def build_dynamic_int8(src: Path, dst_dir: Path, op_types: list[str] | None = No
     with atomic_path(dst_dir) as tmp:
         tmp.mkdir()
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=tmp))
+        readable = og.onnx_readable(src, work)  # onnxruntime's quantizer loads it through onnx
         with og.quantizer_scratch(work):
-            quantize_dynamic(str(og.onnx_readable(src, work)), str(work / NAME), op_types_to_quantize=op_types, per_channel=False,
+            quantize_dynamic(str(readable), str(work / NAME), op_types_to_quantize=op_types, per_channel=False,
                              reduce_range=False, weight_type=QuantType.QInt8, use_external_data_format=external)
         og.save_self_contained_if_small(work / NAME, tmp / NAME)
         shutil.rmtree(work)

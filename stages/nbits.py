@@ -89,8 +89,9 @@ def build_nbits(src: Path, dst_dir: Path, name: str, recipe: NbitsRecipe, window
             planned, packing = gptq.prepare(quantized_from, work / "packed", keep, aware.Grid(
                 recipe.bits, recipe.block_size, recipe.symmetric), recipe.accuracy_level, recipe.gptq, recipe.keep_8bit,
                 runs.Windows(windows_dir, "calib"), gptq_settings.damp, gptq_settings.hessian_mb)
+        readable = og.onnx_readable(quantized_from, work)  # onnxruntime's quantizer loads it through onnx
         with og.quantizer_scratch(work):
-            quantizer = MatMulNBitsQuantizer(str(og.onnx_readable(quantized_from, work)), bits=recipe.bits, block_size=recipe.block_size,
+            quantizer = MatMulNBitsQuantizer(str(readable), bits=recipe.bits, block_size=recipe.block_size,
                                              is_symmetric=recipe.symmetric, nodes_to_exclude=keep,
                                              accuracy_level=recipe.accuracy_level or None, algo_config=config)
             if planned is not None:
